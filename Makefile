@@ -1,0 +1,41 @@
+# Quick start:  make run   (set up .venv and serve the app on http://localhost:7860)
+#               make test  (set up .venv with dev extras, lint, run the test suite)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: run test lint venv venv-dev browser bench clean
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.runtime
+venv-dev: $(VENV)/.dev
+
+run: $(VENV)/.runtime
+	$(PY) app.py
+
+# Debian's Chromium for the browser tests; only as root and only when it is missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+
+test: $(VENV)/.dev browser lint
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.dev
+	$(PY) -m benchmarks.bench_inference
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
