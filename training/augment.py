@@ -1,0 +1,71 @@
+"""Training-time augmentation of the decoded greyscale image (albumentations 2).
+
+Applied to the ``(H, W)`` grey image (float32 in [0, 1] from
+:func:`xray_app.preprocess.decode_image`, or uint8 from the cache) *before*
+:func:`xray_app.preprocess.to_model_input`, which stays the one resize/normalise step.
+Validation and test get no augmentation: :func:`build_augment` returns None for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation ranges; ``strength`` scales every range (0 disables augmentation)."""
+
+    strength: float = 1.0
+    rotate_degrees: float = 10.0
+    hflip: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+    shift_scale: bool = False
+    shift: float = 0.05
+    scale: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.strength < 0:
+            raise ValueError(f"augment strength must be >= 0, got {self.strength}")
+
+
+def build_augment(config: AugmentConfig, *, train: bool) -> A.Compose | None:
+    """The training transform, or None (validation/test, or ``strength == 0``)."""
+    if not train or config.strength == 0:
+        return None
+    s = config.strength
+    shift = config.shift * s if config.shift_scale else 0.0
+    scale = config.scale * s if config.shift_scale else 0.0
+    steps: list[A.BasicTransform] = [
+        A.Affine(
+            rotate=(-config.rotate_degrees * s, config.rotate_degrees * s),
+            translate_percent=(-shift, shift),
+            scale=(1.0 - scale, 1.0 + scale),
+            interpolation=cv2.INTER_LINEAR,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            p=1.0,
+        ),
+    ]
+    if config.hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if config.brightness > 0 or config.contrast > 0:
+        steps.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=config.brightness * s, contrast_limit=config.contrast * s, p=1.0
+            )
+        )
+    return A.Compose(steps)
+
+
+def apply_augment(transform: A.Compose | None, gray: np.ndarray, seed: int) -> np.ndarray:
+    """``gray`` ``(H, W)`` augmented with randomness drawn from ``seed`` only (so a given
+    draw replays identically after a resume and in any DataLoader worker)."""
+    if transform is None:
+        return gray
+    transform.set_random_seed(seed)
+    return transform(image=gray)["image"]

@@ -1,0 +1,122 @@
+"""Balancing of the training split: repeat factors and a (distributed) epoch sampler.
+
+Rule (:func:`repeat_factors`), from the training split's own frequencies:
+
+* an image whose only label is "No Finding" gets factor ``no_finding_fraction``
+  (e.g. 0.5 keeps about half of them each epoch, a different half every epoch);
+* every pathology ``c`` with image frequency ``f_c`` gets
+  ``r_c = clip(sqrt(repeat_threshold / f_c), 1, max_repeat)`` (LVIS repeat-factor
+  sampling), and an image gets the largest ``r_c`` of its labels.
+
+Each epoch an image is drawn ``floor(r)`` times plus once more with probability
+``r - floor(r)``, so the epoch size is about ``sum(r)``.  Validation and test are never
+resampled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from xray_app.labels import LABELS, NO_FINDING_INDEX
+
+
+def repeat_factors(
+    labels: np.ndarray,
+    *,
+    no_finding_fraction: float,
+    repeat_threshold: float,
+    max_repeat: float,
+) -> np.ndarray:
+    """``(N,)`` float64 expected draws per epoch for ``(N, 15)`` training labels."""
+    if not 0.0 < no_finding_fraction <= 1.0:
+        raise ValueError(f"no_finding_fraction must be in (0, 1], got {no_finding_fraction}")
+    if max_repeat < 1.0:
+        raise ValueError(f"max_repeat must be >= 1, got {max_repeat}")
+    frequency = labels.mean(axis=0) if len(labels) else np.zeros(labels.shape[1])
+    with np.errstate(divide="ignore"):
+        per_class = np.sqrt(repeat_threshold / np.maximum(frequency, 1e-12))
+    per_class = np.clip(per_class, 1.0, max_repeat)
+    per_class[NO_FINDING_INDEX] = no_finding_fraction
+    factors = np.where(labels > 0, per_class[None, :], 0.0).max(axis=1)
+    return np.where(factors > 0, factors, 1.0)  # images with no label at all: once
+
+
+def effective_class_mix(labels: np.ndarray, factors: np.ndarray) -> dict[str, float]:
+    """Expected fraction of drawn images carrying each label (logit order)."""
+    total = float(factors.sum())
+    if total == 0:
+        return dict.fromkeys(LABELS, 0.0)
+    mix = (labels * factors[:, None]).sum(axis=0) / total
+    return {name: float(value) for name, value in zip(LABELS, mix, strict=True)}
+
+
+def describe_mix(labels: np.ndarray, factors: np.ndarray) -> str:
+    natural = labels.mean(axis=0) if len(labels) else np.zeros(len(LABELS))
+    balanced = effective_class_mix(labels, factors)
+    parts = [
+        f"{name} {100 * natural[i]:.1f}%->{100 * balanced[name]:.1f}%"
+        for i, name in enumerate(LABELS)
+    ]
+    return (
+        f"balanced epoch ~{factors.sum():.0f} draws from {len(labels)} images; "
+        "class mix natural->effective: " + ", ".join(parts)
+    )
+
+
+class RepeatFactorSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, sample_seed)`` pairs for one epoch of repeat-factor sampling.
+
+    The epoch's draw depends only on ``(seed, epoch)``: every rank computes the same
+    shuffled list, pads it to a multiple of ``world_size`` and takes every
+    ``world_size``-th entry from ``rank`` on, so ranks see disjoint shards of one
+    balanced epoch.  ``sample_seed`` seeds that draw's augmentation, so a repeated image
+    is augmented differently each time and a resumed epoch replays exactly.
+    """
+
+    def __init__(
+        self, factors: np.ndarray, *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.factors = np.asarray(factors, dtype=np.float64)
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _epoch_draws(self) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        factors = torch.from_numpy(self.factors)
+        whole = torch.floor(factors)
+        extra = torch.rand(len(factors), generator=generator, dtype=torch.float64)
+        counts = (whole + (extra < factors - whole).double()).long()
+        indices = torch.repeat_interleave(torch.arange(len(factors)), counts)
+        indices = indices[torch.randperm(len(indices), generator=generator)]
+        padded = math.ceil(len(indices) / self.world_size) * self.world_size
+        if padded > len(indices):
+            indices = torch.cat([indices, indices[: padded - len(indices)]])
+        seeds = torch.randint(0, 2**31 - 1, (len(indices),), generator=generator)
+        return indices, seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices, seeds = self._epoch_draws()
+        mine = slice(self.rank, None, self.world_size)
+        yield from zip(indices[mine].tolist(), seeds[mine].tolist(), strict=True)
+
+    def __len__(self) -> int:
+        return len(self._epoch_draws()[0]) // self.world_size
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
