@@ -1,0 +1,548 @@
+"""Evaluate a checkpoint on a split: metrics with patient-bootstrap intervals, plots, reports.
+
+    python -m training.evaluate --checkpoint DIR --split val --fit platt
+    python -m training.evaluate --checkpoint DIR --split test \\
+        --compare ../shared/data/nih/chexnet_repro_preds.csv
+    python -m training.evaluate --predictions preds.csv --split test --out DIR
+
+Steps: find the split's images and labels -> run the model (or read ``--predictions``)
+-> ``predictions_<split>.csv`` (raw logits) -> [validation with ``--fit`` only: fit
+calibration on the logits, then choose thresholds on the *calibrated* probabilities,
+write both into the checkpoint's ``config.json``] -> metrics -> ``report_<split>.json``,
+``report_<split>.md``, ``roc_<split>.png``, ``pr_<split>.png``, ``reliability_<split>.png``.
+
+Thresholds and calibration are only ever fitted on the validation split; a test
+evaluation uses what ``config.json`` holds (``--fit`` with ``--split test`` is refused).
+
+Labels always come from the NIH metadata (``--metadata``), joined by ``Image Index``.
+The split's image list comes from ``--split-csv`` or from the checkpoint's provenance
+(``provenance["split_dir"]`` or ``provenance["run_dir"]`` holding ``<split>.csv``); the
+images from ``--images`` or ``provenance["images"]``.
+
+A predictions CSV has ``Image Index`` and either ``logit_<Label>`` or ``prob_<Label>``
+columns (any subset of the 15 labels, e.g. a 14-class reference model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.calibration import (
+    CALIBRATION_METHODS,
+    DEFAULT_ECE_BINS,
+    apply_calibration,
+    calibration_summary,
+    fit_calibration,
+)
+from training.data import FINDINGS, IMAGE, PATIENT, MetadataError, find_images, read_metadata
+from training.eval_plots import plot_pr_grid, plot_reliability, plot_roc_grid
+from training.eval_report import render_markdown
+from training.metrics import (
+    DEFAULT_THRESHOLD,
+    THRESHOLD_METHODS,
+    choose_thresholds,
+    compare_auroc,
+    per_class_metrics,
+)
+from xray_app.labels import LABELS, label_matrix
+
+DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
+SPLITS = ("val", "test")
+LOGIT_PREFIX = "logit_"
+PROB_PREFIX = "prob_"
+
+
+class EvaluationError(ValueError):
+    """Inputs to the evaluation are missing or inconsistent; the message says which."""
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Predictions:
+    """One model's outputs for N images over ``labels`` (a subset of the 15, in order).
+
+    ``logits`` is ``(N, C)`` or ``None`` when only probabilities are known (then
+    calibration can be neither fitted nor applied); ``probs`` is ``(N, C)``, the plain
+    sigmoid of the logits or the given probabilities.
+    """
+
+    images: tuple[str, ...]
+    labels: tuple[str, ...]
+    logits: np.ndarray | None
+    probs: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> Predictions:
+        return Predictions(
+            images=tuple(np.asarray(self.images)[rows]),
+            labels=self.labels,
+            logits=None if self.logits is None else self.logits[rows],
+            probs=self.probs[rows],
+        )
+
+
+def read_predictions(path: Path) -> Predictions:
+    """Read a predictions CSV (``Image Index`` + ``logit_<Label>`` or ``prob_<Label>``)."""
+    try:
+        frame = pd.read_csv(path, dtype={IMAGE: str})
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: predictions file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"{path}: not a readable CSV ({error})") from None
+    if IMAGE not in frame.columns:
+        raise EvaluationError(f"{path}: no {IMAGE!r} column; found {list(frame.columns)[:8]}")
+    if frame[IMAGE].duplicated().any():
+        raise EvaluationError(f"{path}: image {frame[IMAGE][frame[IMAGE].duplicated()].iloc[0]!r} "
+                              "listed twice")
+    for prefix in (LOGIT_PREFIX, PROB_PREFIX):
+        labels = tuple(name for name in LABELS if f"{prefix}{name}" in frame.columns)
+        if labels:
+            break
+    else:
+        raise EvaluationError(
+            f"{path}: no '{LOGIT_PREFIX}<Label>' or '{PROB_PREFIX}<Label>' columns for any of "
+            f"{', '.join(LABELS)}"
+        )
+    values = frame[[f"{prefix}{name}" for name in labels]].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise EvaluationError(f"{path}: missing or non-finite values in the {prefix}* columns")
+    if prefix == PROB_PREFIX and ((values < 0) | (values > 1)).any():
+        raise EvaluationError(f"{path}: {PROB_PREFIX}* values outside [0, 1]")
+    logits = values if prefix == LOGIT_PREFIX else None
+    probs = apply_calibration(values, None) if logits is not None else values
+    return Predictions(tuple(frame[IMAGE]), labels, logits, probs)
+
+
+def write_predictions(predictions: Predictions, patients: Sequence[Any], path: Path) -> Path:
+    """Write ``Image Index``, ``Patient ID`` and one ``logit_<Label>`` column per label."""
+    if predictions.logits is None:
+        raise EvaluationError("only logits are written to a predictions file")
+    frame = pd.DataFrame({IMAGE: predictions.images, PATIENT: list(patients)})
+    for c, name in enumerate(predictions.labels):
+        frame[f"{LOGIT_PREFIX}{name}"] = predictions.logits[:, c]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+def read_split_images(path: Path) -> list[str]:
+    """Image names of a split CSV written by :mod:`training.data` (``Image Index`` column)."""
+    try:
+        frame = pd.read_csv(path, dtype={IMAGE: str})
+    except FileNotFoundError:
+        raise EvaluationError(f"{path}: split file not found") from None
+    if IMAGE not in frame.columns:
+        raise EvaluationError(f"{path}: no {IMAGE!r} column; found {list(frame.columns)[:8]}")
+    return frame[IMAGE].tolist()
+
+
+def truth_for(images: Sequence[str], metadata: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """Metadata rows (``Image Index``, ``Patient ID``, ``Finding Labels``) in ``images`` order."""
+    indexed = metadata.set_index(IMAGE)
+    missing = [name for name in images if name not in indexed.index]
+    if missing:
+        raise EvaluationError(
+            f"{len(missing)} image(s) have no row in the metadata {source} "
+            f"(first: {missing[0]!r})"
+        )
+    return indexed.loc[list(images), [PATIENT, FINDINGS]].reset_index()
+
+
+# --------------------------------------------------------------------------- inference
+def run_model(
+    checkpoint: Path, image_paths: Sequence[Path], *, batch_size: int = 16
+) -> np.ndarray:
+    """``(N, 15)`` float64 logits of the checkpoint's model for the images, in order.
+
+    Each image goes through the app's own preprocessing (:func:`xray_app.preprocess.preprocess`).
+    """
+    import torch
+
+    from xray_app.model import load_checkpoint
+    from xray_app.preprocess import preprocess
+
+    loaded = load_checkpoint(checkpoint)
+    config = loaded.config.preprocess
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(image_paths), batch_size):
+            batch = [preprocess(p, config)[0] for p in image_paths[start : start + batch_size]]
+            outputs.append(loaded.model(torch.stack(batch)).double().numpy())
+        if not outputs:
+            return np.zeros((0, len(LABELS)))
+    return np.concatenate(outputs)
+
+
+# --------------------------------------------------------------------------- checkpoint config
+def _read_config_dict(checkpoint: Path) -> dict[str, Any]:
+    from xray_app.model import CONFIG_FILE, read_config
+
+    return read_config(checkpoint / CONFIG_FILE).to_dict()
+
+
+def write_fitted(
+    checkpoint: Path,
+    thresholds: np.ndarray,
+    calibration: dict[str, Any] | None,
+    record: dict[str, Any],
+) -> Path:
+    """Store thresholds and calibration in ``config.json`` (atomic rewrite through
+    :class:`xray_app.model.ModelConfig`, so the result is checked like any config)."""
+    from xray_app.model import CONFIG_FILE, read_config, write_config
+
+    path = checkpoint / CONFIG_FILE
+    config = read_config(path)
+    provenance = {**config.provenance, "validation_fit": record}
+    config = config.with_updates(
+        thresholds=tuple(float(t) for t in thresholds),
+        calibration=calibration,
+        provenance=provenance,
+    )
+    write_config(config, path)
+    return path
+
+
+# --------------------------------------------------------------------------- evaluation
+def _locate(args: argparse.Namespace, provenance: dict[str, Any]) -> tuple[Path | None, Path | None]:
+    """The split CSV and image folder: explicit flags first, then the checkpoint's provenance."""
+    split_csv = args.split_csv
+    if split_csv is None:
+        for key in ("split_dir", "run_dir"):
+            if provenance.get(key) and (Path(provenance[key]) / f"{args.split}.csv").is_file():
+                split_csv = Path(provenance[key]) / f"{args.split}.csv"
+                break
+    images = args.images or (Path(provenance["images"]) if provenance.get("images") else None)
+    return split_csv, images
+
+
+def _model_predictions(
+    args: argparse.Namespace, config: dict[str, Any] | None, metadata: pd.DataFrame
+) -> tuple[Predictions, pd.DataFrame, dict[str, Any]]:
+    """Predictions and their ground truth, from a file or by running the model."""
+    provenance = (config or {}).get("provenance", {})
+    split_csv, images_dir = _locate(args, provenance)
+    sources: dict[str, Any] = {"metadata": str(args.metadata), "split_csv": str(split_csv)}
+    if args.predictions:
+        predictions = read_predictions(args.predictions)
+        sources["predictions"] = str(args.predictions)
+        if split_csv is not None:
+            wanted = set(read_split_images(split_csv))
+            keep = np.array([name in wanted for name in predictions.images])
+            sources["predictions_outside_split"] = int((~keep).sum())
+            predictions = predictions.subset(np.flatnonzero(keep))
+            sources["split_images_without_prediction"] = len(wanted) - int(keep.sum())
+    else:
+        if args.checkpoint is None:
+            raise EvaluationError("give --checkpoint to run a model, or --predictions CSV")
+        if split_csv is None or images_dir is None:
+            raise EvaluationError(
+                f"cannot find the {args.split} split's images: pass --split-csv and --images "
+                "(the checkpoint's provenance names neither split_dir/run_dir nor images)"
+            )
+        names = read_split_images(split_csv)
+        if args.limit:
+            names = names[: args.limit]
+        found = find_images(images_dir)
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise EvaluationError(f"{len(missing)} of {len(names)} {args.split} images are not "
+                                  f"under {images_dir} (first: {missing[0]!r})")
+        logits = run_model(args.checkpoint, [found[n] for n in names], batch_size=args.batch_size)
+        predictions = Predictions(tuple(names), LABELS, logits, apply_calibration(logits, None))
+        sources["images"] = str(images_dir)
+    if not predictions.images:
+        raise EvaluationError(f"no images to evaluate for the {args.split} split")
+    truth = truth_for(predictions.images, metadata, args.metadata)
+    return predictions, truth, sources
+
+
+def _thresholds_and_calibration(
+    args: argparse.Namespace,
+    config: dict[str, Any] | None,
+    predictions: Predictions,
+    y_true: np.ndarray,
+) -> tuple[np.ndarray, dict[str, Any] | None, dict[str, Any], list[str]]:
+    """Fit on validation (``--fit``) or read from config.json; returns
+    ``(thresholds (C,), calibration or None, description, notes)``."""
+    labels = list(predictions.labels)
+    index = [LABELS.index(name) for name in labels]
+    notes: list[str] = []
+    if args.fit:
+        calibration = None
+        if args.fit != "none":
+            if predictions.logits is None:
+                raise EvaluationError("--fit with a calibration method needs logits, "
+                                      "the predictions only hold probabilities")
+            calibration, cal_notes = fit_calibration(
+                y_true, predictions.logits, args.fit, labels=labels
+            )
+            notes += cal_notes
+        probs = (apply_calibration(predictions.logits, calibration)
+                 if calibration else predictions.probs)
+        thresholds, th_notes = choose_thresholds(y_true, probs, args.threshold_method,
+                                                 labels=labels)
+        notes += th_notes
+        described = {
+            "source": f"chosen on this {args.split} split (max "
+            f"{'F1' if args.threshold_method == 'f1' else 'Youden J'}), after calibration",
+            "method": args.threshold_method,
+            "optimistic": "thresholds and calibration were fitted on these very images; "
+            "figures at the threshold are optimistic here, see the test report",
+        }
+        return thresholds, calibration, described, notes
+    if config is None:
+        return (np.full(len(labels), DEFAULT_THRESHOLD), None,
+                {"source": f"fixed {DEFAULT_THRESHOLD}: no checkpoint, nothing chosen on validation"},
+                notes)
+    fitted = config.get("provenance", {}).get("validation_fit")
+    thresholds = np.asarray(config["thresholds"], dtype=np.float64)[index]
+    calibration = config.get("calibration")
+    if calibration is not None:
+        calibration = {**calibration,
+                       "scale": [calibration["scale"][i] for i in index],
+                       "bias": [calibration["bias"][i] for i in index]}
+        if predictions.logits is None:
+            notes.append("config.json holds a calibration but the predictions are "
+                         "probabilities; they are used as given")
+            calibration = None
+    source = ("config.json, chosen on the validation split "
+              f"({fitted.get('n_images')} images, method {fitted.get('threshold_method')})"
+              if fitted else "config.json (never fitted on validation by training.evaluate)")
+    return thresholds, calibration, {"source": source, "validation_fit": fitted}, notes
+
+
+def _comparison(
+    args: argparse.Namespace,
+    predictions: Predictions,
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    y_true: np.ndarray,
+    patients: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray, list[str]] | None:
+    """Both models on the images and labels they share: metrics side by side."""
+    if not args.compare:
+        return None
+    other = read_predictions(args.compare)
+    other_rows = {name: i for i, name in enumerate(other.images)}
+    common_rows = np.array([i for i, name in enumerate(predictions.images) if name in other_rows],
+                           dtype=int)
+    labels = [name for name in predictions.labels if name in other.labels]
+    if common_rows.size == 0 or not labels:
+        raise EvaluationError(f"{args.compare} shares no images or no labels with the evaluated "
+                              "predictions")
+    mine = [predictions.labels.index(n) for n in labels]
+    theirs = [other.labels.index(n) for n in labels]
+    y = y_true[np.ix_(common_rows, mine)]
+    groups = patients[common_rows]
+    probs_a = probs[np.ix_(common_rows, mine)]
+    probs_b = other.probs[np.ix_([other_rows[predictions.images[i]] for i in common_rows], theirs)]
+    name_b = args.compare_name or Path(args.compare).stem
+    # the same seed gives both models the same patient resamples: a paired comparison
+    results = {
+        "other_name": name_b,
+        "other_path": str(args.compare),
+        "n_images": int(common_rows.size),
+        "n_patients": int(np.unique(groups).size),
+        "images_only_in_this_model": int(len(predictions.images) - common_rows.size),
+        "images_only_in_other": int(len(other.images) - common_rows.size),
+        "labels": labels,
+        "other_threshold_note": f"the other model has no validation thresholds here; its "
+        f"threshold figures use {DEFAULT_THRESHOLD}",
+        "this_model": per_class_metrics(
+            y, probs_a, thresholds[mine], groups, labels=labels,
+            n_boot=args.n_boot, rng=np.random.default_rng(args.seed)),
+        "other_model": per_class_metrics(
+            y, probs_b, np.full(len(labels), DEFAULT_THRESHOLD), groups, labels=labels,
+            n_boot=args.n_boot, rng=np.random.default_rng(args.seed)),
+        "paired": compare_auroc(y, probs_a, probs_b, groups, labels=labels,
+                                n_boot=args.n_boot, rng=np.random.default_rng(args.seed)),
+    }
+    return results, {"this model": probs_a, name_b: probs_b}, y, labels
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the whole evaluation described in the module docstring; returns the report."""
+    if args.fit and args.split != "val":
+        raise EvaluationError(f"--fit is only allowed on the validation split, not "
+                              f"{args.split!r}: thresholds and calibration tuned on the test "
+                              "split would make its figures meaningless")
+    if args.fit and args.checkpoint is None:
+        raise EvaluationError("--fit writes into a checkpoint's config.json: give --checkpoint")
+    config = _read_config_dict(args.checkpoint) if args.checkpoint else None
+    try:
+        metadata = read_metadata(args.metadata)
+    except MetadataError as error:
+        raise EvaluationError(str(error)) from None
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    predictions, truth, sources = _model_predictions(args, config, metadata)
+    if not args.predictions:
+        sources["predictions"] = str(write_predictions(
+            predictions, truth[PATIENT].tolist(), out / f"predictions_{args.split}.csv"))
+    labels = list(predictions.labels)
+    index = [LABELS.index(name) for name in labels]
+    y_true = label_matrix(truth[FINDINGS].tolist())[:, index].astype(np.int64)
+    patients = truth[PATIENT].to_numpy()
+
+    thresholds, calibration, threshold_info, notes = _thresholds_and_calibration(
+        args, config, predictions, y_true)
+    probs = (apply_calibration(predictions.logits, calibration)
+             if calibration else predictions.probs)
+    calibration_info: dict[str, Any] = {
+        "method": calibration["method"] if calibration else None,
+        "order": "calibration is fitted on validation logits first; thresholds are then "
+        "chosen on the calibrated validation probabilities",
+        "ece": calibration_summary(
+            y_true, predictions.probs, probs if calibration else None,
+            labels=labels, n_bins=args.ece_bins),
+    }
+    if calibration:
+        calibration_info["scale"] = dict(zip(labels, calibration["scale"], strict=True))
+        calibration_info["bias"] = dict(zip(labels, calibration["bias"], strict=True))
+
+    metrics = per_class_metrics(y_true, probs, thresholds, patients, labels=labels,
+                                n_boot=args.n_boot, rng=np.random.default_rng(args.seed))
+    report: dict[str, Any] = {
+        "split": args.split,
+        "command": "python -m training.evaluate " + " ".join(args.argv),
+        "model": _model_info(args.checkpoint, config),
+        "data": {**sources, "n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
+                 "labels_from": "NIH metadata 'Finding Labels', joined by 'Image Index'"},
+        "thresholds": {**threshold_info, "values": dict(zip(labels, map(float, thresholds),
+                                                          strict=True))},
+        "calibration": calibration_info,
+        "metrics": metrics,
+        "notes": notes,
+        "figures": {},
+    }
+    if args.fit:
+        record = {
+            "split": args.split,
+            "n_images": metrics["n_images"],
+            "n_patients": metrics["n_patients"],
+            "threshold_method": args.threshold_method,
+            "calibration_method": args.fit,
+            "ece_pooled_before": calibration_info["ece"]["pooled"]["ece_before"],
+            "ece_pooled_after": calibration_info["ece"]["pooled"]["ece_after"],
+            "predictions": sources.get("predictions"),
+        }
+        if labels != list(LABELS):
+            raise EvaluationError("--fit needs predictions for all 15 labels")
+        report["config_written"] = str(write_fitted(args.checkpoint, thresholds, calibration,
+                                                    record))
+
+    comparison = _comparison(args, predictions, probs, thresholds, y_true, patients)
+    curves = {"this model": probs}
+    y_curves, curve_labels = y_true, labels
+    if comparison is not None:
+        report["comparison"], curves, y_curves, curve_labels = comparison
+    split = args.split
+    report["figures"] = {
+        "roc": plot_roc_grid(y_curves, curves, curve_labels, out / f"roc_{split}.png",
+                             f"ROC curves, {split} split").name,
+        "pr": plot_pr_grid(y_curves, curves, curve_labels, out / f"pr_{split}.png",
+                           f"Precision-recall curves, {split} split").name,
+        "reliability": plot_reliability(
+            y_true,
+            {"before calibration": predictions.probs, "after calibration": probs}
+            if calibration else {"model": probs},
+            labels, out / f"reliability_{split}.png", f"Reliability, {split} split",
+            n_bins=args.ece_bins).name,
+    }
+    (out / f"report_{split}.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out / f"report_{split}.md").write_text(render_markdown(report))
+    return report
+
+
+def _model_info(checkpoint: Path | None, config: dict[str, Any] | None) -> dict[str, Any]:
+    if config is None:
+        return {"checkpoint": None, "note": "predictions file only; no checkpoint"}
+    return {
+        "checkpoint": str(checkpoint),
+        "name": config.get("name"),
+        "architecture": config.get("architecture"),
+        "trained": config.get("trained"),
+        "input_size": config.get("input_size"),
+        "provenance": config.get("provenance", {}),
+    }
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description="Evaluate a checkpoint (or a predictions CSV) on the val or test split.")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint directory (config.json + "
+                        "model.safetensors)")
+    parser.add_argument("--split", choices=SPLITS, required=True)
+    parser.add_argument("--predictions", type=Path,
+                        help="evaluate this predictions CSV instead of running the model")
+    parser.add_argument("--split-csv", type=Path, help="the split's CSV (Image Index column)")
+    parser.add_argument("--images", type=Path, help="folder searched recursively for the images")
+    parser.add_argument("--metadata", type=Path, default=DEFAULT_METADATA,
+                        help="NIH Data_Entry CSV with the labels (default: %(default)s)")
+    parser.add_argument("--fit", choices=(*CALIBRATION_METHODS, "none"),
+                        help="validation only: fit this calibration (or none), then choose "
+                        "thresholds on the calibrated probabilities; write both to config.json")
+    parser.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="f1",
+                        help="with --fit: maximise F1 (default) or Youden's J")
+    parser.add_argument("--compare", type=Path,
+                        help="another model's predictions CSV (prob_<Label> columns) to score "
+                        "side by side on the shared images")
+    parser.add_argument("--compare-name", help="name of that model in the report")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default: CHECKPOINT/eval)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--ece-bins", type=int, default=DEFAULT_ECE_BINS)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="only the first N images (smoke runs)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.out is None:
+        if args.checkpoint is None:
+            parser.error("--out is required without --checkpoint")
+        args.out = args.checkpoint / "eval"
+    if args.checkpoint is None and args.predictions is None:
+        parser.error("give --checkpoint, --predictions, or both")
+    try:
+        report = evaluate(args)
+    except (EvaluationError, MetadataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    headline = report["metrics"]["headline"]
+    print(_headline_text(headline, report["metrics"]["n_images"], report["metrics"]["n_patients"]))
+    if "comparison" in report:
+        comp = report["comparison"]
+        print(f"{comp['other_name']}: "
+              + _headline_text(comp["other_model"]["headline"], comp["n_images"],
+                               comp["n_patients"]))
+    print(f"wrote {args.out / f'report_{args.split}.md'} and .json", file=sys.stderr)
+    return 0
+
+
+def _headline_text(headline: dict[str, Any], n_images: int, n_patients: int) -> str:
+    if headline["value"] is None:
+        return f"{headline['name']}: undefined ({headline['reason']})"
+    return (f"{headline['name']}: {headline['value']:.3f} (95% CI {headline['ci_low']:.3f}-"
+            f"{headline['ci_high']:.3f}, bootstrap by patient, {n_images} images, "
+            f"{n_patients} patients)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
