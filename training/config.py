@@ -1,0 +1,213 @@
+"""Typed training configuration: frozen dataclasses filled from YAML + command line.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < explicit command-line flags.
+The resolved configuration is written as ``config.yaml`` in the run directory and is
+valid input for ``--config``.  YAML layout mirrors the dataclasses::
+
+    epochs: 20
+    lr: 0.0003
+    data: {metadata: ../shared/data/nih/Data_Entry_2017_v2020.csv.gz, cache: cache/256}
+    augment: {strength: 1.0, shift_scale: true}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.augment import AugmentConfig
+
+DEFAULT_METADATA = "../shared/data/nih/Data_Entry_2017_v2020.csv.gz"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images and labels come from and how they are split.
+
+    Exactly one of ``images`` (folder, searched recursively) and ``cache`` (built by
+    ``python -m training.prepare``).  ``splits`` reuses ``train.csv``/``val.csv``/
+    ``test.csv`` written by ``python -m training.data``; otherwise splits come from
+    ``split_lists`` (list files) or a patient-random split with the given fractions.
+    """
+
+    metadata: str = DEFAULT_METADATA
+    images: str | None = None
+    cache: str | None = None
+    splits: str | None = None
+    split_lists: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    input_size: int = 224
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if (self.images is None) == (self.cache is None):
+            raise ConfigError("give exactly one of --images DIR and --cache DIR")
+        if self.input_size < 32:
+            raise ConfigError(f"input_size must be >= 32, got {self.input_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.  The tuner maps trials onto these fields with ``dataclasses.replace``.
+
+    Balancing (``no_finding_fraction``, ``repeat_threshold``, ``max_repeat``): see
+    :mod:`training.sampling`.  Loss (``focal_alpha``, ``focal_gamma``,
+    ``max_class_weight``): see :mod:`training.losses`.  ``amp``: ``auto`` = bf16 on CUDA,
+    none on CPU.  ``limit_batches`` caps train and validation batches per epoch (smoke
+    runs).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    """
+
+    data: DataConfig
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    out: str = "runs/latest"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    focal_alpha: float = 0.5
+    focal_gamma: float = 2.0
+    max_class_weight: float = 10.0
+    no_finding_fraction: float = 0.5
+    repeat_threshold: float = 0.1
+    max_repeat: float = 4.0
+    dropout: float = 0.0
+    pretrained: str = "imagenet"
+    limit_batches: int | None = None
+    patience: int = 5
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    seed: int = 0
+    resume: str | None = None
+    log_every: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "focal_alpha": 0 < self.focal_alpha < 1,
+            "focal_gamma": self.focal_gamma >= 0,
+            "max_class_weight": self.max_class_weight > 0,
+            "no_finding_fraction": 0 < self.no_finding_fraction <= 1,
+            "max_repeat": self.max_repeat >= 1,
+            "amp": self.amp in ("auto", "bf16", "fp16", "none"),
+            "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid {bad[0]}: {getattr(self, bad[0])!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"data": DataConfig, "augment": AugmentConfig}
+
+
+def from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Build a config from a nested mapping (YAML); unknown keys are an error."""
+    values = dict(values)
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        section = dict(values.pop(name, None) or {})
+        _check_keys(cls, section, name)
+        sections[name] = section
+    _check_keys(TrainConfig, values, "top level")
+    try:
+        return TrainConfig(
+            data=DataConfig(**sections["data"]),
+            augment=AugmentConfig(**sections["augment"]),
+            **values,
+        )
+    except TypeError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_keys(cls: type, values: Mapping[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} - set(_SECTIONS)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} in {where}; known: {sorted(known)}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read config ({error})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return values
+
+
+def write_yaml(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- argparse
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, section: str | None) -> None:
+    prefix = "augment-" if section == "augment" else ""
+    skip = set(_SECTIONS) | {"resume"}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + prefix + f.name.replace("_", "-")
+        dest = f"{section}.{f.name}" if section else f.name
+        kind = str(f.type).split(" | ")[0]
+        if kind == "bool":
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, dest=dest, type=_TYPES[kind], default=None,
+                                metavar=f.name.upper())
+
+
+def build_parser(prog: str = "python -m training.train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train the chest X-ray classifier.")
+    parser.add_argument("--config", type=Path, help="YAML file (flags override it)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                        help="continue from CKPT, or from OUT/last.ckpt when no path is given")
+    _add_fields(parser, TrainConfig, None)
+    _add_fields(parser, DataConfig, "data")
+    _add_fields(parser, AugmentConfig, "augment")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Defaults < ``--config`` YAML < explicit flags."""
+    args = build_parser().parse_args(argv)
+    values = load_yaml(args.config) if args.config else {}
+    for dest, value in vars(args).items():
+        if value is None or dest == "config":
+            continue
+        if "." in dest:
+            section, name = dest.split(".", 1)
+            values.setdefault(section, {})[name] = value
+        else:
+            values[dest] = value
+    data = values.get("data", {})
+    # a flag for one image source replaces the other one from the YAML file
+    if getattr(args, "data.images") is not None:
+        data["cache"] = None
+    if getattr(args, "data.cache") is not None:
+        data["images"] = None
+    return from_dict(values)
