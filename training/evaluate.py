@@ -16,8 +16,8 @@ evaluation uses what ``config.json`` holds (``--fit`` with ``--split test`` is r
 
 Labels always come from the NIH metadata (``--metadata``), joined by ``Image Index``.
 The split's image list comes from ``--split-csv`` or from the checkpoint's provenance
-(``provenance["split_dir"]`` or ``provenance["run_dir"]`` holding ``<split>.csv``); the
-images from ``--images`` or ``provenance["images"]``.
+(``provenance["split"]["files"]``, the training run directory holding ``<split>.csv``);
+the images from ``--images`` or ``provenance["train_config"]["data"]["images"]``.
 
 A predictions CSV has ``Image Index`` and either ``logit_<Label>`` or ``prob_<Label>``
 columns (any subset of the 15 labels, e.g. a 14-class reference model).
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from training.calibration import (
     CALIBRATION_METHODS,
@@ -44,16 +45,18 @@ from training.calibration import (
     fit_calibration,
 )
 from training.data import FINDINGS, IMAGE, PATIENT, MetadataError, find_images, read_metadata
-from training.eval_plots import plot_pr_grid, plot_reliability, plot_roc_grid
-from training.eval_report import render_markdown
-from training.metrics import (
+from training.eval_metrics import (
     DEFAULT_THRESHOLD,
     THRESHOLD_METHODS,
     choose_thresholds,
     compare_auroc,
     per_class_metrics,
 )
+from training.eval_plots import plot_pr_grid, plot_reliability, plot_roc_grid
+from training.eval_report import render_markdown
 from xray_app.labels import LABELS, label_matrix
+from xray_app.model import CONFIG_FILE, CheckpointError, load_checkpoint, read_config, write_config
+from xray_app.preprocess import ImageInputError, preprocess
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
 SPLITS = ("val", "test")
@@ -164,11 +167,6 @@ def run_model(
 
     Each image goes through the app's own preprocessing (:func:`xray_app.preprocess.preprocess`).
     """
-    import torch
-
-    from xray_app.model import load_checkpoint
-    from xray_app.preprocess import preprocess
-
     loaded = load_checkpoint(checkpoint)
     config = loaded.config.preprocess
     outputs = []
@@ -183,8 +181,6 @@ def run_model(
 
 # --------------------------------------------------------------------------- checkpoint config
 def _read_config_dict(checkpoint: Path) -> dict[str, Any]:
-    from xray_app.model import CONFIG_FILE, read_config
-
     return read_config(checkpoint / CONFIG_FILE).to_dict()
 
 
@@ -196,8 +192,6 @@ def write_fitted(
 ) -> Path:
     """Store thresholds and calibration in ``config.json`` (atomic rewrite through
     :class:`xray_app.model.ModelConfig`, so the result is checked like any config)."""
-    from xray_app.model import CONFIG_FILE, read_config, write_config
-
     path = checkpoint / CONFIG_FILE
     config = read_config(path)
     provenance = {**config.provenance, "validation_fit": record}
@@ -211,25 +205,41 @@ def write_fitted(
 
 
 # --------------------------------------------------------------------------- evaluation
-def _locate(args: argparse.Namespace, provenance: dict[str, Any]) -> tuple[Path | None, Path | None]:
-    """The split CSV and image folder: explicit flags first, then the checkpoint's provenance."""
+def _locate(
+    args: argparse.Namespace, provenance: dict[str, Any]
+) -> tuple[Path | None, Path | None, Path]:
+    """The split CSV, image folder and metadata: explicit flags first, then what the
+    checkpoint's provenance records (``training.train``: ``split.files`` is the run
+    directory holding ``<split>.csv``, ``train_config.data`` the images and metadata)."""
+    data_config = provenance.get("train_config", {}).get("data", {}) or {}
     split_csv = args.split_csv
     if split_csv is None:
-        for key in ("split_dir", "run_dir"):
-            if provenance.get(key) and (Path(provenance[key]) / f"{args.split}.csv").is_file():
-                split_csv = Path(provenance[key]) / f"{args.split}.csv"
+        split_info = provenance.get("split", {})
+        run_dir = split_info.get("files") if isinstance(split_info, dict) else None
+        for directory in (run_dir, data_config.get("splits")):
+            if directory and (Path(directory) / f"{args.split}.csv").is_file():
+                split_csv = Path(directory) / f"{args.split}.csv"
                 break
-    images = args.images or (Path(provenance["images"]) if provenance.get("images") else None)
-    return split_csv, images
+    images = args.images
+    if images is None and data_config.get("images"):
+        images = Path(data_config["images"])
+    metadata = args.metadata
+    if metadata is None:
+        metadata = Path(data_config.get("metadata") or DEFAULT_METADATA)
+    return split_csv, images, metadata
 
 
 def _model_predictions(
-    args: argparse.Namespace, config: dict[str, Any] | None, metadata: pd.DataFrame
+    args: argparse.Namespace, config: dict[str, Any] | None
 ) -> tuple[Predictions, pd.DataFrame, dict[str, Any]]:
     """Predictions and their ground truth, from a file or by running the model."""
     provenance = (config or {}).get("provenance", {})
-    split_csv, images_dir = _locate(args, provenance)
-    sources: dict[str, Any] = {"metadata": str(args.metadata), "split_csv": str(split_csv)}
+    split_csv, images_dir, metadata_path = _locate(args, provenance)
+    try:
+        metadata = read_metadata(metadata_path)
+    except MetadataError as error:
+        raise EvaluationError(str(error)) from None
+    sources: dict[str, Any] = {"metadata": str(metadata_path), "split_csv": str(split_csv)}
     if args.predictions:
         predictions = read_predictions(args.predictions)
         sources["predictions"] = str(args.predictions)
@@ -245,7 +255,8 @@ def _model_predictions(
         if split_csv is None or images_dir is None:
             raise EvaluationError(
                 f"cannot find the {args.split} split's images: pass --split-csv and --images "
-                "(the checkpoint's provenance names neither split_dir/run_dir nor images)"
+                f"(found split CSV: {split_csv}, image folder: {images_dir}; a checkpoint "
+                "trained from a cache names no image folder)"
             )
         names = read_split_images(split_csv)
         if args.limit:
@@ -260,7 +271,7 @@ def _model_predictions(
         sources["images"] = str(images_dir)
     if not predictions.images:
         raise EvaluationError(f"no images to evaluate for the {args.split} split")
-    truth = truth_for(predictions.images, metadata, args.metadata)
+    truth = truth_for(predictions.images, metadata, metadata_path)
     return predictions, truth, sources
 
 
@@ -377,14 +388,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if args.fit and args.checkpoint is None:
         raise EvaluationError("--fit writes into a checkpoint's config.json: give --checkpoint")
     config = _read_config_dict(args.checkpoint) if args.checkpoint else None
-    try:
-        metadata = read_metadata(args.metadata)
-    except MetadataError as error:
-        raise EvaluationError(str(error)) from None
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    predictions, truth, sources = _model_predictions(args, config, metadata)
+    predictions, truth, sources = _model_predictions(args, config)
     if not args.predictions:
         sources["predictions"] = str(write_predictions(
             predictions, truth[PATIENT].tolist(), out / f"predictions_{args.split}.csv"))
@@ -488,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate this predictions CSV instead of running the model")
     parser.add_argument("--split-csv", type=Path, help="the split's CSV (Image Index column)")
     parser.add_argument("--images", type=Path, help="folder searched recursively for the images")
-    parser.add_argument("--metadata", type=Path, default=DEFAULT_METADATA,
-                        help="NIH Data_Entry CSV with the labels (default: %(default)s)")
+    parser.add_argument("--metadata", type=Path,
+                        help="NIH Data_Entry CSV with the labels (default: the one the "
+                        f"checkpoint was trained with, else {DEFAULT_METADATA})")
     parser.add_argument("--fit", choices=(*CALIBRATION_METHODS, "none"),
                         help="validation only: fit this calibration (or none), then choose "
                         "thresholds on the calibrated probabilities; write both to config.json")
@@ -522,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --checkpoint, --predictions, or both")
     try:
         report = evaluate(args)
-    except (EvaluationError, MetadataError) as error:
+    except (EvaluationError, MetadataError, CheckpointError, ImageInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     headline = report["metrics"]["headline"]
