@@ -466,6 +466,7 @@ def choose_thresholds(
             objective = 2 * tp / (2 * tp + fp + (n_pos - tp))
         else:
             objective = tp / n_pos - fp / n_neg
-        best = int(np.argmax(objective))  # first = highest threshold among ties
+        # the first (highest) threshold among ties, with rounding error counted as a tie
+        best = int(np.flatnonzero(objective >= objective.max() - 1e-12)[0])
         thresholds[c] = p[order[starts[best]]]
     return np.clip(thresholds, *_THRESHOLD_LIMITS), notes
