@@ -1,0 +1,166 @@
+"""``python -m training.evaluate`` end to end, on the shared radiographs and the reference
+DenseNet's predictions (``../shared/data/nih``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.special import logit
+from sklearn.metrics import roc_auc_score
+
+from training import evaluate
+from training.data import labels_of, read_metadata
+from training.eval_metrics import per_class_metrics
+from xray_app.labels import LABELS, NO_FINDING, PATHOLOGIES
+from xray_app.model import load_checkpoint, read_config, write_random_init
+from xray_app.preprocess import preprocess
+
+NIH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nih"
+METADATA = NIH / "Data_Entry_2017_v2020.csv.gz"
+REFERENCE = NIH / "chexnet_repro_preds.csv"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    """The reference DenseNet's probabilities joined to the NIH labels of the 500 images."""
+    preds = pd.read_csv(REFERENCE, dtype={"Image Index": str})
+    metadata = read_metadata(METADATA)
+    return preds.merge(metadata, on="Image Index", how="inner", validate="one_to_one")
+
+
+def test_reference_densenet_scores_well_above_chance_on_the_500_images(reference):
+    assert len(reference) == 500, f"expected all 500 images labelled, got {len(reference)}"
+    y = labels_of(reference)[:, : len(PATHOLOGIES)].astype(int)
+    probs = reference[[f"prob_{name}" for name in PATHOLOGIES]].to_numpy()
+    report = per_class_metrics(y, probs, np.full(14, 0.5), reference["Patient ID"].to_numpy(),
+                               labels=PATHOLOGIES, n_boot=300, rng=np.random.default_rng(0))
+    head = report["headline"]
+    assert head["name"] == "mean AUROC over the 14 pathologies", f"headline: {head['name']}"
+    assert head["value"] > 0.7 and head["ci_low"] > 0.65, (
+        f"expected the reference model's mean AUROC well above 0.5, got {head['value']:.3f} "
+        f"(CI {head['ci_low']:.3f}-{head['ci_high']:.3f})")
+    for c, name in enumerate(PATHOLOGIES):
+        expected = roc_auc_score(y[:, c], probs[:, c])
+        got = report["per_class"][name]["auroc"]["value"]
+        assert got == pytest.approx(expected, abs=1e-12), f"{name}: sklearn {expected}, got {got}"
+
+
+def _write_logits(frame: pd.DataFrame, path: Path) -> Path:
+    """A 15-class predictions file made from the reference probabilities: logit(p) for the
+    pathologies, minus the largest pathology logit for "No Finding"."""
+    probs = np.clip(frame[[f"prob_{name}" for name in PATHOLOGIES]].to_numpy(), 1e-6, 1 - 1e-6)
+    logits = logit(probs)
+    out = pd.DataFrame({"Image Index": frame["Image Index"]})
+    for c, name in enumerate(PATHOLOGIES):
+        out[f"logit_{name}"] = logits[:, c]
+    out[f"logit_{NO_FINDING}"] = -logits.max(axis=1)
+    out.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, reference):
+    """A random-init checkpoint whose thresholds and calibration were fitted by the CLI on
+    a 'validation' half of the images (predictions taken from the reference model)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    checkpoint = write_random_init(root / "checkpoint", input_size=64)
+    val_csv = _write_logits(reference.iloc[:250], root / "val_predictions.csv")
+    test_csv = _write_logits(reference.iloc[250:], root / "test_predictions.csv")
+    out = root / "eval"
+    code = evaluate.main(["--checkpoint", str(checkpoint), "--split", "val", "--fit", "platt",
+                          "--predictions", str(val_csv), "--metadata", str(METADATA),
+                          "--out", str(out), "--n-boot", "100"])
+    assert code == 0, "the validation run with --fit should succeed"
+    return {"checkpoint": checkpoint, "out": out, "test_csv": test_csv, "root": root}
+
+
+def test_fit_on_validation_writes_thresholds_and_calibration_into_config(fitted):
+    config = read_config(fitted["checkpoint"] / "config.json")
+    assert config.calibration is not None and config.calibration["method"] == "platt", (
+        f"expected a Platt calibration in config.json, got {config.calibration}")
+    assert len(config.calibration["scale"]) == 15, "one calibration scale per output"
+    assert not np.allclose(config.thresholds, 0.5), "thresholds should have been chosen"
+    fit = config.provenance["validation_fit"]
+    assert (fit["split"], fit["n_images"]) == ("val", 250), f"fit record: {fit}"
+    report = json.loads((fitted["out"] / "report_val.json").read_text())
+    assert report["thresholds"]["values"] == dict(zip(LABELS, config.thresholds, strict=True)), (
+        "the validation report should show the thresholds written to config.json")
+    ece = report["calibration"]["ece"]["pooled"]
+    assert ece["ece_before"] is not None and ece["ece_after"] is not None, f"ECE before/after: {ece}"
+
+
+def test_reports_and_plots_are_written(fitted):
+    out = fitted["out"]
+    for name in ("roc_val.png", "pr_val.png", "reliability_val.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, f"{name} should be a real PNG"
+    markdown = (out / "report_val.md").read_text()
+    for phrase in ("mean AUROC over the 14 pathologies", "Always-negative baseline",
+                   "exact match (subset)", "**Macro**", "**Micro**", "ECE before"):
+        assert phrase in markdown, f"expected {phrase!r} in report_val.md"
+    report = json.loads((out / "report_val.json").read_text())
+    assert report["metrics"]["n_images"] == 250, "the report should count the 250 images"
+    assert report["figures"]["roc"] == "roc_val.png", "the JSON should name its figures"
+
+
+def test_test_split_uses_the_validation_thresholds_and_compares_side_by_side(fitted):
+    out = fitted["root"] / "eval_test"
+    code = evaluate.main(["--checkpoint", str(fitted["checkpoint"]), "--split", "test",
+                          "--predictions", str(fitted["test_csv"]), "--metadata", str(METADATA),
+                          "--compare", str(REFERENCE), "--compare-name", "CheXNet repro",
+                          "--out", str(out), "--n-boot", "100"])
+    assert code == 0, "the test run should succeed"
+    report = json.loads((out / "report_test.json").read_text())
+    config = read_config(fitted["checkpoint"] / "config.json")
+    assert report["thresholds"]["values"] == dict(zip(LABELS, config.thresholds, strict=True)), (
+        "the test report should use the thresholds chosen on validation")
+    assert "validation" in report["thresholds"]["source"], report["thresholds"]["source"]
+    comparison = report["comparison"]
+    assert comparison["n_images"] == 250, "only the 250 images in both files are compared"
+    assert comparison["labels"] == list(PATHOLOGIES), "the 14 shared classes are compared"
+    # our logits are the reference's probabilities, calibrated by an increasing map:
+    # same ranking, so the paired AUROC difference must be exactly zero
+    difference = comparison["paired"]["mean_auroc_difference"]
+    assert abs(difference["value"]) < 1e-9, f"expected no AUROC difference, got {difference}"
+    assert "## Comparison" in (out / "report_test.md").read_text(), "markdown comparison section"
+
+
+def test_fitting_on_the_test_split_is_refused(fitted, capsys):
+    config_path = fitted["checkpoint"] / "config.json"
+    before = config_path.read_bytes()
+    code = evaluate.main(["--checkpoint", str(fitted["checkpoint"]), "--split", "test",
+                          "--fit", "platt", "--predictions", str(fitted["test_csv"]),
+                          "--metadata", str(METADATA), "--out", str(fitted["root"] / "x")])
+    assert code == 2, "--fit on the test split should be an error"
+    assert "only allowed on the validation split" in capsys.readouterr().err, "error message"
+    assert config_path.read_bytes() == before, "config.json must not change"
+
+
+def test_cli_runs_the_model_on_real_images_through_the_shared_preprocessing(fitted):
+    names = sorted(p.name for p in (NIH / "images").iterdir())[:3]
+    split_csv = fitted["root"] / "three.csv"
+    pd.DataFrame({"Image Index": names}).to_csv(split_csv, index=False)
+    out = fitted["root"] / "eval_model"
+    code = evaluate.main(["--checkpoint", str(fitted["checkpoint"]), "--split", "val",
+                          "--split-csv", str(split_csv), "--images", str(NIH / "images"),
+                          "--metadata", str(METADATA), "--out", str(out), "--n-boot", "20"])
+    assert code == 0, "inference on three real images should succeed"
+    written = pd.read_csv(out / "predictions_val.csv", dtype={"Image Index": str})
+    assert written["Image Index"].tolist() == names, "one row per image, in split order"
+    loaded = load_checkpoint(fitted["checkpoint"])
+    with torch.inference_mode():
+        batch = torch.stack([preprocess(NIH / "images" / n, loaded.config.preprocess)[0]
+                             for n in names])
+        expected = loaded.model(batch).numpy()
+    got = written[[f"logit_{name}" for name in LABELS]].to_numpy()
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4), (
+        "logits in predictions_val.csv should equal the model on the shared preprocessing")
+    report = json.loads((out / "report_val.json").read_text())
+    undefined = [n for n, m in report["metrics"]["per_class"].items() if m["auroc"]["value"] is None]
+    assert undefined, "with three images some classes have no positives: reported undefined"
