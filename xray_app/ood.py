@@ -1,0 +1,166 @@
+"""Out-of-distribution gate: is this image like the chest radiographs the model was trained on?
+
+The model's penultimate features (the ``(2048,)`` global average pool of layer4, see
+:meth:`~xray_app.model.ChestXrayResNet.pool`) of the *training* images are summarised by
+their mean ``mu`` and a Ledoit-Wolf-shrunk covariance ``S``.  An image's score is its
+Mahalanobis distance to them::
+
+    score = sqrt((f - mu)^T S^-1 (f - mu)) = || (f - mu) @ W ||,   W W^T = S^-1
+
+``W`` (the lower Cholesky factor of the precision matrix) and ``mu`` are stored in
+``model.safetensors`` as ``ood.whitening`` ``(2048, 2048)`` and ``ood.mean`` ``(2048,)``
+(float32); ``config.json``'s ``ood`` entry holds the method and the two levels, chosen on
+validation radiographs by :mod:`training.ood`:
+
+* ``score <= warn``: ``"ok"``;
+* ``warn < score <= refuse``: ``"warn"``: the prediction is shown with a warning;
+* ``score > refuse``: ``"refuse"``: no prediction is shown.
+
+This module is app-side: numpy/torch only.  The statistics are fitted in
+:mod:`training.ood` (which uses scikit-learn); scoring lives here so that the app, the
+command line and the training-side evaluation compute exactly the same number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+METHOD = "mahalanobis"
+MEAN_KEY = "mean"
+WHITENING_KEY = "whitening"
+LEVELS = ("ok", "warn", "refuse")
+
+
+class OodConfigError(ValueError):
+    """The checkpoint's ``ood`` entry and its tensors do not fit together."""
+
+
+@dataclass(frozen=True)
+class OodResult:
+    """The gate's verdict for one image."""
+
+    score: float  # Mahalanobis distance to the training features, >= 0
+    level: str  # "ok", "warn" or "refuse"
+    message: str  # "" when ok; otherwise one sentence for the user
+
+    @property
+    def refused(self) -> bool:
+        return self.level == "refuse"
+
+
+def mahalanobis_score(
+    features: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor
+) -> torch.Tensor:
+    """``(N, D)`` pooled features -> ``(N,)`` float32 Mahalanobis distances (>= 0).
+
+    ``mean`` is ``(D,)``; ``whitening`` is ``(D, D)`` with ``W W^T`` = the precision matrix.
+    """
+    if features.ndim != 2 or features.shape[1] != mean.shape[0]:
+        raise ValueError(
+            f"expected (N, {mean.shape[0]}) pooled features, got shape {tuple(features.shape)}"
+        )
+    centred = features.detach().float().cpu() - mean.float()
+    return torch.linalg.vector_norm(centred @ whitening.float(), dim=1)
+
+
+def level_of(score: float, warn: float, refuse: float) -> str:
+    """``"ok"`` up to ``warn``, ``"warn"`` up to ``refuse``, else ``"refuse"``."""
+    if score > refuse:
+        return "refuse"
+    if score > warn:
+        return "warn"
+    return "ok"
+
+
+def message_for(level: str, score: float, warn: float, refuse: float) -> str:
+    """The user-facing sentence for a level (empty for ``"ok"``)."""
+    if level == "refuse":
+        return (
+            f"This image does not look like a chest radiograph (out-of-distribution score "
+            f"{score:.1f}, refusal level {refuse:.1f}); no prediction is shown. Please upload a "
+            "frontal (PA or AP) chest X-ray."
+        )
+    if level == "warn":
+        return (
+            f"This image is unlike the chest radiographs the model was trained on "
+            f"(out-of-distribution score {score:.1f}, warning level {warn:.1f}); the results "
+            "below may be unreliable. Check that it is a frontal chest X-ray."
+        )
+    return ""
+
+
+@dataclass(frozen=True)
+class OodGate:
+    """Mean, whitening matrix and levels of one checkpoint; scores pooled features."""
+
+    mean: torch.Tensor  # (D,) float32
+    whitening: torch.Tensor  # (D, D) float32
+    warn: float
+    refuse: float
+
+    @classmethod
+    def from_parts(
+        cls, extra_tensors: Mapping[str, torch.Tensor], ood_config: Mapping[str, Any] | None
+    ) -> OodGate | None:
+        """The gate of a checkpoint (``LoadedCheckpoint.extra_tensors`` and ``config.ood``).
+
+        Returns ``None`` when the checkpoint has no ``ood`` entry (an older checkpoint: the
+        caller decides what to say); raises :class:`OodConfigError` when the entry is there
+        but inconsistent (a half-written checkpoint must not silently disable the gate).
+        """
+        if not ood_config:
+            return None
+        method = ood_config.get("method")
+        if method != METHOD:
+            raise OodConfigError(f"config.json ood.method is {method!r}; expected {METHOD!r}")
+        missing = [k for k in (MEAN_KEY, WHITENING_KEY) if k not in extra_tensors]
+        if missing:
+            raise OodConfigError(
+                f"config.json has an ood entry but model.safetensors lacks tensor(s) "
+                f"{['ood.' + k for k in missing]}"
+            )
+        mean, whitening = extra_tensors[MEAN_KEY].float(), extra_tensors[WHITENING_KEY].float()
+        dim = mean.shape[0]
+        if mean.ndim != 1 or tuple(whitening.shape) != (dim, dim):
+            raise OodConfigError(
+                f"ood.mean has shape {tuple(mean.shape)} and ood.whitening "
+                f"{tuple(whitening.shape)}; expected (D,) and (D, D)"
+            )
+        try:
+            warn, refuse = float(ood_config["warn"]), float(ood_config["refuse"])
+        except (KeyError, TypeError, ValueError):
+            raise OodConfigError("config.json ood entry needs numeric 'warn' and 'refuse'") from None
+        if not 0.0 <= warn <= refuse:
+            raise OodConfigError(f"ood levels must satisfy 0 <= warn <= refuse, got {warn}, {refuse}")
+        return cls(mean=mean, whitening=whitening, warn=warn, refuse=refuse)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any) -> OodGate | None:
+        """Same as :meth:`from_parts` for a :class:`~xray_app.model.LoadedCheckpoint`."""
+        return cls.from_parts(checkpoint.extra_tensors, checkpoint.config.ood)
+
+    def scores(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` pooled features -> ``(N,)`` distances."""
+        return mahalanobis_score(pooled, self.mean, self.whitening)
+
+    def assess(self, pooled: torch.Tensor) -> list[OodResult]:
+        """``(N, D)`` pooled features -> one :class:`OodResult` per image."""
+        results = []
+        for score in self.scores(pooled).tolist():
+            level = level_of(score, self.warn, self.refuse)
+            results.append(OodResult(score, level, message_for(level, score, self.warn, self.refuse)))
+        return results
+
+
+def assess_ood(
+    pooled: torch.Tensor,
+    extra_tensors: Mapping[str, torch.Tensor],
+    ood_config: Mapping[str, Any] | None,
+) -> list[OodResult] | None:
+    """One-call form: ``None`` when the checkpoint has no OOD statistics."""
+    gate = OodGate.from_parts(extra_tensors, ood_config)
+    return None if gate is None else gate.assess(pooled)
