@@ -152,8 +152,61 @@ def _read_bytes(source: Source, name: str | None) -> tuple[bytes, str]:
     return data, name or Path(getattr(source, "name", "<upload>")).name
 
 
+# Signatures of the raster formats Pillow reads here: a file that starts with one of these
+# but cannot be opened is a truncated image, not "not an image".
+_RASTER_SIGNATURES: dict[bytes, str] = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# The only DICOM elements ever read: pixel geometry, the LUTs, and SAFE_DICOM_FIELDS.
+# Reading with ``specific_tags`` means patient identifiers are never even parsed, so
+# they cannot leak through a result, an exception or a warning.
+_DICOM_TAGS: tuple[str, ...] = (
+    "SOPClassUID",
+    "SpecificCharacterSet",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PixelPaddingValue",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    *SAFE_DICOM_FIELDS,
+)
+
+
+def _raster_format(data: bytes) -> str | None:
+    for signature, fmt in _RASTER_SIGNATURES.items():
+        if data.startswith(signature):
+            return fmt
+    return None
+
+
 def _looks_like_dicom(data: bytes, name: str) -> bool:
-    return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
+    """DICOM Part 10 magic, or a ``.dcm`` name on bytes that are not a known raster format."""
+    if data[128:132] == b"DICM":
+        return True
+    return name.lower().endswith((".dcm", ".dicom")) and _raster_format(data) is None
 
 
 def decode_image(
@@ -190,18 +243,35 @@ def _check_size(label: str, width: int, height: int, *, max_pixels: int, min_sid
 
 
 # --------------------------------------------------------------------------- PNG/JPEG/TIFF
+def _png_header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's IHDR chunk, or None if it is not there."""
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
 def _decode_raster(data: bytes, label: str, *, max_pixels: int, min_side: int) -> DecodedImage:
+    # PNG sizes are checked here, before Pillow: its own bomb guard (a fixed ~179 MP,
+    # independent of ``max_pixels``) would otherwise answer first without the size.
+    png_size = _png_header_size(data)
+    if png_size is not None:
+        _check_size(label, *png_size, max_pixels=max_pixels, min_side=min_side)
+    signature_format = _raster_format(data)
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise ImageTooLargeError(
             label, f"the header declares more than the limit of {max_pixels / 1e6:g} megapixels"
         ) from None
-    except UnidentifiedImageError:
-        raise NotAnImageError(
-            label, "not a recognised image (expected PNG, JPEG, TIFF or DICOM)"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        if signature_format is not None:  # a real PNG/JPEG/TIFF cut short in its header
+            raise TruncatedImageError(
+                label, f"the {signature_format} header is truncated or corrupt"
+            ) from None
+        if isinstance(error, UnidentifiedImageError):
+            raise NotAnImageError(
+                label, "not a recognised image (expected PNG, JPEG, TIFF or DICOM)"
+            ) from None
         raise NotAnImageError(label, f"not a readable image ({error})") from None
     with image:
         width, height = image.size  # from the header: no pixels decoded yet
@@ -259,13 +329,23 @@ def _scale_to_unit(gray: np.ndarray, label: str) -> np.ndarray:
 # --------------------------------------------------------------------------- DICOM
 def _decode_dicom(data: bytes, label: str, *, max_pixels: int, min_side: int) -> DecodedImage:
     import pydicom  # only DICOM uploads pay for the import
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    has_magic = data[128:132] == b"DICM"
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=list(_DICOM_TAGS))
+    except Exception as error:  # pydicom's parser raises many types on garbage bytes
+        # only the type in the message: pydicom's text could quote header values
+        if has_magic:
+            raise TruncatedImageError(
+                label, f"the DICOM header is truncated or corrupt ({type(error).__name__})"
+            ) from None
         raise NotAnImageError(label, f"not a readable DICOM file ({type(error).__name__})") from None
+    if not has_magic and not any(key in ds for key in ("SOPClassUID", "Rows", "Modality")):
+        # force=True parses any bytes into a dataset of nonsense elements
+        raise NotAnImageError(
+            label, "not a recognised image (expected PNG, JPEG, TIFF or DICOM)"
+        )
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise NoPixelDataError(label, "the DICOM file has no pixel data (not an image object)")
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -334,8 +414,13 @@ def to_model_input(
     ``gray`` is ``(H, W)``: uint8 in [0, 255] (the training cache) or float in [0, 1]
     (:attr:`DecodedImage.pixels`, possibly augmented).  Values are clipped to [0, 1].
     """
+    if gray.ndim != 2:
+        raise ValueError(f"expected a (H, W) greyscale image, got shape {gray.shape}")
     if gray.dtype == np.uint8:
         gray = gray.astype(np.float32) * (1.0 / 255.0)
+    elif not np.issubdtype(gray.dtype, np.floating):
+        # a uint16/int array would be clipped to an all-white image
+        raise ValueError(f"expected uint8 in [0, 255] or float in [0, 1], got {gray.dtype}")
     resized = resize_gray(np.asarray(gray, dtype=np.float32), input_size)
     unit = torch.from_numpy(np.clip(resized, 0.0, 1.0))
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
