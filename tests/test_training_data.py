@@ -1,0 +1,139 @@
+"""training.data: metadata in both NIH forms, image discovery, patient-wise splits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import data
+from xray_app.labels import LABELS, NUM_LABELS
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih"
+METADATA = SHARED / "Data_Entry_2017_v2020.csv.gz"
+CHEXNET = SHARED / "chexnet_split"
+
+pytestmark = pytest.mark.skipif(not METADATA.is_file(), reason=f"shared data missing: {METADATA}")
+
+
+@pytest.fixture(scope="module")
+def metadata() -> pd.DataFrame:
+    return data.read_metadata(METADATA)
+
+
+def _assert_disjoint_and_complete(splits: data.Splits) -> None:
+    patients = {name: set(part[data.PATIENT]) for name, part in splits.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = patients[a] & patients[b]
+        assert not shared, f"expected no patient in both {a} and {b}, found {len(shared)}"
+    for name, part in splits.items():
+        counts = data.labels_of(part).sum(axis=0)
+        absent = [LABELS[i] for i in np.flatnonzero(counts == 0)]
+        assert not absent, f"expected every class in the {name} split, missing {absent}"
+
+
+def test_v2020_metadata_has_all_rows_and_renamed_size_columns(metadata):
+    assert len(metadata) == 112_120, f"expected 112,120 images, got {len(metadata)}"
+    for column in ("OriginalImageWidth", "OriginalImageHeight", "PixelSpacingX", "PixelSpacingY"):
+        assert column in metadata.columns, f"expected renamed column {column!r}"
+    assert metadata[data.PATIENT].nunique() == 30_805, "expected 30,805 NIH patients"
+    labels = data.labels_of(metadata)
+    assert labels.shape == (112_120, NUM_LABELS), f"expected (N, 15) labels, got {labels.shape}"
+
+
+def test_original_2017_csv_with_trailing_comma_reads_the_same(tmp_path):
+    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+              "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n")
+    rows = ("00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143,\n"
+            "00000002_000.png,No Finding,0,2,81,M,PA,2500,2048,0.171,0.171,\n")
+    path = tmp_path / "Data_Entry_2017.csv"
+    path.write_text(header + rows)
+    frame = data.read_metadata(path)
+    assert list(frame.columns[-4:]) == ["OriginalImageWidth", "OriginalImageHeight",
+                                        "PixelSpacingX", "PixelSpacingY"], (
+        f"expected renamed size/spacing columns and no empty trailing column, got {list(frame.columns)}")
+    assert frame["OriginalImageHeight"].tolist() == [2749, 2048], "expected heights parsed per row"
+
+
+def test_metadata_without_patient_column_names_the_file(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("Image Index,Finding Labels\na.png,Mass\n")
+    with pytest.raises(data.MetadataError, match=r"bad\.csv.*Patient ID"):
+        data.read_metadata(path)
+
+
+def test_patient_random_split_of_full_metadata_is_fast_disjoint_and_complete(metadata):
+    start = time.perf_counter()
+    splits = data.make_splits(metadata, split_lists=None, val_fraction=0.1, test_fraction=0.2, seed=0)
+    seconds = time.perf_counter() - start
+    assert seconds < 10, f"expected the full split in seconds, took {seconds:.1f} s"
+    assert sum(len(p) for _, p in splits.items()) == 112_120, "expected every image in one split"
+    _assert_disjoint_and_complete(splits)
+    fractions = [len(p) / 112_120 for _, p in splits.items()]
+    assert fractions == pytest.approx([0.7, 0.1, 0.2], abs=0.01), f"expected 70/10/20, got {fractions}"
+
+
+def test_patient_random_split_depends_on_seed_only(metadata):
+    small = metadata.head(3000)
+    a = data.split_by_patient(small, val_fraction=0.1, test_fraction=0.2, seed=1)
+    b = data.split_by_patient(small, val_fraction=0.1, test_fraction=0.2, seed=1)
+    c = data.split_by_patient(small, val_fraction=0.1, test_fraction=0.2, seed=2)
+    assert a.test[data.IMAGE].tolist() == b.test[data.IMAGE].tolist(), "expected same seed, same split"
+    assert a.test[data.IMAGE].tolist() != c.test[data.IMAGE].tolist(), "expected another seed to differ"
+
+
+def test_chexnet_lists_split_full_metadata_disjoint_and_complete(metadata):
+    splits = data.make_splits(metadata, split_lists=CHEXNET, val_fraction=0.1, test_fraction=0.2, seed=0)
+    sizes = {name: len(part) for name, part in splits.items()}
+    expected = {name: len(data.read_image_list(CHEXNET / f"{name}_list.txt")) for name in data.SPLIT_NAMES}
+    assert sizes == expected, f"expected the list sizes {expected}, got {sizes}"
+    _assert_disjoint_and_complete(splits)
+
+
+def test_official_nih_lists_carve_validation_by_patient(metadata, tmp_path):
+    # NIH's format: one name per line; built here from the CheXNet lists (same images)
+    train_val = data.read_image_list(CHEXNET / "train_list.txt") + data.read_image_list(CHEXNET / "val_list.txt")
+    (tmp_path / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
+    (tmp_path / "test_list.txt").write_text("\n".join(data.read_image_list(CHEXNET / "test_list.txt")) + "\n")
+    splits = data.make_splits(metadata, split_lists=tmp_path, val_fraction=0.125, test_fraction=0.0, seed=0)
+    assert len(splits.train) + len(splits.val) == len(train_val), "expected train+val == train_val_list"
+    assert len(splits.val) / len(train_val) == pytest.approx(0.125, abs=0.01), "expected 12.5 % carved"
+    _assert_disjoint_and_complete(splits)
+
+
+def test_a_patient_in_two_splits_is_refused(metadata):
+    rows = metadata[metadata[data.PATIENT] == 1]
+    leak = data.Splits(rows.head(1), rows.iloc[1:2], rows.iloc[2:3], method="handmade")
+    with pytest.raises(data.SplitLeakError, match="patient 1 appears in both"):
+        data.check_patient_disjoint(leak)
+
+
+def test_nested_images_found_and_missing_ones_counted(metadata, tmp_path):
+    nested = tmp_path / "images_001" / "images"
+    nested.mkdir(parents=True)
+    present = metadata[data.IMAGE].head(3).tolist()
+    for name in present:
+        (nested / name).write_bytes(b"")
+    found = data.find_images(tmp_path)
+    assert set(found) == set(present), f"expected the 3 nested images, found {sorted(found)}"
+    kept, report = data.keep_available(metadata, found)
+    assert (len(kept), report.missing) == (3, 112_117), (
+        f"expected 3 kept and 112,117 missing, got {len(kept)} and {report.missing}")
+
+
+def test_cli_writes_splits_and_prevalence_for_the_partial_download(tmp_path, capsys):
+    code = data.main(["--metadata", str(METADATA), "--images", str(SHARED / "images"),
+                      "--seed", "3", "--out", str(tmp_path)])
+    assert code == 0, f"expected exit 0, got {code}"
+    total = 0
+    for name in data.SPLIT_NAMES:
+        part = pd.read_csv(tmp_path / f"{name}.csv")
+        assert {data.IMAGE, data.PATIENT} <= set(part.columns), f"expected id columns in {name}.csv"
+        total += len(part)
+    assert total == 500, f"expected the 500 shared images across the splits, got {total}"
+    prevalence = pd.read_csv(tmp_path / "prevalence.csv", index_col=0)
+    assert list(prevalence.index) == [*LABELS, "images"], "expected one row per label + images"
+    assert "111620 missing" in capsys.readouterr().out, "expected the missing images reported"
