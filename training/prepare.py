@@ -132,7 +132,9 @@ def build_cache(
             status.flush()  # after the worker flushed its pixels: a row marked OK is on disk
             bar.update(len(future.result()))
     bar.close()
-    corrupt = [json.loads(line) for line in (out / ERRORS_FILE).read_text().splitlines() if line]
+    # the errors file is append-only (a resumed row may be logged twice): one per image
+    logged = {item["image"]: item for item in map(json.loads, (out / ERRORS_FILE).read_text().splitlines())}
+    corrupt = [logged[names[row]] for row in np.flatnonzero(status == CORRUPT)]
     report = {
         "images": len(names),
         "ok": int((status == OK).sum()),
