@@ -143,8 +143,7 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
                      "AUPRC this model", f"AUPRC {other}"], rows)
     lines += ["", f"Macro F1: this model {fmt(this['macro']['f1']['value'])} at its own "
               f"thresholds; {other} {fmt(that['macro']['f1']['value'])} at "
-              f"{comparison['other_threshold_note'].split(' ')[-1]} "
-              f"({comparison['other_threshold_note']})."]
+              f"{comparison['other_threshold']} ({comparison['other_threshold_note']})."]
     return lines
 
 

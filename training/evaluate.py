@@ -365,8 +365,9 @@ def _comparison(
         "images_only_in_this_model": int(len(predictions.images) - common_rows.size),
         "images_only_in_other": int(len(other.images) - common_rows.size),
         "labels": labels,
-        "other_threshold_note": f"the other model has no validation thresholds here; its "
-        f"threshold figures use {DEFAULT_THRESHOLD}",
+        "other_threshold": DEFAULT_THRESHOLD,
+        "other_threshold_note": "the other model has no validation thresholds here; its "
+        f"precision/recall/F1 use {DEFAULT_THRESHOLD}",
         "this_model": per_class_metrics(
             y, probs_a, thresholds[mine], groups, labels=labels,
             n_boot=args.n_boot, rng=np.random.default_rng(args.seed)),

@@ -1,0 +1,344 @@
+"""Generate the model card ``weights/README.md`` from a checkpoint and its evaluation reports.
+
+    python -m training.model_card --checkpoint weights --report weights/eval/report_val.json \\
+        --report weights/eval/report_test.json [--localization loc.json] --out weights/README.md
+
+Every figure in the card comes from ``config.json`` or a report written by
+:mod:`training.evaluate`; nothing is typed in by hand.  The front matter is Hugging Face
+model-card metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.eval_report import fmt, fmt_ci, headline_sentence, metrics_table
+from xray_app.labels import LABELS, display_name
+from xray_app.model import CONFIG_FILE, CheckpointError, read_config
+
+NIH_IMAGES = 112_120
+NIH_PATIENTS = 30_805
+FRONT_MATTER = """---
+license: mit
+library_name: pytorch
+pipeline_tag: image-classification
+tags:
+- medical-imaging
+- chest-x-ray
+- radiology
+- multi-label-classification
+- resnet50
+- research-only
+datasets:
+- NIH-ChestX-ray14
+metrics:
+- roc_auc
+---
+"""
+
+
+class ModelCardError(ValueError):
+    """A report or localisation file is missing or not what the card needs."""
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelCardError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{path}: {what} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ModelCardError(f"{path}: {what} should be a JSON object")
+    return data
+
+
+def _check_report(report: dict[str, Any], path: Path) -> None:
+    missing = [key for key in ("split", "metrics", "calibration", "thresholds", "data")
+               if key not in report]
+    if missing:
+        raise ModelCardError(f"{path}: not a training.evaluate report (missing {missing})")
+
+
+# --------------------------------------------------------------------------- sections
+def _title(config: dict[str, Any]) -> list[str]:
+    lines = [f"# {config['name']}: chest X-ray findings classifier (ResNet-50, 15 outputs)", "",
+             "> **Research demonstration only. This is NOT a medical device.** It has not been "
+             "cleared or approved by any regulator, has not been validated clinically, and must "
+             "not be used to diagnose, triage or treat anyone.", ""]
+    if not config.get("trained"):
+        lines += ["> **WARNING: this checkpoint is marked UNTRAINED (random weights).** Every "
+                  "number below describes a model whose outputs are meaningless.", ""]
+    return lines
+
+
+def _data_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
+    provenance = config.get("provenance", {})
+    data = provenance.get("data", {})
+    per_split = data.get("images", {}) if isinstance(data, dict) else {}
+    lines = ["## Data and split", ""]
+    if isinstance(data, dict) and data:
+        lines.append(f"- Metadata: `{data.get('metadata')}`; images: {data.get('source')}; "
+                     f"{data.get('availability')}.")
+    elif data:
+        lines.append(f"- Data: {data}")
+    split = provenance.get("split", {})
+    if split:
+        lines.append(f"- Split: {split.get('method')} (split files in `{split.get('files')}`); "
+                     "always by patient: no patient is in two splits.")
+    if per_split:
+        lines.append("- Images per split: " + ", ".join(f"{k} {v}" for k, v in per_split.items())
+                     + ".")
+    train_images = per_split.get("train")
+    scale = (f"{train_images:,} training images" if train_images
+             else "an unknown number of training images (not recorded in config.json)")
+    lines += ["", f"**How little data.** NIH ChestX-ray14 has {NIH_IMAGES:,} frontal radiographs "
+              f"of {NIH_PATIENTS:,} patients; this model saw {scale}. Evaluation:"]
+    for report in reports:
+        lines.append(f"- {report['split']} split: {report['metrics']['n_images']:,} images of "
+                     f"{report['metrics']['n_patients']:,} patients.")
+    lines += ["", "Rare classes have only a handful of positive images in these sets, so their "
+              "confidence intervals are wide; read the intervals, not just the point estimates.",
+              "Labels are NIH's, mined from radiology reports by text processing: they are "
+              "noisy, and the metrics are measured against them, not against radiologists."]
+    return lines
+
+
+def _training_section(config: dict[str, Any]) -> list[str]:
+    provenance = config.get("provenance", {})
+    lines = ["## Model and training configuration", "",
+             f"- Architecture: {config['architecture']} with a single linear head of "
+             f"{len(config['labels'])} sigmoid outputs; input {config['input_size']} px, "
+             f"normalised with mean {config['mean']} and std {config['std']}.",
+             f"- Outputs, in logit order: {', '.join(config['labels'])}.",
+             f"- Code commit: `{provenance.get('commit')}`; exported {provenance.get('date')}."]
+    train_config = provenance.get("train_config")
+    if train_config:
+        lines += ["", "Training configuration (`config.yaml` of the run):", "", "```json",
+                  json.dumps(train_config, indent=2, sort_keys=True), "```"]
+    else:
+        lines.append("- Training configuration: not recorded in config.json.")
+    return lines
+
+
+def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    split = report["split"]
+    metrics = report["metrics"]
+    lines = [f"## Evaluation on the {split} split", "", headline_sentence(metrics), ""]
+    shipped = dict(zip(config["labels"], config["thresholds"], strict=True))
+    used = report["thresholds"]["values"]
+    if any(abs(used[name] - shipped[name]) > 1e-9 for name in used if name in shipped):
+        lines += ["**Note:** this report was made with thresholds that differ from the ones "
+                  "shipped in `config.json`; re-run the evaluation to refresh it.", ""]
+    if split == "val":
+        lines += ["Thresholds and calibration were fitted on this split, so the figures at the "
+                  "threshold (precision, recall, F1) are optimistic here.", ""]
+    lines += [f"Intervals: {metrics['bootstrap']['interval']}, {metrics['bootstrap']['n_resamples']} "
+              "bootstrap resamples of patients. Decision rule: "
+              f"{metrics['threshold_rule']}. Macro = unweighted mean over the pathologies "
+              "with a defined value; micro = all (image, pathology) decisions pooled.", "",
+              *metrics_table(metrics)]
+    accuracy = metrics["accuracy"]["averaged_classes"]
+    if "element_wise_accuracy" in accuracy:
+        lines += ["", f"Element-wise accuracy over the {accuracy['n_images']} x "
+                  f"{accuracy['n_classes']} pathology decisions: "
+                  f"{fmt(accuracy['element_wise_accuracy'])}, against "
+                  f"{fmt(accuracy['element_wise_accuracy_always_negative'])} for a model that "
+                  "always answers \"absent\": accuracy is not a useful figure here."]
+    comparison = report.get("comparison")
+    if comparison:
+        diff = comparison["paired"]["mean_auroc_difference"]
+        lines += ["", f"Reference model **{comparison['other_name']}** on the same "
+                  f"{comparison['n_images']} images: "
+                  f"{fmt_ci(comparison['other_model']['headline'])} vs this model's "
+                  f"{fmt_ci(comparison['this_model']['headline'])} "
+                  f"(difference {fmt_ci(diff)}, paired bootstrap)."]
+    prefix = report.get("figures_dir", "")
+    figures = report.get("figures", {})
+    if figures:
+        lines += ["", " ".join(f"![{kind}, {split}]({prefix}{name})"
+                              for kind, name in figures.items())]
+    return lines
+
+
+def _thresholds_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
+    fitted = config.get("provenance", {}).get("validation_fit")
+    if fitted:
+        source = (f"chosen on the validation split ({fitted.get('n_images')} images, "
+                  f"{fitted.get('n_patients')} patients) by maximising "
+                  f"{'F1' if fitted.get('threshold_method') == 'f1' else 'Youden J'}, on "
+                  "calibrated probabilities")
+    else:
+        source = "never fitted on validation (defaults)"
+    lines = ["## Thresholds", "", f"Shipped in `config.json`; {source}. A finding is flagged "
+             "when its (calibrated) probability is at least its threshold.", ""]
+    rows = [[display_name(name), fmt(t)] for name, t in zip(config["labels"],
+                                                             config["thresholds"], strict=True)]
+    lines += ["| Class | Threshold |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]]
+    del reports  # thresholds are the config's; reports show the figures at them
+    return lines
+
+
+def _calibration_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
+    calibration = config.get("calibration")
+    method = calibration["method"] if calibration else None
+    lines = ["## Calibration", "",
+             f"Method: **{method or 'none'}**"
+             + (" per class, p = sigmoid(scale x logit + bias), fitted on the validation split "
+                "before the thresholds were chosen." if method else "."), ""]
+    rows = []
+    for report in reports:
+        ece = report["calibration"]["ece"]
+        rows.append(f"| {report['split']} | {fmt(ece['pooled']['ece_before'])} | "
+                    f"{fmt(ece['pooled']['ece_after'])} | "
+                    f"{fmt(ece['mean_over_classes']['ece_before'])} | "
+                    f"{fmt(ece['mean_over_classes']['ece_after'])} |")
+    if rows:
+        lines += ["Expected calibration error (15 equal-width bins; \"before\" = plain sigmoid):",
+                  "", "| Split | pooled, before | pooled, after | mean over classes, before | "
+                  "mean over classes, after |", "|---|---|---|---|---|", *rows]
+    return lines
+
+
+def _localization_section(localization: dict[str, Any] | None, source: Path | None) -> list[str]:
+    lines = ["## Localisation", ""]
+    if localization is None:
+        return lines + ["Not evaluated for this card. The heatmaps shown by the demo are "
+                        "Grad-CAM class-activation maps: coarse (the network's 7 x 7 grid at "
+                        "224 px), not segmentations, and not validated as localisation."]
+    lines.append(f"From `{source}` (NIH radiologist bounding boxes):")
+    lines.append("")
+    per_class = localization.get("per_class")
+    if isinstance(per_class, dict) and per_class:
+        columns = sorted({key for entry in per_class.values() if isinstance(entry, dict)
+                          for key, value in entry.items() if isinstance(value, (int, float))})
+        lines += ["| Class | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for name, entry in per_class.items():
+            cells = [_cell(entry.get(column)) for column in columns]
+            label = display_name(name) if name in LABELS else name
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    scalars = {k: v for k, v in localization.items() if isinstance(v, (int, float, str))}
+    lines += [f"- {key}: {_cell(value)}" for key, value in scalars.items()]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return fmt(value)
+    return "—" if value is None else str(value)
+
+
+LIMITATIONS = [
+    "Trained and evaluated on one source, the NIH Clinical Center (ChestX-ray14), frontal "
+    "views only. Other hospitals, scanners, populations, lateral views, children and "
+    "portable/ICU films may behave very differently (dataset shift).",
+    "Labels were extracted from reports by text processing and are imperfect; radiologist "
+    "relabelling of NIH images (Majkowska et al., Radiology 2020) disagrees with many.",
+    "\"No finding\" means none of the 14 labels was mentioned, not that the film is normal.",
+    "Positive predictive value depends on prevalence: thresholds chosen on NIH prevalence "
+    "do not transfer to a population with different prevalence.",
+    "Known shortcuts in this dataset (chest tubes for pneumothorax, text markers, image "
+    "processing of the source hospital) can inflate metrics without real understanding.",
+    "Heatmaps show where the network's evidence is, not where the disease is.",
+    "Evaluated on few images for a 15-output model: per-class figures for rare findings "
+    "rest on a handful of positives.",
+]
+
+
+def _reproduce_section(config: dict[str, Any], reports: list[dict[str, Any]],
+                       card_command: str) -> list[str]:
+    provenance = config.get("provenance", {})
+    train_config = provenance.get("train_config") or {}
+    run = train_config.get("out", "RUN")
+    lines = ["## How to reproduce", "",
+             "Training writes its resolved configuration (shown above) as `config.yaml` and "
+             "its patient-wise split files into the run directory; evaluation fits calibration "
+             "and thresholds on the validation split, then scores the test split.", "", "```bash",
+             f"python -m training.train --config {run}/config.yaml"]
+    commands = [report["command"] for report in reports if report.get("command")]
+    if not any("--fit" in command for command in commands):
+        commands.insert(0, f"python -m training.evaluate --checkpoint {run}/best --split val "
+                        "--fit platt")
+    lines += [*commands, card_command, "```"]
+    return lines
+
+
+def build_card(
+    config: dict[str, Any],
+    reports: list[dict[str, Any]],
+    *,
+    localization: dict[str, Any] | None = None,
+    localization_path: Path | None = None,
+    card_command: str = "python -m training.model_card",
+) -> str:
+    """The whole model card as Markdown, front matter first."""
+    lines = [*_title(config),
+             "## Intended use", "",
+             "A research and teaching demonstration of multi-label chest X-ray classification "
+             "with per-class heatmaps: for exploring what such a model does and where it fails. "
+             "Out of scope: any clinical use, including diagnosis, triage, screening or second "
+             "reading; any use on patients; any use without a qualified reader.", "",
+             *_data_section(config, reports), "",
+             *_training_section(config), ""]
+    for report in reports:
+        lines += [*_evaluation_section(report, config), ""]
+    lines += [*_thresholds_section(config, reports), "",
+              *_calibration_section(config, reports), "",
+              *_localization_section(localization, localization_path), "",
+              "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], "",
+              *_reproduce_section(config, reports, card_command), ""]
+    return FRONT_MATTER + "\n" + "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m training.model_card",
+                                     description="Write the model card from evaluation reports.")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="checkpoint directory (its config.json)")
+    parser.add_argument("--report", type=Path, action="append", required=True,
+                        help="report_<split>.json from training.evaluate; repeat for val and test")
+    parser.add_argument("--localization", type=Path, help="localisation figures (JSON)")
+    parser.add_argument("--out", type=Path, default=Path("weights/README.md"))
+    args = parser.parse_args(argv)
+    try:
+        config = read_config(args.checkpoint / CONFIG_FILE).to_dict()
+        reports = []
+        for path in args.report:
+            report = read_json(path, "evaluation report")
+            _check_report(report, path)
+            # the report's figures sit beside it: link them relative to the card
+            relative = os.path.relpath(path.resolve().parent, args.out.resolve().parent)
+            report["figures_dir"] = "" if relative == "." else relative + "/"
+            reports.append(report)
+        localization = (read_json(args.localization, "localisation file")
+                        if args.localization else None)
+    except (ModelCardError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    card = build_card(config, reports, localization=localization,
+                      localization_path=args.localization,
+                      card_command="python -m training.model_card " + " ".join(argv))
+    _atomic_write(args.out, card)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
