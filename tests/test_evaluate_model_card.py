@@ -1,0 +1,94 @@
+"""``python -m training.model_card``: the card is generated from config.json and the reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import logit
+
+from training import evaluate, model_card
+from training.eval_report import fmt, fmt_ci
+from xray_app.labels import NO_FINDING, PATHOLOGIES
+from xray_app.model import read_config, write_random_init
+
+NIH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nih"
+METADATA = NIH / "Data_Entry_2017_v2020.csv.gz"
+REFERENCE = NIH / "chexnet_repro_preds.csv"
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory):
+    """Evaluate predictions (from the reference probabilities) on 'val' with --fit and on
+    'test', then write the card with a localisation file."""
+    root = tmp_path_factory.mktemp("card")
+    checkpoint = write_random_init(root / "checkpoint", input_size=64)
+    preds = pd.read_csv(REFERENCE, dtype={"Image Index": str})
+    paths = {}
+    for split, part in (("val", preds.iloc[:200]), ("test", preds.iloc[200:400])):
+        z = logit(np.clip(part[[f"prob_{n}" for n in PATHOLOGIES]].to_numpy(), 1e-6, 1 - 1e-6))
+        frame = pd.DataFrame({"Image Index": part["Image Index"]})
+        for c, name in enumerate(PATHOLOGIES):
+            frame[f"logit_{name}"] = z[:, c]
+        frame[f"logit_{NO_FINDING}"] = -z.max(axis=1)
+        paths[split] = root / f"{split}.csv"
+        frame.to_csv(paths[split], index=False)
+    out = root / "checkpoint" / "eval"
+    for split, extra in (("val", ["--fit", "temperature"]), ("test", [])):
+        code = evaluate.main(["--checkpoint", str(checkpoint), "--split", split,
+                              "--predictions", str(paths[split]), "--metadata", str(METADATA),
+                              "--out", str(out), "--n-boot", "50", *extra])
+        assert code == 0, f"evaluation of {split} should succeed"
+    localization = root / "loc.json"
+    localization.write_text(json.dumps({
+        "per_class": {"Cardiomegaly": {"pointing_game": 0.8125, "n_boxes": 16}},
+        "method": "pointing game on NIH boxes"}))
+    readme = root / "checkpoint" / "README.md"
+    code = model_card.main(["--checkpoint", str(checkpoint),
+                            "--report", str(out / "report_val.json"),
+                            "--report", str(out / "report_test.json"),
+                            "--localization", str(localization), "--out", str(readme)])
+    assert code == 0, "the card should be written"
+    return {"text": readme.read_text(), "checkpoint": checkpoint,
+            "test": json.loads((out / "report_test.json").read_text()),
+            "val": json.loads((out / "report_val.json").read_text()), "root": root}
+
+
+def test_card_has_hub_front_matter_and_says_it_is_not_a_medical_device(card):
+    text = card["text"]
+    assert text.startswith("---\nlicense: mit\n"), "Hugging Face front matter with a licence"
+    front = text.split("---")[1]
+    for key in ("tags:", "datasets:", "pipeline_tag: image-classification"):
+        assert key in front, f"expected {key!r} in the front matter"
+    assert "NOT a medical device" in text, "the card must state it is not a medical device"
+    assert "## Intended use" in text and "## Limitations" in text, "intended use and limitations"
+    assert "UNTRAINED" in text, "a random-init checkpoint must be flagged as untrained"
+
+
+def test_card_figures_come_from_the_reports_and_config(card):
+    text, test = card["text"], card["test"]
+    assert fmt_ci(test["metrics"]["headline"]) in text, "the test headline with its CI"
+    cardiomegaly = test["metrics"]["per_class"]["Cardiomegaly"]["auroc"]
+    assert fmt_ci(cardiomegaly) in text, "per-class AUROC with its CI from the test report"
+    assert "200 images of 200 patients" in text, "the size of each evaluated split"
+    config = read_config(card["checkpoint"] / "config.json")
+    assert f"| Cardiomegaly | {fmt(config.thresholds[1])} |" in text, "shipped thresholds"
+    assert "Method: **temperature**" in text, "the calibration method from config.json"
+    ece = card["val"]["calibration"]["ece"]["pooled"]
+    assert f"| val | {fmt(ece['ece_before'])} | {fmt(ece['ece_after'])} |" in text, "ECE row"
+    assert "| Cardiomegaly | 16 | 0.812 |" in text, "localisation figures from the given file"
+    assert test["command"] in text, "the exact evaluation command, for reproduction"
+    assert "eval/roc_test.png" in text, "figures linked relative to the card"
+
+
+def test_a_file_that_is_not_an_evaluation_report_is_refused(card, capsys):
+    bogus = card["root"] / "bogus.json"
+    bogus.write_text(json.dumps({"split": "test"}))
+    code = model_card.main(["--checkpoint", str(card["checkpoint"]), "--report", str(bogus),
+                            "--out", str(card["root"] / "never.md")])
+    assert code == 2, "a non-report JSON should be an error"
+    assert "not a training.evaluate report" in capsys.readouterr().err, "the message says why"
+    assert not (card["root"] / "never.md").exists(), "no card written on error"
