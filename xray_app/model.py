@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import pickle
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -125,8 +126,10 @@ def build_model(
 def _imagenet_state_dict() -> dict[str, torch.Tensor]:
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        # weights_only: the file comes over the network, so only the restricted unpickler
+        # (tensors and plain containers) may read it; torch.hub's default is False
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:  # URLError is an OSError
         raise PretrainedWeightsUnavailable(
             f"cannot download ImageNet weights ({weights.url}): {error}. Offline, either put "
             f"the file in torch's cache ({torch.hub.get_dir()}/checkpoints/), pass a local "
@@ -138,9 +141,14 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PretrainedWeightsUnavailable(f"pretrained weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors, pickle and zip errors have no common base
+        raise PretrainedWeightsUnavailable(
+            f"{path} cannot be read as a state dict ({type(error).__name__}: {error})"
+        ) from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
@@ -190,6 +198,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.architecture != ARCHITECTURE:
             raise CheckpointError(f"unsupported architecture {self.architecture!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint format version {self.format_version} is newer than this code "
+                f"understands ({FORMAT_VERSION}); update the app"
+            )
         if len(self.thresholds) != len(self.labels):
             raise CheckpointError(
                 f"{len(self.thresholds)} thresholds for {len(self.labels)} labels"
@@ -233,9 +246,14 @@ def read_config(path: Path) -> ModelConfig:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
-    return ModelConfig.from_dict(data)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as error:  # wrong value types, e.g. "labels": null
+        raise CheckpointError(f"{path} is not a valid model config: {error}") from None
 
 
 def write_config(config: ModelConfig, path: Path) -> None:
@@ -282,6 +300,13 @@ def save_checkpoint(
         key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
         for key, value in model.state_dict().items()
     }
+    overflowed = [key for key, value in tensors.items() if value.is_floating_point()
+                  and not torch.isfinite(value).all()]
+    if overflowed:  # e.g. a weight beyond fp16's 65504: the file would silently hold inf
+        raise CheckpointError(
+            f"{len(overflowed)} tensors are not finite in {dtype} (first: {overflowed[0]}); "
+            "save in float32 or fix the model"
+        )
     for key, value in (extra_tensors or {}).items():
         tensors[f"{OOD_TENSOR_PREFIX}{key}"] = value.detach().cpu().float().contiguous()
     weights_path = directory / WEIGHTS_FILE
@@ -330,7 +355,12 @@ def load_checkpoint(
             f"{directory / CONFIG_FILE} lists labels {list(config.labels)}; this app expects "
             f"{list(LABELS)} in that order"
         )
-    tensors = load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))  # safetensors: tensors only, never a pickle
+    except Exception as error:  # SafetensorError (corrupt header, truncated file) and OSError
+        raise CheckpointError(
+            f"{weights_path} is not a readable safetensors file ({type(error).__name__}: {error})"
+        ) from None
     extra = {
         key[len(OOD_TENSOR_PREFIX) :]: value
         for key, value in tensors.items()
