@@ -1,0 +1,634 @@
+"""The clinician web demo: ``build_demo(predictor) -> gr.Blocks``.
+
+Thin by design: every number comes from the :class:`~xray_app.predictor.Predictor` it
+receives, every heatmap image from :mod:`xray_app.explain`, the JSON from
+:mod:`xray_app.report` (the same builder as ``python -m xray_app.predict --json``).  This
+module only lays the results out.
+
+Handlers are small module-level functions that take the predictor (or a study) as an
+argument, so tests call them without a browser; :func:`build_demo` wires them to
+components with thin closures.  Nothing about a request lives in a module global: the
+analysed study of each browser session is kept in a ``gr.State`` (:class:`Study`), which
+re-renders the large view when the class, method or opacity changes without running the
+network again.
+
+Privacy and load: analytics are off, uploads and generated files sit in Gradio's cache
+only until ``delete_cache`` removes them (:data:`DELETE_CACHE`), only the safe DICOM
+fields are shown, nothing about a study is logged, and the queue is bounded with one
+forward pass at a time (the model already uses every core of the CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from xray_app import explain, report
+from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
+from xray_app.preprocess import ImageInputError
+from xray_app.report_sheet import save_report_sheet
+from xray_app.weights import BUNDLED_DIR
+
+if TYPE_CHECKING:
+    from xray_app.predictor import Prediction, Predictor
+
+TITLE = "Chest X-ray findings: research demo"
+DISCLAIMER = (
+    "Research demo: **not a medical device**. It has not been cleared or approved for "
+    "clinical use; do not use it for diagnosis or treatment decisions."
+)
+EXAMPLE_SUFFIXES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"]
+GALLERY_MAX_SIDE = 512  # heatmap thumbnails: small enough to keep the page fast
+LARGE_MAX_SIDE = 2048  # the large view: full resolution up to this side
+DEFAULT_OPACITY = 0.5
+EXAMPLES_SHOWN = 6
+MAX_BATCH_FILES = 100
+BATCH_CHUNK = 4  # files per predict_batch call: progress updates stay frequent
+QUEUE_MAX_SIZE = 32  # waiting events; more are refused with "queue full"
+MODEL_CONCURRENCY = 1  # forward passes at a time: one already uses every CPU core
+RENDER_CONCURRENCY = 2  # re-rendering the large view (cheap, except non-fast methods)
+CPU_EXCLUDED_METHODS = frozenset({"ScoreCAM"})  # minutes per map on a CPU: blocks everyone
+DELETE_CACHE = (60, 600)  # every 60 s delete uploads/outputs older than 10 min; all at exit
+STATE_TTL_S = 900  # a session's study is dropped from server memory after 15 min
+CSS = """
+#heatmaps .caption-label { white-space: normal; max-width: 100%; opacity: 0.92; }
+#heatmaps .grid-wrap { height: auto !important; max-height: none !important; }  /* all 15 */
+#untrained-banner { letter-spacing: 0.02em; }
+"""
+# Options of ``launch()`` in Gradio 6 (theme/css/limits moved there from Blocks):
+LAUNCH_OPTIONS: dict[str, Any] = {
+    "max_file_size": "200mb",  # an uncompressed 16-bit DICOM radiograph is ~20-50 MB
+    "state_session_capacity": 200,  # studies kept in memory for at most this many sessions
+    "show_error": True,  # gr.Error messages reach the page, not only the log
+    "css": CSS,
+}
+TABLE_HEADERS = ["Finding", "Prob.", "Thresh.", "Above"]
+BATCH_HEADERS = ["File", "Status", "Findings above threshold", "Top finding", "Notes"]
+
+
+# --------------------------------------------------------------------------- state
+@dataclass
+class Study:
+    """One browser session's analysed study (kept in a ``gr.State``).
+
+    ``order``: class indices, highest probability first (the gallery's order).
+    ``maps``: heatmaps of other methods already computed, keyed ``(class_index, method)``.
+    """
+
+    prediction: Prediction
+    order: tuple[int, ...]
+    maps: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, prediction: Prediction) -> Study:
+        order = tuple(int(i) for i in np.argsort(-np.asarray(prediction.probabilities), kind="stable"))
+        return cls(prediction=prediction, order=order)
+
+
+# --------------------------------------------------------------------------- text
+def model_banner_html(config: Any, model_info: dict[str, Any]) -> str:
+    """HTML banner: UNTRAINED warning (if so), the disclaimer, model name and training data."""
+    data = (config.provenance or {}).get("data") or "not stated in the weights' config.json"
+    parts = []
+    if not config.trained:
+        parts.append(
+            '<div id="untrained-banner" style="background:#b00020;color:#fff;padding:10px 14px;'
+            'border-radius:6px;font-weight:700;font-size:1.1em;margin-bottom:8px">'
+            "&#9888; UNTRAINED WEIGHTS: this model is a random initialisation. Its outputs "
+            "and heatmaps are meaningless; use it only to test the software.</div>"
+        )
+    parts.append(
+        '<div id="model-banner" style="border-left:5px solid #c77700;background:#fff7e6;'
+        'color:#222;padding:8px 14px;border-radius:4px">'
+        "<b>Research demo &mdash; not a medical device.</b> Not cleared or approved for "
+        "clinical use; do not use it for diagnosis or treatment decisions.<br>"
+        f"<b>Model:</b> {html.escape(str(config.name))} "
+        f"(sha256 <code>{html.escape(str(model_info.get('sha256', ''))[:12])}</code>) "
+        f"&middot; <b>trained on:</b> {html.escape(str(data))}</div>"
+    )
+    return "\n".join(parts)
+
+
+def caption(finding: Any) -> str:
+    """Gallery caption, e.g. ``Pleural effusion — 0.62 (threshold 0.41) ▲ above``."""
+    mark = "▲ above" if finding.positive else "▽ below"
+    return f"{finding.display_name} — {finding.probability:.2f} (threshold {finding.threshold:.2f}) {mark}"
+
+
+def findings_rows(prediction: Prediction) -> list[list[Any]]:
+    """Rows of the findings table, highest probability first."""
+    return [
+        [
+            finding.display_name,
+            f"{finding.probability:.3f}",
+            f"{finding.threshold:.3f}",
+            "▲ yes" if finding.positive else "no",
+        ]
+        for finding in prediction.sorted_findings()
+    ]
+
+
+def study_notes(prediction: Prediction) -> str:
+    """Markdown beside the table: warnings first, then what was read (safe DICOM fields only)."""
+    lines = []
+    for warning in prediction.warnings:
+        lines.append(f"**⚠ Warning:** {_md_escape(warning)}")
+    image = prediction.image
+    lines.append(f"Image: {image.width} × {image.height} px, {_md_escape(image.format)}.")
+    if image.dicom:
+        fields = " · ".join(f"{_md_escape(k)}: {_md_escape(v)}" for k, v in image.dicom.items())
+        lines.append(f"DICOM header (non-identifying fields only): {fields}.")
+    positives = [f.display_name for f in prediction.sorted_findings() if f.positive]
+    lines.append(
+        "Above threshold: " + (", ".join(positives) if positives else "none of the 15 outputs") + "."
+    )
+    return "\n\n".join(lines)
+
+
+def _md_escape(text: Any) -> str:
+    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", str(text))
+
+
+def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str:
+    """The model card (first of ``card_paths`` that exists) after the config's facts."""
+    config = predictor.config
+    provenance = config.provenance or {}
+    facts = [
+        f"**Name:** {_md_escape(config.name)}",
+        f"**Trained:** {'yes' if config.trained else '**NO: random initialisation (UNTRAINED WEIGHTS)**'}",
+        f"**Training data:** {_md_escape(provenance.get('data', 'not stated'))}",
+        f"**Input size:** {config.input_size} px",
+        f"**sha256:** `{predictor.model_info.get('sha256', '')}`",
+    ]
+    metrics = provenance.get("metrics")
+    if metrics:
+        facts.append("**Metrics (from config.json):**\n\n```json\n" + json.dumps(metrics, indent=2) + "\n```")
+    thresholds = " · ".join(
+        f"{_md_escape(label)} {threshold:.2f}" for label, threshold in zip(config.labels, config.thresholds, strict=True)
+    )
+    facts.append(f"**Class thresholds:** {thresholds}")
+    for path in card_paths:
+        if path.is_file():
+            card = path.read_text(encoding="utf-8")
+            card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)  # Hub YAML front matter
+            return "\n\n".join(facts) + "\n\n---\n\n" + card
+    names = ", ".join(str(p) for p in card_paths) or "weights/README.md"
+    return "\n\n".join(facts) + f"\n\n---\n\n**No model card found** (looked for {_md_escape(names)})."
+
+
+# --------------------------------------------------------------------------- images
+def _to_rgb_u8(gray: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` float [0, 1] -> ``shape`` ``(h, w, 3)`` uint8 greyscale."""
+    if gray.shape != shape:
+        gray = cv2.resize(gray.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    u8 = np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(u8[..., None], 3, axis=2)
+
+
+def gallery_items(prediction: Prediction, order: Sequence[int]) -> list[tuple[np.ndarray, str]]:
+    """All 15 heatmap overlays (long side <= ``GALLERY_MAX_SIDE``) with captions, in ``order``."""
+    findings = prediction.findings
+    gray = _shrink(prediction.image.pixels, GALLERY_MAX_SIDE)  # once, not 15 times
+    items = []
+    for index in order:
+        finding = findings[index]
+        image = explain.overlay(
+            gray,
+            prediction.cams[index],
+            strength=explain.display_strength(finding.probability, finding.threshold),
+            opacity=DEFAULT_OPACITY,
+        )
+        items.append((image, caption(finding)))
+    return items
+
+
+def ui_methods(predictor: Predictor) -> tuple[str, ...]:
+    """Heatmap methods offered: all of :data:`explain.METHODS`, except on a CPU those too
+    slow to share one (:data:`CPU_EXCLUDED_METHODS`, e.g. ScoreCAM's 2048 forward passes)."""
+    on_cpu = getattr(getattr(predictor, "device", None), "type", "cpu") == "cpu"
+    return tuple(m for m in explain.METHODS if not (on_cpu and m in CPU_EXCLUDED_METHODS))
+
+
+def class_map(predictor: Predictor, study: Study, class_index: int, method: str) -> np.ndarray:
+    """Heatmap of one class: the precomputed fast Grad-CAM, or ``method`` computed once."""
+    if method == explain.FAST_METHOD:
+        return study.prediction.cams[class_index]
+    allowed = ui_methods(predictor)
+    if method not in allowed:
+        raise gr.Error(
+            f"heatmap method {method!r} is not offered here; choose one of {', '.join(allowed)}",
+            print_exception=False,
+        )
+    key = (class_index, method)
+    if key not in study.maps:
+        study.maps[key] = predictor.explain(study.prediction, class_index, method)
+    return study.maps[key]
+
+
+def large_view(
+    predictor: Predictor, study: Study, class_index: int, method: str, opacity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(original, overlay) at full resolution (long side <= ``LARGE_MAX_SIDE``), same size."""
+    finding = study.prediction.findings[class_index]
+    overlay = explain.overlay(
+        study.prediction.image.pixels,
+        class_map(predictor, study, class_index, method),
+        strength=explain.display_strength(finding.probability, finding.threshold),
+        opacity=float(opacity),
+        max_side=LARGE_MAX_SIDE,
+    )
+    return _to_rgb_u8(study.prediction.image.pixels, overlay.shape[:2]), overlay
+
+
+def write_large_view(pair: tuple[np.ndarray, np.ndarray], cache_dir: str | Path) -> tuple[str, str]:
+    """Files for the slider: the original as lossless greyscale PNG, the overlay as JPEG.
+
+    Written here rather than by Gradio because its default PNG encoder spends ~0.25 s on
+    each 1024 px RGB image; a one-channel PNG at low compression takes ~20 ms, and the
+    coloured overlay loses nothing a reader needs at JPEG quality 90.
+    """
+    directory = _fresh_dir(cache_dir)
+    original, overlay = directory / "original.png", directory / "heatmap.jpg"
+    cv2.imwrite(str(original), pair[0][..., 0], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    cv2.imwrite(str(overlay), pair[1][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return str(original), str(overlay)
+
+
+def large_caption(study: Study, class_index: int, method: str) -> str:
+    """Markdown line above the slider: which class, its numbers, and the method."""
+    return f"**{caption(study.prediction.findings[class_index])}** · heatmap method: {method}"
+
+
+def _shrink(gray: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = gray.shape
+    if max(height, width) <= max_side:
+        return gray
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+
+
+def _safe_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "study"
+    return stem[:80]
+
+
+def _fresh_dir(cache_dir: str | Path) -> Path:
+    """A new folder inside Gradio's cache, so that ``delete_cache`` removes what we write."""
+    directory = Path(cache_dir) / f"xray-{uuid.uuid4().hex}"
+    directory.mkdir(parents=True)
+    return directory
+
+
+# --------------------------------------------------------------------------- handlers
+def analyse(predictor: Predictor, path: str | None, cache_dir: str | Path) -> tuple[Any, ...]:
+    """The ``/predict`` event: one file -> (JSON result, gallery, (original, overlay), Study).
+
+    The JSON is :func:`xray_app.report.prediction_to_json`, as the command line prints it;
+    the gallery holds the 15 captioned heatmaps, highest probability first; the pair is the
+    large view of the most probable class.  Bad input raises ``gr.Error`` with the
+    inference core's one-line message.
+    """
+    if not path:
+        return None, [], None, None
+    try:
+        prediction = predictor.predict(path, name=Path(path).name)
+    except ImageInputError as error:
+        raise gr.Error(str(error), title="Cannot analyse this file", print_exception=False) from None
+    for warning in prediction.warnings:
+        gr.Warning(warning, duration=20)
+    study = Study.of(prediction)
+    top = study.order[0]
+    result = report.prediction_to_json(prediction, predictor.model_info)
+    pair = large_view(predictor, study, top, explain.FAST_METHOD, DEFAULT_OPACITY)
+    return result, gallery_items(prediction, study.order), write_large_view(pair, cache_dir), study
+
+
+def summarise(study: Study | None) -> tuple[Any, ...]:
+    """Findings table, notes, large-view caption, class selector, method and opacity reset."""
+    if study is None:
+        return [], "", "", gr.Dropdown(value=None), explain.FAST_METHOD, DEFAULT_OPACITY
+    findings = study.prediction.findings
+    choices = [
+        (f"{findings[i].display_name} — {findings[i].probability:.2f}", LABELS[i]) for i in study.order
+    ]
+    selector = gr.Dropdown(choices=choices, value=LABELS[study.order[0]], interactive=True)
+    notes = study_notes(study.prediction)
+    title = large_caption(study, study.order[0], explain.FAST_METHOD)
+    rows = findings_rows(study.prediction)
+    return rows, notes, title, selector, explain.FAST_METHOD, DEFAULT_OPACITY
+
+
+def downloads(study: Study | None, model_info: dict[str, Any], cache_dir: str | Path) -> tuple[Any, Any]:
+    """Write the JSON result and the PNG report sheet into Gradio's cache; their paths."""
+    if study is None:
+        return None, None
+    prediction = study.prediction
+    directory = _fresh_dir(cache_dir)
+    stem = _safe_stem(prediction.name)
+    json_path = directory / f"{stem}.xray.json"
+    json_path.write_text(json.dumps(report.prediction_to_json(prediction, model_info), indent=2) + "\n")
+    sheet_path = save_report_sheet(prediction, model_info, directory / f"{stem}.report.png")
+    return str(json_path), str(sheet_path)
+
+
+def rerender(
+    predictor: Predictor,
+    study: Study | None,
+    label: str | None,
+    method: str,
+    opacity: float,
+    cache_dir: str | Path,
+) -> tuple[Any, Any, Any]:
+    """(slider files, caption, study) for a class/method/opacity change; no forward pass
+    for the fast method (its maps came with the prediction)."""
+    if study is None or not label:
+        return gr.skip(), gr.skip(), study
+    class_index = LABEL_INDEX[label]
+    pair = large_view(predictor, study, class_index, method, opacity)
+    title = large_caption(study, class_index, method)
+    return write_large_view(pair, cache_dir), title, study
+
+
+def select_from_gallery(
+    predictor: Predictor,
+    study: Study | None,
+    position: int,
+    method: str,
+    opacity: float,
+    cache_dir: str | Path,
+) -> tuple[Any, Any, Any, Any]:
+    """A click on gallery tile ``position``: (class label, slider files, caption, study)."""
+    if study is None or not 0 <= position < len(study.order):
+        return gr.skip(), gr.skip(), gr.skip(), study
+    label = LABELS[study.order[position]]
+    return (label, *rerender(predictor, study, label, method, opacity, cache_dir))
+
+
+def analyse_batch(
+    predictor: Predictor,
+    paths: Sequence[str] | None,
+    cache_dir: str | Path,
+    progress: Callable[..., Any] | None = None,
+) -> tuple[list[list[str]], str]:
+    """Analyse several files: (results table rows, path of a CSV of all 15 probabilities).
+
+    A bad file gets its error message in its row; the others are still analysed.
+    """
+    paths = list(paths or [])
+    if not paths:
+        raise gr.Error("Choose one or more files first.", print_exception=False)
+    if len(paths) > MAX_BATCH_FILES:
+        raise gr.Error(
+            f"{len(paths)} files is more than the limit of {MAX_BATCH_FILES} per batch; "
+            "please split them.",
+            print_exception=False,
+        )
+    rows: list[list[str]] = []
+    records: list[list[Any]] = []
+    for start in range(0, len(paths), BATCH_CHUNK):
+        if progress is not None:
+            progress(start / len(paths), desc=f"Analysed {start} of {len(paths)} files")
+        chunk = paths[start : start + BATCH_CHUNK]
+        names = [Path(p).name for p in chunk]
+        for name, outcome in zip(names, predictor.predict_batch(chunk, names=names), strict=True):
+            if isinstance(outcome, ImageInputError):
+                rows.append([name, "error", "", "", str(outcome)])
+                records.append([name, "error", str(outcome), *([""] * len(LABELS))])
+                continue
+            ranked = outcome.sorted_findings()
+            positives = ", ".join(f.display_name for f in ranked if f.positive) or "none"
+            top = f"{ranked[0].display_name} {ranked[0].probability:.2f}"
+            rows.append([name, "ok", positives, top, "; ".join(outcome.warnings)])
+            records.append(
+                [name, "ok", "; ".join(outcome.warnings), *(f"{p:.6f}" for p in outcome.probabilities)]
+            )
+    if progress is not None:
+        progress(1.0, desc=f"Analysed {len(paths)} of {len(paths)} files")
+    csv_path = _fresh_dir(cache_dir) / "xray_batch_probabilities.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "status", "message", *LABELS])
+        writer.writerows(records)
+    return rows, str(csv_path)
+
+
+def example_files(examples_dir: str | Path | None, limit: int = EXAMPLES_SHOWN) -> list[str]:
+    """Up to ``limit`` image files (sorted by name) from ``examples_dir``; none if unset."""
+    if not examples_dir:
+        return []
+    directory = Path(examples_dir)
+    if not directory.is_dir():
+        return []
+    suffixes = set(EXAMPLE_SUFFIXES)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    return [str(p) for p in files[:limit]]
+
+
+# --------------------------------------------------------------------------- layout
+def build_demo(
+    predictor: Predictor,
+    *,
+    examples_dir: str | Path | None = None,
+    card_paths: Sequence[str | Path] | None = None,
+) -> gr.Blocks:
+    """The demo for ``predictor``, queued (bounded) and ready for ``launch(**LAUNCH_OPTIONS)``.
+
+    ``examples_dir``: a folder of radiographs to offer as examples (the app passes the
+    environment variable ``XRAY_EXAMPLES_DIR``; the repository ships none).
+    ``card_paths``: where to look for the model card (default: ``weights/README.md``).
+    """
+    config = predictor.config
+    model_info = dict(predictor.model_info)
+    cards = [Path(p) for p in (card_paths or [BUNDLED_DIR / "README.md"])]
+    examples = example_files(examples_dir)
+    methods = ui_methods(predictor)
+
+    with gr.Blocks(
+        title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE, fill_width=True
+    ) as demo:
+        gr.Markdown(f"# {TITLE}")
+        gr.HTML(model_banner_html(config, model_info), elem_id="banner")
+        study_state = gr.State(None, time_to_live=STATE_TTL_S)
+
+        with gr.Tab("Single study", id="single"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=260):
+                    upload = gr.File(
+                        label="Radiograph: PNG, JPEG, TIFF or DICOM (.dcm), drop or click",
+                        file_types=None,  # DICOM files often have no extension; the core checks
+                        type="filepath",
+                        height=150,
+                        elem_id="upload",
+                    )
+                    notes = gr.Markdown(elem_id="study-notes")
+                    with gr.Row():
+                        json_download = gr.DownloadButton("JSON result", value=None, size="sm")
+                        sheet_download = gr.DownloadButton("PNG report sheet", value=None, size="sm")
+                    if examples:
+                        gr.Examples(
+                            examples=[[p] for p in examples],
+                            inputs=[upload],
+                            label=f"Examples (from XRAY_EXAMPLES_DIR, {len(examples)} shown)",
+                            cache_examples=False,
+                            examples_per_page=EXAMPLES_SHOWN,
+                            api_visibility="private",
+                        )
+                with gr.Column(scale=2, min_width=420):
+                    view_caption = gr.Markdown("Upload a radiograph to see it here.", elem_id="large-caption")
+                    slider_view = gr.ImageSlider(
+                        label="Original (left of the handle) / heatmap (right of it)",
+                        max_height=760,
+                        interactive=False,
+                        buttons=["fullscreen", "download"],
+                        elem_id="large-view",
+                    )
+                    with gr.Row():
+                        class_select = gr.Dropdown(
+                            choices=list(zip(DISPLAY_NAMES, LABELS, strict=True)),
+                            value=None,
+                            label="Class shown large",
+                            elem_id="class-select",
+                        )
+                        opacity = gr.Slider(
+                            0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity"
+                        )
+                    method_select = gr.Radio(
+                        choices=list(methods),
+                        value=explain.FAST_METHOD,
+                        label="Heatmap method",
+                        info="The fast Grad-CAM comes with the prediction; the others are "
+                        "computed on demand for the selected class (seconds on a CPU).",
+                        elem_id="method-select",
+                    )
+                with gr.Column(scale=1, min_width=400):
+                    table = gr.Dataframe(
+                        headers=TABLE_HEADERS,
+                        datatype=["str", "str", "str", "str"],
+                        column_widths=["43%", "19%", "19%", "19%"],
+                        label="Findings, highest probability first",
+                        interactive=False,
+                        max_height=640,
+                        elem_id="findings",
+                    )
+            gallery = gr.Gallery(
+                label="Heatmaps of all 15 outputs, highest probability first (click one to view it large)",
+                columns=5,
+                rows=3,
+                height="auto",
+                object_fit="contain",
+                format="jpeg",
+                allow_preview=False,
+                elem_id="heatmaps",
+            )
+            with gr.Accordion("JSON result (as `python -m xray_app.predict --json`)", open=False):
+                result_json = gr.JSON(label="result")
+
+        with gr.Tab("Batch", id="batch"):
+            gr.Markdown(
+                f"Several files at once (up to {MAX_BATCH_FILES}). A file that cannot be read "
+                "gets its reason in its row; the CSV holds all 15 probabilities per file."
+            )
+            batch_files = gr.File(file_count="multiple", file_types=None, label="Radiographs")
+            batch_button = gr.Button("Analyse all", variant="primary")
+            batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False)
+            batch_csv = gr.DownloadButton("CSV of all probabilities", value=None)
+
+        with gr.Tab("Model", id="model"):
+            gr.Markdown(model_card_markdown(predictor, cards), elem_id="model-card")
+
+        # ---- wiring: closures bind the predictor; the logic is in the functions above
+        cache_dir = gallery.GRADIO_CACHE
+
+        def run_predict(path: str | None):
+            return analyse(predictor, path, cache_dir)
+
+        def run_downloads(study: Study | None):
+            return downloads(study, model_info, cache_dir)
+
+        def run_rerender(study: Study | None, label: str | None, method: str, alpha: float):
+            return rerender(predictor, study, label, method, alpha, cache_dir)
+
+        def run_select(study: Study | None, method: str, alpha: float, evt: gr.SelectData):
+            return select_from_gallery(predictor, study, int(evt.index), method, alpha, cache_dir)
+
+        def run_batch(paths: list[str] | None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+            return analyse_batch(predictor, paths, cache_dir, progress)
+
+        private = {"api_visibility": "private"}
+        cheap = {"concurrency_limit": RENDER_CONCURRENCY, "concurrency_id": "render"}
+        study_outputs = [result_json, gallery, slider_view, study_state]
+        summary_outputs = [table, notes, view_caption, class_select, method_select, opacity]
+        download_outputs = [json_download, sheet_download]
+        predicted = upload.change(
+            run_predict,
+            inputs=[upload],
+            outputs=study_outputs,
+            api_name="predict",
+            concurrency_id="model",
+            concurrency_limit=MODEL_CONCURRENCY,
+        )
+        # a bad file must not leave the previous study's findings on screen beside it
+        predicted.failure(
+            lambda: (None, [], None, None, *summarise(None), None, None),
+            outputs=[*study_outputs, *summary_outputs, *download_outputs],
+            **private,
+            **cheap,
+        )
+        predicted.success(
+            summarise,
+            inputs=[study_state],
+            outputs=summary_outputs,
+            **private,
+            **cheap,
+        ).success(
+            run_downloads,
+            inputs=[study_state],
+            outputs=download_outputs,
+            show_progress="hidden",
+            **private,
+            **cheap,
+        )
+        render_inputs = [study_state, class_select, method_select, opacity]
+        for trigger in (class_select.input, method_select.input, opacity.release):
+            trigger(
+                run_rerender,
+                inputs=render_inputs,
+                outputs=[slider_view, view_caption, study_state],
+                **private,
+                **cheap,
+            )
+        gallery.select(
+            run_select,
+            inputs=[study_state, method_select, opacity],
+            outputs=[class_select, slider_view, view_caption, study_state],
+            **private,
+            **cheap,
+        )
+        batch_button.click(
+            run_batch,
+            inputs=[batch_files],
+            outputs=[batch_table, batch_csv],
+            api_name="predict_batch",
+            concurrency_id="model",
+            concurrency_limit=MODEL_CONCURRENCY,
+        )
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
+    return demo
+
+
+def launch_options() -> dict[str, Any]:
+    """Keyword arguments for ``demo.launch`` (a fresh dict, safe to update)."""
+    return dict(LAUNCH_OPTIONS)
+
