@@ -72,38 +72,65 @@ def _how_to_provide(bundled_dir: Path) -> str:
     )
 
 
+_SOURCE_WORDING = {"explicit": "--weights", "env": "XRAY_WEIGHTS", "bundled": "bundled"}
+
+
 def _local_checkpoint(path: Path, source: str) -> ResolvedWeights:
+    """``source`` is ``"explicit"``, ``"env"`` or ``"bundled"`` (see :class:`ResolvedWeights`)."""
+    what = _SOURCE_WORDING[source]
     if path.is_dir():
         config_dir, weights_path = path, path / WEIGHTS_FILE
     else:
         config_dir, weights_path = path.parent, path
     if not weights_path.is_file():
-        raise WeightsNotFoundError(f"{source} weights {path}: {weights_path.name} not found there")
+        raise WeightsNotFoundError(f"{what} weights {path}: {weights_path.name} not found there")
     if not (config_dir / CONFIG_FILE).is_file():
         raise WeightsNotFoundError(
-            f"{source} weights {path}: {CONFIG_FILE} not found beside {weights_path.name} "
+            f"{what} weights {path}: {CONFIG_FILE} not found beside {weights_path.name} "
             "(it says what the outputs mean; weights without it are not used)"
         )
     return ResolvedWeights(config_dir, weights_path, source)
 
 
-def hub_pin(bundled_dir: Path, env: Mapping[str, str]) -> HubPin | None:
-    """The Hub location from the environment, else from ``weights/config.json``'s ``hub``."""
-    pinned: dict = {}
+def _bundled_hub_entry(bundled_dir: Path) -> dict:
+    """The ``hub`` entry of ``weights/config.json``, ``{}`` when there is none."""
     config_path = bundled_dir / CONFIG_FILE
-    if config_path.is_file():
-        pinned = json.loads(config_path.read_text()).get("hub") or {}
+    if not config_path.is_file():
+        return {}
+    try:
+        data = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WeightsNotFoundError(f"{config_path} is not valid JSON: {error}") from None
+    hub = data.get("hub") if isinstance(data, dict) else None
+    return hub if isinstance(hub, dict) else {}
+
+
+def hub_pin(bundled_dir: Path, env: Mapping[str, str]) -> HubPin | None:
+    """The Hub location from the environment, else from ``weights/config.json``'s ``hub``.
+
+    A revision must be pinned (a commit hash, or at least a tag): ``main`` would
+    silently change the model under a running app.  The revision and sha256 of
+    ``weights/config.json`` only apply to its own repository.
+    """
+    pinned = _bundled_hub_entry(bundled_dir)
     repo_id = env.get("XRAY_HUB_REPO") or pinned.get("repo_id")
     if not repo_id:
         return None
-    revision = env.get("XRAY_HUB_REVISION") or pinned.get("revision") or "main"
-    same_pin = repo_id == pinned.get("repo_id") and revision == pinned.get("revision")
+    same_repo = repo_id == pinned.get("repo_id")
+    revision = env.get("XRAY_HUB_REVISION") or (pinned.get("revision") if same_repo else None)
+    if not revision:
+        raise WeightsNotFoundError(
+            f"the Hub repository {repo_id} is named but no revision is pinned: set "
+            "XRAY_HUB_REVISION=<commit hash> (or \"revision\" in the \"hub\" entry of "
+            "weights/config.json)"
+        )
+    same_pin = same_repo and revision == pinned.get("revision")
     sha256 = env.get("XRAY_HUB_SHA256") or (pinned.get("sha256") if same_pin else None)
     return HubPin(
         repo_id=repo_id,
         revision=revision,
-        filename=pinned.get("filename", WEIGHTS_FILE),
-        config_filename=pinned.get("config_filename", CONFIG_FILE),
+        filename=pinned.get("filename", WEIGHTS_FILE) if same_repo else WEIGHTS_FILE,
+        config_filename=pinned.get("config_filename", CONFIG_FILE) if same_repo else CONFIG_FILE,
         sha256=sha256,
     )
 
@@ -139,12 +166,12 @@ def resolve_weights(
     """Apply the resolution order above; raise :class:`WeightsNotFoundError` if nothing fits."""
     env = os.environ if env is None else env
     if explicit:
-        return _local_checkpoint(Path(explicit), "--weights")
+        return _local_checkpoint(Path(explicit), "explicit")
     if env.get("XRAY_WEIGHTS"):
-        return _local_checkpoint(Path(env["XRAY_WEIGHTS"]), "XRAY_WEIGHTS")
+        return _local_checkpoint(Path(env["XRAY_WEIGHTS"]), "env")
     if (bundled_dir / WEIGHTS_FILE).is_file():
         resolved = _local_checkpoint(bundled_dir, "bundled")
-        pinned = json.loads((bundled_dir / CONFIG_FILE).read_text()).get("hub") or {}
+        pinned = _bundled_hub_entry(bundled_dir)
         return ResolvedWeights(
             resolved.config_dir, resolved.weights_path, "bundled", pinned.get("sha256")
         )
