@@ -69,14 +69,22 @@ def _tie_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _group_sums(
-    y: np.ndarray, order: np.ndarray, starts: np.ndarray, weights: np.ndarray
+    positive: np.ndarray, starts: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted positives and negatives per tie group, highest score first: two ``(B, G)``."""
-    w = weights[:, order]
-    positive = y[order].astype(bool)
-    pos = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
-    neg = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
-    return pos, neg
+    """Weighted positives and negatives per tie group: two ``(B, G)`` float arrays.
+
+    ``positive`` ``(N,)`` bool and ``weights`` ``(B, N)`` are already in descending score
+    order; ``starts`` are the first indices of the G tie groups.  Positives are gathered
+    on their own (they are usually few) and the negatives are the rest of each group.
+    """
+    total = np.add.reduceat(weights, starts, axis=1).astype(np.float64)
+    pos = np.zeros_like(total)
+    columns = np.flatnonzero(positive)
+    if columns.size:
+        group = np.searchsorted(starts, columns, side="right") - 1
+        first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        pos[:, group[first]] = np.add.reduceat(weights[:, columns], first, axis=1)
+    return pos, total - pos
 
 
 def _auroc_from_sums(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -117,8 +125,10 @@ def ranking_metrics(
     if y.size == 0:
         return auroc, ap
     order, starts = _tie_groups(scores)
-    for block in _chunks(weights.shape[0], starts.size):
-        pos, neg = _group_sums(y, order, starts, np.asarray(weights[block], dtype=np.float64))
+    positive = y[order].astype(bool)
+    weights = np.asarray(weights)
+    for block in _chunks(weights.shape[0], y.size):
+        pos, neg = _group_sums(positive, starts, weights[block][:, order])
         auroc[block] = _auroc_from_sums(pos, neg)
         ap[block] = _ap_from_sums(pos, neg)
     return auroc, ap
@@ -127,11 +137,19 @@ def ranking_metrics(
 def _boot_ranking(
     y: np.ndarray, scores: np.ndarray, counts: np.ndarray, inverse: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-resample AUROC and AP, expanding patient counts to image weights block by block."""
+    """Per-resample AUROC and AP: patient counts ``(B, P)`` become image weights through
+    ``inverse`` ``(N,)``, gathered straight into score order, block by block."""
     n_boot = counts.shape[0]
-    auroc, ap = np.empty(n_boot), np.empty(n_boot)
+    auroc, ap = np.full(n_boot, np.nan), np.full(n_boot, np.nan)
+    if y.size == 0:
+        return auroc, ap
+    order, starts = _tie_groups(np.asarray(scores, dtype=np.float64))
+    positive = np.asarray(y)[order].astype(bool)
+    owner = inverse[order]
     for block in _chunks(n_boot, y.size):
-        auroc[block], ap[block] = ranking_metrics(y, scores, counts[block][:, inverse])
+        pos, neg = _group_sums(positive, starts, counts[block][:, owner])
+        auroc[block] = _auroc_from_sums(pos, neg)
+        ap[block] = _ap_from_sums(pos, neg)
     return auroc, ap
 
 
@@ -460,7 +478,7 @@ def choose_thresholds(
                          f"threshold left at {DEFAULT_THRESHOLD}")
             continue
         order, starts = _tie_groups(p)
-        pos, neg = _group_sums(y, order, starts, np.ones((1, y.size)))
+        pos, neg = _group_sums(y[order].astype(bool), starts, np.ones((1, y.size)))
         tp, fp = np.cumsum(pos[0]), np.cumsum(neg[0])
         if method == "f1":
             objective = 2 * tp / (2 * tp + fp + (n_pos - tp))

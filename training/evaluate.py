@@ -174,6 +174,9 @@ def run_model(
         for start in range(0, len(image_paths), batch_size):
             batch = [preprocess(p, config)[0] for p in image_paths[start : start + batch_size]]
             outputs.append(loaded.model(torch.stack(batch)).double().numpy())
+            done = start + len(batch)
+            if done == len(image_paths) or (start // batch_size) % 50 == 49:
+                print(f"inference: {done}/{len(image_paths)} images", file=sys.stderr)
         if not outputs:
             return np.zeros((0, len(LABELS)))
     return np.concatenate(outputs)
