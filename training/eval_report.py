@@ -162,8 +162,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     else:
         lines.append(f"Model: predictions file `{report['data'].get('predictions')}` (no checkpoint).")
     data = report["data"]
+    split_list = (f"split list `{data['split_csv']}`" if data.get("split_csv")
+                  else "no split list (every image of the predictions file)")
     lines += ["", f"Data: {data['n_images']} images of {data['n_patients']} patients; labels from "
-              f"{data['labels_from']} (`{data['metadata']}`); split list `{data['split_csv']}`.",
+              f"{data['labels_from']} (`{data['metadata']}`); {split_list}.",
               f"Command: `{report['command']}`", "", "## Headline", "",
               headline_sentence(metrics)]
     if "No Finding" in metrics["per_class"]:

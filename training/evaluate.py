@@ -242,7 +242,8 @@ def _model_predictions(
         metadata = read_metadata(metadata_path)
     except MetadataError as error:
         raise EvaluationError(str(error)) from None
-    sources: dict[str, Any] = {"metadata": str(metadata_path), "split_csv": str(split_csv)}
+    sources: dict[str, Any] = {"metadata": str(metadata_path),
+                               "split_csv": str(split_csv) if split_csv else None}
     if args.predictions:
         predictions = read_predictions(args.predictions)
         sources["predictions"] = str(args.predictions)
@@ -306,7 +307,8 @@ def _thresholds_and_calibration(
         notes += th_notes
         described = {
             "source": f"chosen on this {args.split} split (max "
-            f"{'F1' if args.threshold_method == 'f1' else 'Youden J'}), after calibration",
+            f"{'F1' if args.threshold_method == 'f1' else 'Youden J'}"
+            f"{', on calibrated probabilities' if calibration else ''})",
             "method": args.threshold_method,
             "optimistic": "thresholds and calibration were fitted on these very images; "
             "figures at the threshold are optimistic here, see the test report",
