@@ -9,7 +9,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 
-from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, sha256_of, write_random_init
+from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, sha256_of
 from xray_app.weights import (
     HubPin,
     WeightsNotFoundError,
@@ -22,9 +22,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A real (untrained) checkpoint: loading it exercises every check."""
-    return write_random_init(tmp_path_factory.mktemp("weights") / "ckpt", seed=1)
+def checkpoint(random_init_checkpoint) -> Path:
+    """A real (untrained) checkpoint, from conftest: loading it exercises every check."""
+    return random_init_checkpoint
 
 
 def fake_checkpoint(directory: Path) -> Path:

@@ -7,9 +7,11 @@ Order of resolution (the first that applies wins):
 2. the bundled folder ``weights/`` of this repository, when it holds ``model.safetensors``;
 3. the Hugging Face Hub: ``hf_hub_download`` of ``model.safetensors`` and ``config.json``
    from the repository and *pinned* revision named in ``weights/config.json``'s ``hub``
-   entry, or in ``XRAY_HUB_REPO`` / ``XRAY_HUB_REVISION`` (``XRAY_HUB_SHA256``).  The
-   file's sha256 is verified against the pin.  ``HF_HUB_OFFLINE=1`` uses only the local
-   cache.
+   entry, or in ``XRAY_HUB_REPO`` / ``XRAY_HUB_REVISION`` (``XRAY_HUB_SHA256``).  A
+   revision is required (a commit hash; ``main`` could change under a running app), and
+   the file's sha256 is verified against the pin when one is given.  ``HF_HUB_OFFLINE=1``
+   uses only the local cache.  Only safetensors are read: nothing from the network is
+   ever unpickled.
 
 If none applies, :class:`WeightsNotFoundError` lists the three ways to provide weights.
 There is no fallback to random weights.
