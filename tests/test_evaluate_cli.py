@@ -13,6 +13,7 @@ import torch
 from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
+from tests.paths import SHARED_DATA
 from training import evaluate
 from training.data import labels_of, read_metadata
 from training.eval_metrics import per_class_metrics
@@ -20,7 +21,7 @@ from xray_app.labels import LABELS, NO_FINDING, PATHOLOGIES
 from xray_app.model import load_checkpoint, read_config, write_random_init
 from xray_app.preprocess import preprocess
 
-NIH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nih"
+NIH = SHARED_DATA / "nih"
 METADATA = NIH / "Data_Entry_2017_v2020.csv.gz"
 REFERENCE = NIH / "chexnet_repro_preds.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

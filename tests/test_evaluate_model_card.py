@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import logit
 
+from tests.paths import SHARED_DATA
 from training import evaluate, model_card
 from training.eval_report import fmt, fmt_ci
 from xray_app.labels import NO_FINDING, PATHOLOGIES
 from xray_app.model import read_config, write_random_init
 
-NIH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nih"
+NIH = SHARED_DATA / "nih"
 METADATA = NIH / "Data_Entry_2017_v2020.csv.gz"
 REFERENCE = NIH / "chexnet_repro_preds.csv"
 
