@@ -14,6 +14,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
+from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from tests.dicom_factory import (
@@ -220,6 +221,29 @@ def test_16bit_dicom_applies_rescale_then_window(gray16):
     assert error < 2e-3, f"expected the window [{center - width / 2}, {center + width / 2}] applied, error {error}"
     clipped = float(np.mean((decoded.pixels == 0.0) | (decoded.pixels == 1.0)))
     assert 0.4 < clipped < 0.6, f"expected about half the pixels clipped by the window, got {clipped}"
+
+
+def test_voi_lut_sequence_is_applied(gray):
+    stored = (gray.astype(np.uint16) * 16).astype(np.uint16)  # 12-bit
+    ds = make_dicom(stored, bits_stored=12)
+    curve = np.sqrt(np.arange(4096) / 4095.0)  # a non-linear display curve
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new(0x00283006, "OW", (curve * 65535).round().astype("<u2").tobytes())  # LUTData
+    ds.VOILUTSequence = [item]
+    decoded = decode_image(dicom_bytes(ds), name="voilut.dcm")
+    expected = scaled(curve[stored])
+    error = max_error(decoded, expected)
+    assert error < 1e-4, f"expected the VOI LUT's square-root curve applied, error {error}"
+
+
+def test_signed_16bit_dicom_decodes_by_its_own_range(gray16):
+    signed = (gray16.astype(np.int32) - 32768).astype(np.int16)
+    ds = make_dicom(gray16, bits_stored=16)
+    ds.PixelRepresentation = 1
+    ds.PixelData = signed.tobytes()
+    decoded = decode_image(dicom_bytes(ds), name="signed.dcm")
+    assert max_error(decoded, scaled(signed)) < 1e-5, "expected negative values read as signed"
 
 
 def test_rescale_without_window_is_scaled_by_its_own_range(gray16):
