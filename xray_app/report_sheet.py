@@ -9,6 +9,7 @@ that :mod:`xray_app.preprocess` returns.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ TILE_SIDE = 276  # 5 heatmap tiles per row
 GRID_COLUMNS = 5
 CAPTION_HEIGHT = 44
 TOP_FINDINGS = 8
+WRAP_CHARS = 130  # header lines at 18 px fit the sheet's width
 DISCLAIMER = "Research demo - NOT a medical device. Not for diagnosis or treatment decisions."
 
 _RED = (180, 20, 20)
@@ -59,7 +61,8 @@ def _header_lines(prediction: Prediction, model_info: Mapping[str, Any]) -> list
         lines.append(("UNTRAINED WEIGHTS: outputs are meaningless (software test only)", _RED))
     lines.append((DISCLAIMER, _RED))
     lines.append((f"Model: {model_info.get('name', '?')}   sha256 {str(model_info.get('sha256', ''))[:12]}", _INK))
-    lines.append((f"Trained on: {model_info.get('data') or 'not stated in the weights config'}", _MUTED))
+    data = f"Trained on: {model_info.get('data') or 'not stated in the weights config'}"
+    lines.extend((part, _MUTED) for part in textwrap.wrap(data, width=WRAP_CHARS))
     image = prediction.image
     study = f"File: {prediction.name}   {image.width} x {image.height} px, {image.format}"
     if image.dicom:
@@ -67,14 +70,15 @@ def _header_lines(prediction: Prediction, model_info: Mapping[str, Any]) -> list
     lines.append((study, _INK))
     lines.append((f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", _MUTED))
     for warning in prediction.warnings:
-        lines.append((f"WARNING: {warning}", _RED))
+        for part in textwrap.wrap(f"WARNING: {warning}", width=WRAP_CHARS):
+            lines.append((part, _RED))
     return lines
 
 
 def render_report_sheet(prediction: Prediction, model_info: Mapping[str, Any]) -> Image.Image:
     """The sheet as an RGB :class:`PIL.Image.Image` (``SHEET_WIDTH`` px wide)."""
     header = _header_lines(prediction, model_info)
-    header_height = 50 + 26 * len(header)
+    header_height = MARGIN + 40 + 26 * len(header) + 20
     grid_rows = -(-len(prediction.probabilities) // GRID_COLUMNS)
     tile_pitch = TILE_SIDE + CAPTION_HEIGHT
     height = header_height + RADIOGRAPH_SIDE + 50 + grid_rows * tile_pitch + 40 + MARGIN
@@ -98,7 +102,7 @@ def render_report_sheet(prediction: Prediction, model_info: Mapping[str, Any]) -
     draw.text((MARGIN, y), "Heatmaps (Grad-CAM), highest probability first", fill=_INK, font=_font(20))
     y += 30
     caption_font = _font(15)
-    gray = prediction.image.pixels
+    gray = _shrink(prediction.image.pixels, TILE_SIDE)  # once, not for each of the 15 tiles
     for position, finding_index in enumerate(_order(prediction)):
         finding = prediction.findings[finding_index]
         row, column = divmod(position, GRID_COLUMNS)
@@ -122,6 +126,15 @@ def render_report_sheet(prediction: Prediction, model_info: Mapping[str, Any]) -
         )
     draw.text((MARGIN, height - MARGIN - 10), DISCLAIMER, fill=_RED, font=_font(16))
     return sheet
+
+
+def _shrink(gray: np.ndarray, side: int) -> np.ndarray:
+    height, width = gray.shape
+    if max(height, width) <= side:
+        return gray
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
 
 def _order(prediction: Prediction) -> list[int]:
@@ -155,5 +168,5 @@ def _draw_findings(draw: ImageDraw.ImageDraw, prediction: Prediction, x: int, y:
 def save_report_sheet(prediction: Prediction, model_info: Mapping[str, Any], path: str | Path) -> Path:
     """Render the sheet and write it as PNG to ``path``; returns the path."""
     path = Path(path)
-    render_report_sheet(prediction, model_info).save(path, format="PNG", compress_level=3)
+    render_report_sheet(prediction, model_info).save(path, format="PNG", compress_level=1)
     return path

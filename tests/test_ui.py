@@ -1,0 +1,283 @@
+"""Handlers of the web demo (xray_app.ui), called directly: no server, no browser.
+
+All run on the session's random-init CPU predictor and the shared real radiographs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.dicom_factory import PATIENT, dicom_bytes, make_dicom, nih_gray, png_zero_bomb
+from tests.paths import DICOM_DIR, NIH_IMAGES, NIH_ORIGINALS
+from xray_app import explain, report, ui
+from xray_app.labels import LABELS
+from xray_app.preprocess import ImageInputError
+
+NIH_PNG = NIH_IMAGES / "00000075_000.png"
+CAPTION = re.compile(r"^.+ — \d\.\d\d \(threshold \d\.\d\d\) (▲ above|▽ below)$")
+
+
+def bad_inputs(directory: Path) -> dict[str, Path]:
+    """One file per kind of bad input the inference core rejects, named after its kind."""
+    real = NIH_PNG.read_bytes()
+    files = {
+        "empty.png": b"",
+        "not_an_image.png": b"this is a text file, not a radiograph\n" * 20,
+        "truncated.png": real[: len(real) // 3],
+        "tiny.png": _png_bytes(np.full((20, 20), 128, dtype=np.uint8)),
+        "pixel_bomb.png": png_zero_bomb(),
+        "no_pixels.dcm": dicom_bytes(make_dicom(nih_gray(), bits_stored=8, with_pixels=False)),
+    }
+    paths = {}
+    for name, data in files.items():
+        path = directory / name
+        path.write_bytes(data)
+        paths[name] = path
+    return paths
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def predictor(cpu_predictor):
+    return cpu_predictor
+
+
+@pytest.fixture(scope="module")
+def analysed(predictor, tmp_path_factory):
+    """``analyse`` of one shared 512 px NIH radiograph: (outputs, cache dir)."""
+    cache = tmp_path_factory.mktemp("gradio-cache")
+    with pytest.warns(UserWarning, match="UNTRAINED"):  # gr.Warning outside a request
+        outputs = ui.analyse(predictor, str(NIH_PNG), cache)
+    return outputs, cache
+
+
+# --------------------------------------------------------------------------- single study
+def test_analyse_returns_the_cli_json_then_15_captioned_heatmaps_then_the_large_view(
+    predictor, analysed
+):
+    (result, gallery, slider, study), cache = analysed
+    expected = report.prediction_to_json(predictor.predict(NIH_PNG, name=NIH_PNG.name), predictor.model_info)
+    assert result == expected, "the first output must be report.prediction_to_json, as the CLI prints"
+    assert len(gallery) == 15, f"expected one heatmap per output, got {len(gallery)}"
+    probabilities = [p for p in study.prediction.probabilities[list(study.order)]]
+    assert probabilities == sorted(probabilities, reverse=True), "gallery must be sorted by probability"
+    for (image, text), index in zip(gallery, study.order, strict=True):
+        assert CAPTION.match(text), f"caption {text!r} is not 'Name — p (threshold t) ▲ above/▽ below'"
+        finding = study.prediction.findings[index]
+        assert text.startswith(finding.display_name), f"caption {text!r} should name {finding.display_name}"
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, "RGB uint8 overlay expected"
+        assert max(image.shape[:2]) <= ui.GALLERY_MAX_SIDE, f"gallery image too large: {image.shape}"
+    original, overlay = (Image.open(p) for p in slider)
+    assert original.size == overlay.size == (512, 512), "large view keeps the 512 px radiograph's size"
+    assert original.mode == "L", "the original is written as lossless greyscale PNG"
+    assert all(Path(p).resolve().is_relative_to(cache.resolve()) for p in slider), (
+        "slider files must be written inside Gradio's cache so that delete_cache removes them"
+    )
+
+
+def test_large_view_is_full_resolution_and_opacity_zero_shows_the_original(predictor):
+    study = ui.Study.of(predictor.predict(NIH_ORIGINALS / "00000075_000.png"))
+    original, overlay = ui.large_view(predictor, study, study.order[0], explain.FAST_METHOD, 0.0)
+    assert original.shape == overlay.shape == (1024, 1024, 3), f"expected 1024 px, got {original.shape}"
+    assert np.abs(original.astype(int) - overlay.astype(int)).max() <= 1, (
+        "with opacity 0 the overlay must be the radiograph itself"
+    )
+    _, coloured = ui.large_view(predictor, study, study.order[0], explain.FAST_METHOD, 1.0)
+    assert np.abs(coloured.astype(int) - original.astype(int)).max() > 50, (
+        "at full opacity the top class's heatmap must visibly colour the image"
+    )
+
+
+def test_summary_table_is_sorted_with_thresholds_and_flags(analysed):
+    (_, _, _, study), _ = analysed
+    rows, notes, title, selector, method, opacity = ui.summarise(study)
+    assert [row[0] for row in rows] == [f.display_name for f in study.prediction.sorted_findings()]
+    for name, probability, threshold, above in rows:
+        expected = "▲ yes" if float(probability) >= float(threshold) else "no"
+        assert above == expected, f"{name}: {probability} vs threshold {threshold} flagged {above!r}"
+    assert "UNTRAINED" in notes, "the untrained predictor's warning must be visible in the notes"
+    top = study.prediction.findings[study.order[0]]
+    assert top.display_name in title and selector.value == top.label, "large view starts on the top class"
+    assert (method, opacity) == (explain.FAST_METHOD, ui.DEFAULT_OPACITY), "controls reset per study"
+
+
+def test_rerender_uses_the_stored_prediction_and_computes_other_methods_once(predictor, analysed, tmp_path):
+    (_, _, _, study), _ = analysed
+    calls = {"predict": 0, "explain": 0}
+
+    class Counting:  # the real predictor, counting the expensive calls
+        device = predictor.device
+
+        def predict(self, *args, **kwargs):
+            calls["predict"] += 1
+            return predictor.predict(*args, **kwargs)
+
+        def explain(self, *args, **kwargs):
+            calls["explain"] += 1
+            return predictor.explain(*args, **kwargs)
+
+    label = LABELS[study.order[2]]
+    paths, title, _ = ui.rerender(Counting(), study, label, explain.FAST_METHOD, 0.7, tmp_path)
+    assert calls == {"predict": 0, "explain": 0}, "the fast method must reuse the prediction's maps"
+    assert study.prediction.findings[study.order[2]].display_name in title
+    assert all(Path(p).is_file() for p in paths), "both slider images must be written"
+    for _ in range(2):
+        ui.rerender(Counting(), study, label, "Grad-CAM++", 0.5, tmp_path)
+    assert calls == {"predict": 0, "explain": 1}, f"Grad-CAM++ must be computed once per class, got {calls}"
+    with pytest.raises(gr.Error, match="not offered"):
+        ui.rerender(Counting(), study, label, "ScoreCAM", 0.5, tmp_path)  # minutes on a CPU
+
+
+def test_gallery_click_selects_the_class_at_that_position(predictor, analysed, tmp_path):
+    (_, gallery, _, study), _ = analysed
+    label, paths, title, _ = ui.select_from_gallery(predictor, study, 4, explain.FAST_METHOD, 0.5, tmp_path)
+    assert label == LABELS[study.order[4]], "tile 4 is the 5th most probable class"
+    assert gallery[4][1].split(" — ")[0] in title, "large-view caption names the clicked tile's class"
+
+
+def test_downloads_are_the_json_result_and_a_png_report_sheet(predictor, analysed, tmp_path):
+    (result, _, _, study), _ = analysed
+    json_path, sheet_path = ui.downloads(study, predictor.model_info, tmp_path)
+    assert json.loads(Path(json_path).read_text()) == result, "downloaded JSON must equal the API's"
+    with Image.open(sheet_path) as sheet:
+        assert sheet.format == "PNG" and sheet.width == 1500 and sheet.height > 1500, sheet.size
+    assert Path(json_path).resolve().is_relative_to(tmp_path.resolve()), "written inside the cache dir"
+
+
+def test_every_bad_input_is_a_gr_error_with_the_core_message_and_the_next_file_works(predictor, tmp_path):
+    for name, path in bad_inputs(tmp_path).items():
+        with pytest.raises(ImageInputError) as core:
+            predictor.predict(path, name=name)
+        with pytest.raises(gr.Error) as shown:
+            ui.analyse(predictor, str(path), tmp_path)
+        assert shown.value.message == str(core.value), f"{name}: UI must show the core's message"
+        assert name in shown.value.message, f"{name}: the message must name the file"
+    with pytest.warns(UserWarning):
+        result, gallery, _, _ = ui.analyse(predictor, str(NIH_PNG), tmp_path)
+    assert result["file"] == NIH_PNG.name and len(gallery) == 15, "a good file after bad ones must work"
+
+
+@pytest.mark.filterwarnings("ignore:UNTRAINED MODEL")
+def test_non_chest_image_warns_and_the_note_says_so(predictor, tmp_path):
+    wide = np.tile(nih_gray(), (1, 3))  # 512 x 1536: not the shape of a chest film
+    path = tmp_path / "panorama.png"
+    Image.fromarray(wide).save(path)
+    with pytest.warns(UserWarning, match="probably not a chest radiograph"):
+        _, _, _, study = ui.analyse(predictor, str(path), tmp_path)
+    notes = ui.summarise(study)[1]
+    assert "probably not a chest radiograph" in notes, f"the warning must also be visible: {notes!r}"
+
+
+def test_dicom_shows_only_safe_header_fields(predictor, tmp_path):
+    path = tmp_path / "study.dcm"
+    path.write_bytes(dicom_bytes(make_dicom(nih_gray(), bits_stored=8, patient=PATIENT)))
+    with pytest.warns(UserWarning):
+        result, _, _, study = ui.analyse(predictor, str(path), tmp_path)
+    notes = ui.summarise(study)[1]
+    assert "Modality: CR" in notes and "ViewPosition: PA" in notes, f"modality and view expected: {notes}"
+    json_path, _ = ui.downloads(study, predictor.model_info, tmp_path)
+    shown = notes + json.dumps(result) + Path(json_path).read_text()
+    for key, value in PATIENT.items():
+        if len(value) < 4:  # e.g. PatientSex "F": too short to search for
+            continue
+        assert value not in shown, f"DICOM {key} leaked into the UI or downloads"
+
+
+def test_real_dicom_file_is_analysed(predictor, tmp_path):
+    with pytest.warns(UserWarning):
+        result, gallery, slider, study = ui.analyse(
+            predictor, str(DICOM_DIR / "siim_pneumothorax_example.dcm"), tmp_path
+        )
+    assert result["file"] == "siim_pneumothorax_example.dcm" and len(gallery) == 15
+    assert Image.open(slider[0]).size == (1024, 1024), "the DICOM's own 1024 px resolution"
+
+
+def test_no_file_clears_the_outputs(predictor, tmp_path):
+    assert ui.analyse(predictor, None, tmp_path) == (None, [], None, None)
+    assert ui.summarise(None)[:3] == ([], "", ""), "cleared upload leaves no stale findings"
+
+
+# --------------------------------------------------------------------------- batch
+def test_batch_table_and_csv_of_all_probabilities(predictor, tmp_path):
+    good = [NIH_IMAGES / name for name in ("00000075_000.png", "00000100_000.png", "00000129_000.png")]
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    fractions = []
+    rows, csv_path = ui.analyse_batch(
+        predictor, [str(good[0]), str(bad), *map(str, good[1:])], tmp_path,
+        lambda fraction, desc: fractions.append(fraction),
+    )
+    assert [row[1] for row in rows] == ["ok", "error", "ok", "ok"], rows
+    assert "empty" in rows[1][4], f"the bad file's row must say why: {rows[1]}"
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, f"progress must reach 1: {fractions}"
+    with open(csv_path, newline="") as handle:
+        records = list(csv.reader(handle))
+    assert records[0] == ["file", "status", "message", *LABELS], "CSV columns: 15 labels in logit order"
+    for record, path in zip([records[1], records[3], records[4]], good, strict=True):
+        expected = predictor.predict(path).probabilities
+        got = np.array([float(v) for v in record[3:]])
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"CSV probabilities of {path.name}")
+
+
+def test_batch_without_files_or_with_too_many_is_a_clear_error(predictor, tmp_path):
+    with pytest.raises(gr.Error, match="Choose one or more files"):
+        ui.analyse_batch(predictor, [], tmp_path)
+    with pytest.raises(gr.Error, match="limit"):
+        ui.analyse_batch(predictor, [str(NIH_PNG)] * (ui.MAX_BATCH_FILES + 1), tmp_path)
+
+
+# --------------------------------------------------------------------------- text and layout
+def test_examples_only_from_the_named_folder():
+    shown = ui.example_files(NIH_IMAGES)
+    assert len(shown) == ui.EXAMPLES_SHOWN and shown == sorted(shown), shown
+    assert ui.example_files(None) == [] and ui.example_files("/nonexistent/folder") == []
+
+
+def test_banner_is_loud_for_untrained_and_names_the_training_data(predictor):
+    untrained = ui.model_banner_html(predictor.config, predictor.model_info)
+    assert "UNTRAINED WEIGHTS" in untrained and "not a medical device" in untrained
+    trained = predictor.config.with_updates(
+        trained=True, name="<b>x</b>", provenance={"data": "NIH ChestX-ray14, 78k train images"}
+    )
+    banner = ui.model_banner_html(trained, predictor.model_info)
+    assert "UNTRAINED" not in banner, "no untrained warning for trained weights"
+    assert "NIH ChestX-ray14, 78k train images" in banner, "the training data must be named"
+    assert "<b>x</b>" not in banner and "&lt;b&gt;x&lt;/b&gt;" in banner, "config text must be escaped"
+
+
+def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):
+    missing = ui.model_card_markdown(predictor, [tmp_path / "README.md"])
+    assert "No model card found" in missing, missing
+    card = tmp_path / "README.md"
+    card.write_text("---\nlicense: mit\n---\n# Model card\n\n| AUROC | 0.81 |\n")
+    shown = ui.model_card_markdown(predictor, [card])
+    assert "# Model card" in shown and "| AUROC | 0.81 |" in shown, "card and its metrics must be shown"
+    assert "license: mit" not in shown, "the Hub's YAML front matter is not for readers"
+
+
+def test_demo_is_private_bounded_and_exposes_predict(predictor):
+    demo = ui.build_demo(predictor, examples_dir=NIH_IMAGES)
+    assert demo.analytics_enabled is False, "analytics must be off"
+    assert demo.delete_cache == ui.DELETE_CACHE, "uploads and outputs must be cleaned up"
+    assert demo._queue.max_size == ui.QUEUE_MAX_SIZE, "queue must be bounded"
+    named = {dep["api_name"]: dep for dep in demo.config["dependencies"] if dep.get("api_name")}
+    assert "predict" in named, f"an event with api_name='predict' is required, got {sorted(named)}"
+    first_output = demo.blocks[named["predict"]["outputs"][0]]
+    assert isinstance(first_output, gr.JSON), "predict's first output must be the JSON result"
+    predict_fn = next(fn for fn in demo.fns.values() if fn.api_name == "predict")
+    assert predict_fn.concurrency_limit == ui.MODEL_CONCURRENCY, "one forward pass at a time"
