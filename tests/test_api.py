@@ -1,0 +1,114 @@
+"""The demo's API through gradio_client, against a demo launched in this test module.
+
+The server runs in this process (``prevent_thread_lock=True``) on loopback, with the
+session's random-init CPU predictor.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from gradio import route_utils
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.dicom_factory import PATIENT, dicom_bytes, make_dicom, nih_gray
+from tests.paths import DICOM_DIR, NIH_IMAGES
+from tests.test_ui import CAPTION, bad_inputs
+from xray_app import predict, ui
+from xray_app.labels import LABELS
+from xray_app.preprocess import ImageInputError
+
+NIH_PNG = NIH_IMAGES / "00000075_000.png"
+
+
+@pytest.fixture(scope="module")
+def served(cpu_predictor):
+    """(demo, client) for a demo launched on 127.0.0.1 for this module."""
+    demo = ui.build_demo(cpu_predictor)
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **ui.launch_options())
+    try:
+        yield demo, Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_predict_returns_the_cli_json_first_then_the_images(served, random_init_checkpoint, capsys):
+    _, client = served
+    result, gallery, slider = client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
+    capsys.readouterr()
+    assert predict.main([str(NIH_PNG), "--json", "--weights", str(random_init_checkpoint)]) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert result == cli, "/predict's first output must be exactly `python -m xray_app.predict --json`"
+    assert len(gallery) == 15, f"expected 15 heatmaps, got {len(gallery)}"
+    for item in gallery:
+        assert CAPTION.match(item["caption"]), f"caption {item['caption']!r} lacks probability/threshold"
+        with Image.open(item["image"]) as image:
+            assert max(image.size) <= ui.GALLERY_MAX_SIDE, f"gallery image {image.size} too large"
+    with Image.open(slider[0]) as original, Image.open(slider[1]) as overlay:
+        assert original.size == overlay.size == (512, 512), "large view: original and overlay, same size"
+
+
+def test_dicom_through_the_api(served):
+    _, client = served
+    result, gallery, _ = client.predict(
+        handle_file(str(DICOM_DIR / "siim_pneumothorax_example.dcm")), api_name="/predict"
+    )
+    assert result["file"] == "siim_pneumothorax_example.dcm", result["file"]
+    assert [f["label"] for f in result["findings"]] == list(LABELS), "15 findings in logit order"
+    assert len(gallery) == 15, "a DICOM gets its 15 heatmaps too"
+
+
+def test_each_bad_file_is_a_clear_error_and_the_server_keeps_serving(served, cpu_predictor, tmp_path):
+    _, client = served
+    for name, path in bad_inputs(tmp_path).items():
+        with pytest.raises(ImageInputError) as core:
+            cpu_predictor.predict(path, name=name)
+        with pytest.raises(AppError) as shown:
+            client.predict(handle_file(str(path)), api_name="/predict")
+        assert str(core.value) in str(shown.value), f"{name}: expected {core.value}, got {shown.value}"
+        result, gallery, _ = client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
+        assert result["file"] == NIH_PNG.name and len(gallery) == 15, f"good file after {name} must work"
+
+
+def test_no_dicom_identifier_in_api_output_or_server_log(served, tmp_path, capfd):
+    _, client = served
+    path = tmp_path / "identified.dcm"
+    path.write_bytes(dicom_bytes(make_dicom(nih_gray(), bits_stored=8, patient=PATIENT)))
+    capfd.readouterr()
+    result, gallery, _ = client.predict(handle_file(str(path)), api_name="/predict")
+    log = "".join(capfd.readouterr())
+    shown = json.dumps(result) + json.dumps(gallery) + log
+    for key, value in PATIENT.items():
+        if len(value) >= 4:  # skip e.g. PatientSex "F"
+            assert value not in shown, f"DICOM {key} appeared in the API output or the server log"
+
+
+def test_batch_endpoint_returns_a_table_and_a_csv(served, tmp_path):
+    _, client = served
+    bad = tmp_path / "empty.png"
+    bad.write_bytes(b"")
+    files = [handle_file(str(NIH_PNG)), handle_file(str(bad))]
+    table, csv_path = client.predict(files, api_name="/predict_batch")
+    statuses = [row[1] for row in table["data"]]
+    assert statuses == ["ok", "error"], f"one row per file with its status, got {table['data']}"
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][3:] == list(LABELS) and len(rows) == 3, "header + one row per file"
+
+
+def test_uploads_and_outputs_are_registered_for_cache_cleanup(served):
+    demo, client = served
+    client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
+    tracked = [Path(f) for files in demo.temp_file_sets for f in files]
+    assert any(p.name == NIH_PNG.name for p in tracked), "the upload must be tracked for delete_cache"
+    assert sum(p.suffix in {".jpeg", ".jpg", ".png"} for p in tracked) >= 17, (
+        "15 gallery images and 2 large-view images must be tracked for delete_cache"
+    )
+    route_utils.delete_files_created_by_app(demo, age=None)  # what delete_cache runs
+    left = [p for p in tracked if p.exists()]
+    assert not left, f"files survive the cache clean-up: {left[:3]}"
