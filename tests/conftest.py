@@ -1,0 +1,46 @@
+"""Shared pytest fixtures.  Keep each one small, documented and session-scoped when costly.
+
+Paths to the shared real data live in :mod:`tests.paths`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.paths import SHARED_DATA
+
+
+# --------------------------------------------------------------------------- shared data
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real data folder (``../shared/data``); fails loudly when it is missing."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA}; see ../shared/data/README.md")
+    return SHARED_DATA
+
+
+# --------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="session")
+def random_init_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of an UNTRAINED random-init checkpoint in the real format (seed 0, 224 px).
+
+    Written once per session by :func:`xray_app.model.write_random_init`; treat it as
+    read-only (load it, never write into it).
+    """
+    from xray_app.model import write_random_init
+
+    return write_random_init(tmp_path_factory.mktemp("random-init"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def cpu_predictor(random_init_checkpoint: Path):
+    """A CPU :class:`~xray_app.predictor.Predictor` on :func:`random_init_checkpoint`.
+
+    Shared by all tests of the session: a Predictor never changes after construction.
+    """
+    from xray_app.model import load_checkpoint
+    from xray_app.predictor import Predictor
+
+    return Predictor(load_checkpoint(random_init_checkpoint), device="cpu")
