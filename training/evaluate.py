@@ -402,6 +402,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         sources["predictions"] = str(write_predictions(
             predictions, truth[PATIENT].tolist(), out / f"predictions_{args.split}.csv"))
     labels = list(predictions.labels)
+    if args.fit and labels != list(LABELS):
+        raise EvaluationError(f"--fit writes all 15 outputs' thresholds and calibration; the "
+                              f"predictions cover {len(labels)} labels")
     index = [LABELS.index(name) for name in labels]
     y_true = label_matrix(truth[FINDINGS].tolist())[:, index].astype(np.int64)
     patients = truth[PATIENT].to_numpy()
@@ -448,8 +451,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "ece_pooled_after": calibration_info["ece"]["pooled"]["ece_after"],
             "predictions": sources.get("predictions"),
         }
-        if labels != list(LABELS):
-            raise EvaluationError("--fit needs predictions for all 15 labels")
         report["config_written"] = str(write_fitted(args.checkpoint, thresholds, calibration,
                                                     record))
 
