@@ -68,6 +68,30 @@ class EvaluationError(ValueError):
     """Inputs to the evaluation are missing or inconsistent; the message says which."""
 
 
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run (filled from the command line; see :func:`build_parser`)."""
+
+    split: str
+    out: Path
+    checkpoint: Path | None = None
+    predictions: Path | None = None
+    split_csv: Path | None = None
+    images: Path | None = None
+    metadata: Path | None = None
+    fit: str | None = None
+    threshold_method: str = "f1"
+    compare: Path | None = None
+    compare_name: str | None = None
+    n_boot: int = 1000
+    seed: int = 0
+    ece_bins: int = DEFAULT_ECE_BINS
+    batch_size: int = 16
+    limit: int | None = None
+    argv: tuple[str, ...] = ()
+
+
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class Predictions:
@@ -209,44 +233,44 @@ def write_fitted(
 
 # --------------------------------------------------------------------------- evaluation
 def _locate(
-    args: argparse.Namespace, provenance: dict[str, Any]
+    cfg: EvalConfig, provenance: dict[str, Any]
 ) -> tuple[Path | None, Path | None, Path]:
     """The split CSV, image folder and metadata: explicit flags first, then what the
     checkpoint's provenance records (``training.train``: ``split.files`` is the run
     directory holding ``<split>.csv``, ``train_config.data`` the images and metadata)."""
     data_config = provenance.get("train_config", {}).get("data", {}) or {}
-    split_csv = args.split_csv
+    split_csv = cfg.split_csv
     if split_csv is None:
         split_info = provenance.get("split", {})
         run_dir = split_info.get("files") if isinstance(split_info, dict) else None
         for directory in (run_dir, data_config.get("splits")):
-            if directory and (Path(directory) / f"{args.split}.csv").is_file():
-                split_csv = Path(directory) / f"{args.split}.csv"
+            if directory and (Path(directory) / f"{cfg.split}.csv").is_file():
+                split_csv = Path(directory) / f"{cfg.split}.csv"
                 break
-    images = args.images
+    images = cfg.images
     if images is None and data_config.get("images"):
         images = Path(data_config["images"])
-    metadata = args.metadata
+    metadata = cfg.metadata
     if metadata is None:
         metadata = Path(data_config.get("metadata") or DEFAULT_METADATA)
     return split_csv, images, metadata
 
 
 def _model_predictions(
-    args: argparse.Namespace, config: dict[str, Any] | None
+    cfg: EvalConfig, config: dict[str, Any] | None
 ) -> tuple[Predictions, pd.DataFrame, dict[str, Any]]:
     """Predictions and their ground truth, from a file or by running the model."""
     provenance = (config or {}).get("provenance", {})
-    split_csv, images_dir, metadata_path = _locate(args, provenance)
+    split_csv, images_dir, metadata_path = _locate(cfg, provenance)
     try:
         metadata = read_metadata(metadata_path)
     except MetadataError as error:
         raise EvaluationError(str(error)) from None
     sources: dict[str, Any] = {"metadata": str(metadata_path),
                                "split_csv": str(split_csv) if split_csv else None}
-    if args.predictions:
-        predictions = read_predictions(args.predictions)
-        sources["predictions"] = str(args.predictions)
+    if cfg.predictions:
+        predictions = read_predictions(cfg.predictions)
+        sources["predictions"] = str(cfg.predictions)
         if split_csv is not None:
             wanted = set(read_split_images(split_csv))
             keep = np.array([name in wanted for name in predictions.images])
@@ -254,33 +278,33 @@ def _model_predictions(
             predictions = predictions.subset(np.flatnonzero(keep))
             sources["split_images_without_prediction"] = len(wanted) - int(keep.sum())
     else:
-        if args.checkpoint is None:
+        if cfg.checkpoint is None:
             raise EvaluationError("give --checkpoint to run a model, or --predictions CSV")
         if split_csv is None or images_dir is None:
             raise EvaluationError(
-                f"cannot find the {args.split} split's images: pass --split-csv and --images "
+                f"cannot find the {cfg.split} split's images: pass --split-csv and --images "
                 f"(found split CSV: {split_csv}, image folder: {images_dir}; a checkpoint "
                 "trained from a cache names no image folder)"
             )
         names = read_split_images(split_csv)
-        if args.limit:
-            names = names[: args.limit]
+        if cfg.limit:
+            names = names[: cfg.limit]
         found = find_images(images_dir)
         missing = [name for name in names if name not in found]
         if missing:
-            raise EvaluationError(f"{len(missing)} of {len(names)} {args.split} images are not "
+            raise EvaluationError(f"{len(missing)} of {len(names)} {cfg.split} images are not "
                                   f"under {images_dir} (first: {missing[0]!r})")
-        logits = run_model(args.checkpoint, [found[n] for n in names], batch_size=args.batch_size)
+        logits = run_model(cfg.checkpoint, [found[n] for n in names], batch_size=cfg.batch_size)
         predictions = Predictions(tuple(names), LABELS, logits, apply_calibration(logits, None))
         sources["images"] = str(images_dir)
     if not predictions.images:
-        raise EvaluationError(f"no images to evaluate for the {args.split} split")
+        raise EvaluationError(f"no images to evaluate for the {cfg.split} split")
     truth = truth_for(predictions.images, metadata, metadata_path)
     return predictions, truth, sources
 
 
 def _thresholds_and_calibration(
-    args: argparse.Namespace,
+    cfg: EvalConfig,
     config: dict[str, Any] | None,
     predictions: Predictions,
     y_true: np.ndarray,
@@ -290,26 +314,26 @@ def _thresholds_and_calibration(
     labels = list(predictions.labels)
     index = [LABELS.index(name) for name in labels]
     notes: list[str] = []
-    if args.fit:
+    if cfg.fit:
         calibration = None
-        if args.fit != "none":
+        if cfg.fit != "none":
             if predictions.logits is None:
                 raise EvaluationError("--fit with a calibration method needs logits, "
                                       "the predictions only hold probabilities")
             calibration, cal_notes = fit_calibration(
-                y_true, predictions.logits, args.fit, labels=labels
+                y_true, predictions.logits, cfg.fit, labels=labels
             )
             notes += cal_notes
         probs = (apply_calibration(predictions.logits, calibration)
                  if calibration else predictions.probs)
-        thresholds, th_notes = choose_thresholds(y_true, probs, args.threshold_method,
+        thresholds, th_notes = choose_thresholds(y_true, probs, cfg.threshold_method,
                                                  labels=labels)
         notes += th_notes
         described = {
-            "source": f"chosen on this {args.split} split (max "
-            f"{'F1' if args.threshold_method == 'f1' else 'Youden J'}"
+            "source": f"chosen on this {cfg.split} split (max "
+            f"{'F1' if cfg.threshold_method == 'f1' else 'Youden J'}"
             f"{', on calibrated probabilities' if calibration else ''})",
-            "method": args.threshold_method,
+            "method": cfg.threshold_method,
             "optimistic": "thresholds and calibration were fitted on these very images; "
             "figures at the threshold are optimistic here, see the test report",
         }
@@ -336,7 +360,7 @@ def _thresholds_and_calibration(
 
 
 def _comparison(
-    args: argparse.Namespace,
+    cfg: EvalConfig,
     predictions: Predictions,
     probs: np.ndarray,
     thresholds: np.ndarray,
@@ -344,15 +368,15 @@ def _comparison(
     patients: np.ndarray,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray, list[str]] | None:
     """Both models on the images and labels they share: metrics side by side."""
-    if not args.compare:
+    if not cfg.compare:
         return None
-    other = read_predictions(args.compare)
+    other = read_predictions(cfg.compare)
     other_rows = {name: i for i, name in enumerate(other.images)}
     common_rows = np.array([i for i, name in enumerate(predictions.images) if name in other_rows],
                            dtype=int)
     labels = [name for name in predictions.labels if name in other.labels]
     if common_rows.size == 0 or not labels:
-        raise EvaluationError(f"{args.compare} shares no images or no labels with the evaluated "
+        raise EvaluationError(f"{cfg.compare} shares no images or no labels with the evaluated "
                               "predictions")
     mine = [predictions.labels.index(n) for n in labels]
     theirs = [other.labels.index(n) for n in labels]
@@ -360,11 +384,11 @@ def _comparison(
     groups = patients[common_rows]
     probs_a = probs[np.ix_(common_rows, mine)]
     probs_b = other.probs[np.ix_([other_rows[predictions.images[i]] for i in common_rows], theirs)]
-    name_b = args.compare_name or Path(args.compare).stem
+    name_b = cfg.compare_name or Path(cfg.compare).stem
     # the same seed gives both models the same patient resamples: a paired comparison
     results = {
         "other_name": name_b,
-        "other_path": str(args.compare),
+        "other_path": str(cfg.compare),
         "n_images": int(common_rows.size),
         "n_patients": int(np.unique(groups).size),
         "images_only_in_this_model": int(len(predictions.images) - common_rows.size),
@@ -375,34 +399,34 @@ def _comparison(
         f"precision/recall/F1 use {DEFAULT_THRESHOLD}",
         "this_model": per_class_metrics(
             y, probs_a, thresholds[mine], groups, labels=labels,
-            n_boot=args.n_boot, rng=np.random.default_rng(args.seed)),
+            n_boot=cfg.n_boot, rng=np.random.default_rng(cfg.seed)),
         "other_model": per_class_metrics(
             y, probs_b, np.full(len(labels), DEFAULT_THRESHOLD), groups, labels=labels,
-            n_boot=args.n_boot, rng=np.random.default_rng(args.seed)),
+            n_boot=cfg.n_boot, rng=np.random.default_rng(cfg.seed)),
         "paired": compare_auroc(y, probs_a, probs_b, groups, labels=labels,
-                                n_boot=args.n_boot, rng=np.random.default_rng(args.seed)),
+                                n_boot=cfg.n_boot, rng=np.random.default_rng(cfg.seed)),
     }
     return results, {"this model": probs_a, name_b: probs_b}, y, labels
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the whole evaluation described in the module docstring; returns the report."""
-    if args.fit and args.split != "val":
+    if cfg.fit and cfg.split != "val":
         raise EvaluationError(f"--fit is only allowed on the validation split, not "
-                              f"{args.split!r}: thresholds and calibration tuned on the test "
+                              f"{cfg.split!r}: thresholds and calibration tuned on the test "
                               "split would make its figures meaningless")
-    if args.fit and args.checkpoint is None:
+    if cfg.fit and cfg.checkpoint is None:
         raise EvaluationError("--fit writes into a checkpoint's config.json: give --checkpoint")
-    config = _read_config_dict(args.checkpoint) if args.checkpoint else None
-    out = args.out
+    config = _read_config_dict(cfg.checkpoint) if cfg.checkpoint else None
+    out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
 
-    predictions, truth, sources = _model_predictions(args, config)
-    if not args.predictions:
+    predictions, truth, sources = _model_predictions(cfg, config)
+    if not cfg.predictions:
         sources["predictions"] = str(write_predictions(
-            predictions, truth[PATIENT].tolist(), out / f"predictions_{args.split}.csv"))
+            predictions, truth[PATIENT].tolist(), out / f"predictions_{cfg.split}.csv"))
     labels = list(predictions.labels)
-    if args.fit and labels != list(LABELS):
+    if cfg.fit and labels != list(LABELS):
         raise EvaluationError(f"--fit writes all 15 outputs' thresholds and calibration; the "
                               f"predictions cover {len(labels)} labels")
     index = [LABELS.index(name) for name in labels]
@@ -410,27 +434,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     patients = truth[PATIENT].to_numpy()
 
     thresholds, calibration, threshold_info, notes = _thresholds_and_calibration(
-        args, config, predictions, y_true)
+        cfg, config, predictions, y_true)
     probs = (apply_calibration(predictions.logits, calibration)
              if calibration else predictions.probs)
-    calibration_info: dict[str, Any] = {
-        "method": calibration["method"] if calibration else None,
-        "order": "calibration is fitted on validation logits first; thresholds are then "
-        "chosen on the calibrated validation probabilities",
-        "ece": calibration_summary(
-            y_true, predictions.probs, probs if calibration else None,
-            labels=labels, n_bins=args.ece_bins),
-    }
-    if calibration:
-        calibration_info["scale"] = dict(zip(labels, calibration["scale"], strict=True))
-        calibration_info["bias"] = dict(zip(labels, calibration["bias"], strict=True))
-
+    calibration_info = _calibration_info(calibration, y_true, predictions.probs, probs, labels,
+                                         cfg.ece_bins)
     metrics = per_class_metrics(y_true, probs, thresholds, patients, labels=labels,
-                                n_boot=args.n_boot, rng=np.random.default_rng(args.seed))
+                                n_boot=cfg.n_boot, rng=np.random.default_rng(cfg.seed))
     report: dict[str, Any] = {
-        "split": args.split,
-        "command": "python -m training.evaluate " + " ".join(args.argv),
-        "model": _model_info(args.checkpoint, config),
+        "split": cfg.split,
+        "command": "python -m training.evaluate " + " ".join(cfg.argv),
+        "model": _model_info(cfg.checkpoint, config),
         "data": {**sources, "n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
                  "labels_from": "NIH metadata 'Finding Labels', joined by 'Image Index'"},
         "thresholds": {**threshold_info, "values": dict(zip(labels, map(float, thresholds),
@@ -440,41 +454,74 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "notes": notes,
         "figures": {},
     }
-    if args.fit:
+    if cfg.fit:
         record = {
-            "split": args.split,
+            "split": cfg.split,
             "n_images": metrics["n_images"],
             "n_patients": metrics["n_patients"],
-            "threshold_method": args.threshold_method,
-            "calibration_method": args.fit,
+            "threshold_method": cfg.threshold_method,
+            "calibration_method": cfg.fit,
             "ece_pooled_before": calibration_info["ece"]["pooled"]["ece_before"],
             "ece_pooled_after": calibration_info["ece"]["pooled"]["ece_after"],
             "predictions": sources.get("predictions"),
         }
-        report["config_written"] = str(write_fitted(args.checkpoint, thresholds, calibration,
+        report["config_written"] = str(write_fitted(cfg.checkpoint, thresholds, calibration,
                                                     record))
 
-    comparison = _comparison(args, predictions, probs, thresholds, y_true, patients)
-    curves = {"this model": probs}
-    y_curves, curve_labels = y_true, labels
-    if comparison is not None:
+    comparison = _comparison(cfg, predictions, probs, thresholds, y_true, patients)
+    curves, y_curves, curve_labels = {"this model": probs}, y_true, labels
+    if comparison is not None:  # ROC/PR curves of both models on the shared images
         report["comparison"], curves, y_curves, curve_labels = comparison
-    split = args.split
-    report["figures"] = {
-        "roc": plot_roc_grid(y_curves, curves, curve_labels, out / f"roc_{split}.png",
-                             f"ROC curves, {split} split").name,
-        "pr": plot_pr_grid(y_curves, curves, curve_labels, out / f"pr_{split}.png",
-                           f"Precision-recall curves, {split} split").name,
-        "reliability": plot_reliability(
-            y_true,
-            {"before calibration": predictions.probs, "after calibration": probs}
-            if calibration else {"model": probs},
-            labels, out / f"reliability_{split}.png", f"Reliability, {split} split",
-            n_bins=args.ece_bins).name,
-    }
-    (out / f"report_{split}.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    (out / f"report_{split}.md").write_text(render_markdown(report))
+    reliability = ({"before calibration": predictions.probs, "after calibration": probs}
+                   if calibration else {"model": probs})
+    report["figures"] = _write_figures(cfg, y_curves, curves, curve_labels,
+                                       y_true, reliability, labels)
+    (out / f"report_{cfg.split}.json").write_text(
+        json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out / f"report_{cfg.split}.md").write_text(render_markdown(report))
     return report
+
+
+def _calibration_info(
+    calibration: dict[str, Any] | None,
+    y_true: np.ndarray,
+    raw_probs: np.ndarray,
+    probs: np.ndarray,
+    labels: list[str],
+    n_bins: int,
+) -> dict[str, Any]:
+    """Method, per-class map and ECE before (plain sigmoid) and after calibration."""
+    info: dict[str, Any] = {
+        "method": calibration["method"] if calibration else None,
+        "order": "calibration is fitted on validation logits first; thresholds are then "
+        "chosen on the calibrated validation probabilities",
+        "ece": calibration_summary(y_true, raw_probs, probs if calibration else None,
+                                   labels=labels, n_bins=n_bins),
+    }
+    if calibration:
+        info["scale"] = dict(zip(labels, calibration["scale"], strict=True))
+        info["bias"] = dict(zip(labels, calibration["bias"], strict=True))
+    return info
+
+
+def _write_figures(
+    cfg: EvalConfig,
+    y_curves: np.ndarray,
+    curves: dict[str, np.ndarray],
+    curve_labels: list[str],
+    y_true: np.ndarray,
+    reliability: dict[str, np.ndarray],
+    labels: list[str],
+) -> dict[str, str]:
+    """``roc_<split>.png``, ``pr_<split>.png``, ``reliability_<split>.png``; their names."""
+    split, out = cfg.split, cfg.out
+    roc = plot_roc_grid(y_curves, curves, curve_labels, out / f"roc_{split}.png",
+                        f"ROC curves, {split} split")
+    pr = plot_pr_grid(y_curves, curves, curve_labels, out / f"pr_{split}.png",
+                      f"Precision-recall curves, {split} split")
+    diagram = plot_reliability(y_true, reliability, labels, out / f"reliability_{split}.png",
+                               f"Reliability, {split} split", n_bins=cfg.ece_bins)
+    return {"roc": roc.name, "pr": pr.name, "reliability": diagram.name}
 
 
 def _model_info(checkpoint: Path | None, config: dict[str, Any] | None) -> dict[str, Any]:
@@ -528,15 +575,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = argv
+    if args.checkpoint is None and args.predictions is None:
+        parser.error("give --checkpoint, --predictions, or both")
     if args.out is None:
         if args.checkpoint is None:
             parser.error("--out is required without --checkpoint")
         args.out = args.checkpoint / "eval"
-    if args.checkpoint is None and args.predictions is None:
-        parser.error("give --checkpoint, --predictions, or both")
+    cfg = EvalConfig(**vars(args), argv=tuple(argv))
     try:
-        report = evaluate(args)
+        report = evaluate(cfg)
     except (EvaluationError, MetadataError, CheckpointError, ImageInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -547,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{comp['other_name']}: "
               + _headline_text(comp["other_model"]["headline"], comp["n_images"],
                                comp["n_patients"]))
-    print(f"wrote {args.out / f'report_{args.split}.md'} and .json", file=sys.stderr)
+    print(f"wrote {cfg.out / f'report_{cfg.split}.md'} and .json", file=sys.stderr)
     return 0
 
 
