@@ -32,14 +32,14 @@ def served(cpu_predictor):
     demo = ui.build_demo(cpu_predictor)
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **ui.launch_options())
     try:
-        yield demo, Client(demo.local_url, verbose=False)
+        yield demo, Client(demo.local_url, verbose=False, analytics_enabled=False)
     finally:
         demo.close()
 
 
 def test_predict_returns_the_cli_json_first_then_the_images(served, random_init_checkpoint, capsys):
     _, client = served
-    result, gallery, slider = client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
+    result, gallery = client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
     capsys.readouterr()
     assert predict.main([str(NIH_PNG), "--json", "--weights", str(random_init_checkpoint)]) == 0
     cli = json.loads(capsys.readouterr().out.strip().splitlines()[0])
@@ -49,13 +49,11 @@ def test_predict_returns_the_cli_json_first_then_the_images(served, random_init_
         assert CAPTION.match(item["caption"]), f"caption {item['caption']!r} lacks probability/threshold"
         with Image.open(item["image"]) as image:
             assert max(image.size) <= ui.GALLERY_MAX_SIDE, f"gallery image {image.size} too large"
-    with Image.open(slider[0]) as original, Image.open(slider[1]) as overlay:
-        assert original.size == overlay.size == (512, 512), "large view: original and overlay, same size"
 
 
 def test_dicom_through_the_api(served):
     _, client = served
-    result, gallery, _ = client.predict(
+    result, gallery = client.predict(
         handle_file(str(DICOM_DIR / "siim_pneumothorax_example.dcm")), api_name="/predict"
     )
     assert result["file"] == "siim_pneumothorax_example.dcm", result["file"]
@@ -71,7 +69,7 @@ def test_each_bad_file_is_a_clear_error_and_the_server_keeps_serving(served, cpu
         with pytest.raises(AppError) as shown:
             client.predict(handle_file(str(path)), api_name="/predict")
         assert str(core.value) in str(shown.value), f"{name}: expected {core.value}, got {shown.value}"
-        result, gallery, _ = client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
+        result, gallery = client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
         assert result["file"] == NIH_PNG.name and len(gallery) == 15, f"good file after {name} must work"
 
 
@@ -80,7 +78,7 @@ def test_no_dicom_identifier_in_api_output_or_server_log(served, tmp_path, capfd
     path = tmp_path / "identified.dcm"
     path.write_bytes(dicom_bytes(make_dicom(nih_gray(), bits_stored=8, patient=PATIENT)))
     capfd.readouterr()
-    result, gallery, _ = client.predict(handle_file(str(path)), api_name="/predict")
+    result, gallery = client.predict(handle_file(str(path)), api_name="/predict")
     log = "".join(capfd.readouterr())
     shown = json.dumps(result) + json.dumps(gallery) + log
     for key, value in PATIENT.items():
@@ -106,8 +104,8 @@ def test_uploads_and_outputs_are_registered_for_cache_cleanup(served):
     client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
     tracked = [Path(f) for files in demo.temp_file_sets for f in files]
     assert any(p.name == NIH_PNG.name for p in tracked), "the upload must be tracked for delete_cache"
-    assert sum(p.suffix in {".jpeg", ".jpg", ".png"} for p in tracked) >= 17, (
-        "15 gallery images and 2 large-view images must be tracked for delete_cache"
+    assert sum(p.suffix == ".jpeg" for p in tracked) >= 15, (
+        "the 15 gallery images must be tracked for delete_cache"
     )
     route_utils.delete_files_created_by_app(demo, age=None)  # what delete_cache runs
     left = [p for p in tracked if p.exists()]

@@ -67,10 +67,8 @@ def analysed(predictor, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- single study
-def test_analyse_returns_the_cli_json_then_15_captioned_heatmaps_then_the_large_view(
-    predictor, analysed
-):
-    (result, gallery, slider, study), cache = analysed
+def test_analyse_returns_the_cli_json_then_15_captioned_heatmaps(predictor, analysed):
+    (result, gallery, study), _ = analysed
     expected = report.prediction_to_json(predictor.predict(NIH_PNG, name=NIH_PNG.name), predictor.model_info)
     assert result == expected, "the first output must be report.prediction_to_json, as the CLI prints"
     assert len(gallery) == 15, f"expected one heatmap per output, got {len(gallery)}"
@@ -82,12 +80,6 @@ def test_analyse_returns_the_cli_json_then_15_captioned_heatmaps_then_the_large_
         assert text.startswith(finding.display_name), f"caption {text!r} should name {finding.display_name}"
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, "RGB uint8 overlay expected"
         assert max(image.shape[:2]) <= ui.GALLERY_MAX_SIDE, f"gallery image too large: {image.shape}"
-    original, overlay = (Image.open(p) for p in slider)
-    assert original.size == overlay.size == (512, 512), "large view keeps the 512 px radiograph's size"
-    assert original.mode == "L", "the original is written as lossless greyscale PNG"
-    assert all(Path(p).resolve().is_relative_to(cache.resolve()) for p in slider), (
-        "slider files must be written inside Gradio's cache so that delete_cache removes them"
-    )
 
 
 def test_large_view_is_full_resolution_and_opacity_zero_shows_the_original(predictor):
@@ -103,9 +95,11 @@ def test_large_view_is_full_resolution_and_opacity_zero_shows_the_original(predi
     )
 
 
-def test_summary_table_is_sorted_with_thresholds_and_flags(analysed):
-    (_, _, _, study), _ = analysed
-    rows, notes, title, selector, method, opacity = ui.summarise(study)
+def test_summary_table_is_sorted_with_thresholds_and_flags_and_the_large_view_shows_the_top_class(
+    predictor, analysed
+):
+    (_, _, study), cache = analysed
+    rows, notes, title, selector, method, opacity, slider = ui.summarise(predictor, study, cache)
     assert [row[0] for row in rows] == [f.display_name for f in study.prediction.sorted_findings()]
     for name, probability, threshold, above in rows:
         expected = "▲ yes" if float(probability) >= float(threshold) else "no"
@@ -114,10 +108,16 @@ def test_summary_table_is_sorted_with_thresholds_and_flags(analysed):
     top = study.prediction.findings[study.order[0]]
     assert top.display_name in title and selector.value == top.label, "large view starts on the top class"
     assert (method, opacity) == (explain.FAST_METHOD, ui.DEFAULT_OPACITY), "controls reset per study"
+    original, overlay = (Image.open(p) for p in slider)
+    assert original.size == overlay.size == (512, 512), "large view keeps the 512 px radiograph's size"
+    assert original.mode == "L", "the original is written as lossless greyscale PNG"
+    assert all(Path(p).resolve().is_relative_to(cache.resolve()) for p in slider), (
+        "slider files must be written inside Gradio's cache so that delete_cache removes them"
+    )
 
 
 def test_rerender_uses_the_stored_prediction_and_computes_other_methods_once(predictor, analysed, tmp_path):
-    (_, _, _, study), _ = analysed
+    (_, _, study), _ = analysed
     calls = {"predict": 0, "explain": 0}
 
     class Counting:  # the real predictor, counting the expensive calls
@@ -144,14 +144,14 @@ def test_rerender_uses_the_stored_prediction_and_computes_other_methods_once(pre
 
 
 def test_gallery_click_selects_the_class_at_that_position(predictor, analysed, tmp_path):
-    (_, gallery, _, study), _ = analysed
+    (_, gallery, study), _ = analysed
     label, paths, title, _ = ui.select_from_gallery(predictor, study, 4, explain.FAST_METHOD, 0.5, tmp_path)
     assert label == LABELS[study.order[4]], "tile 4 is the 5th most probable class"
     assert gallery[4][1].split(" — ")[0] in title, "large-view caption names the clicked tile's class"
 
 
 def test_downloads_are_the_json_result_and_a_png_report_sheet(predictor, analysed, tmp_path):
-    (result, _, _, study), _ = analysed
+    (result, _, study), _ = analysed
     json_path, sheet_path = ui.downloads(study, predictor.model_info, tmp_path)
     assert json.loads(Path(json_path).read_text()) == result, "downloaded JSON must equal the API's"
     with Image.open(sheet_path) as sheet:
@@ -168,7 +168,7 @@ def test_every_bad_input_is_a_gr_error_with_the_core_message_and_the_next_file_w
         assert shown.value.message == str(core.value), f"{name}: UI must show the core's message"
         assert name in shown.value.message, f"{name}: the message must name the file"
     with pytest.warns(UserWarning):
-        result, gallery, _, _ = ui.analyse(predictor, str(NIH_PNG), tmp_path)
+        result, gallery, _ = ui.analyse(predictor, str(NIH_PNG), tmp_path)
     assert result["file"] == NIH_PNG.name and len(gallery) == 15, "a good file after bad ones must work"
 
 
@@ -178,8 +178,8 @@ def test_non_chest_image_warns_and_the_note_says_so(predictor, tmp_path):
     path = tmp_path / "panorama.png"
     Image.fromarray(wide).save(path)
     with pytest.warns(UserWarning, match="probably not a chest radiograph"):
-        _, _, _, study = ui.analyse(predictor, str(path), tmp_path)
-    notes = ui.summarise(study)[1]
+        _, _, study = ui.analyse(predictor, str(path), tmp_path)
+    notes = ui.summarise(predictor, study, tmp_path)[1]
     assert "probably not a chest radiograph" in notes, f"the warning must also be visible: {notes!r}"
 
 
@@ -187,8 +187,8 @@ def test_dicom_shows_only_safe_header_fields(predictor, tmp_path):
     path = tmp_path / "study.dcm"
     path.write_bytes(dicom_bytes(make_dicom(nih_gray(), bits_stored=8, patient=PATIENT)))
     with pytest.warns(UserWarning):
-        result, _, _, study = ui.analyse(predictor, str(path), tmp_path)
-    notes = ui.summarise(study)[1]
+        result, _, study = ui.analyse(predictor, str(path), tmp_path)
+    notes = ui.summarise(predictor, study, tmp_path)[1]
     assert "Modality: CR" in notes and "ViewPosition: PA" in notes, f"modality and view expected: {notes}"
     json_path, _ = ui.downloads(study, predictor.model_info, tmp_path)
     shown = notes + json.dumps(result) + Path(json_path).read_text()
@@ -200,16 +200,18 @@ def test_dicom_shows_only_safe_header_fields(predictor, tmp_path):
 
 def test_real_dicom_file_is_analysed(predictor, tmp_path):
     with pytest.warns(UserWarning):
-        result, gallery, slider, study = ui.analyse(
+        result, gallery, study = ui.analyse(
             predictor, str(DICOM_DIR / "siim_pneumothorax_example.dcm"), tmp_path
         )
     assert result["file"] == "siim_pneumothorax_example.dcm" and len(gallery) == 15
+    slider = ui.summarise(predictor, study, tmp_path)[-1]
     assert Image.open(slider[0]).size == (1024, 1024), "the DICOM's own 1024 px resolution"
 
 
 def test_no_file_clears_the_outputs(predictor, tmp_path):
-    assert ui.analyse(predictor, None, tmp_path) == (None, [], None, None)
-    assert ui.summarise(None)[:3] == ([], "", ""), "cleared upload leaves no stale findings"
+    assert ui.analyse(predictor, None, tmp_path) == (None, [], None)
+    cleared = ui.summarise(predictor, None, tmp_path)
+    assert cleared[:3] == ([], "", "") and cleared[-1] is None, "cleared upload leaves no stale findings"
 
 
 # --------------------------------------------------------------------------- batch

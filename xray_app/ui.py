@@ -293,15 +293,16 @@ def _fresh_dir(cache_dir: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- handlers
 def analyse(predictor: Predictor, path: str | None, cache_dir: str | Path) -> tuple[Any, ...]:
-    """The ``/predict`` event: one file -> (JSON result, gallery, (original, overlay), Study).
+    """The ``/predict`` event: one file -> (JSON result, gallery, Study).
 
     The JSON is :func:`xray_app.report.prediction_to_json`, as the command line prints it;
-    the gallery holds the 15 captioned heatmaps, highest probability first; the pair is the
-    large view of the most probable class.  Bad input raises ``gr.Error`` with the
+    the gallery holds the 15 captioned heatmaps, highest probability first.  The rest of
+    the page (table, large view, downloads) follows from the Study in chained events, so
+    the API answers as soon as the heatmaps exist.  Bad input raises ``gr.Error`` with the
     inference core's one-line message.
     """
     if not path:
-        return None, [], None, None
+        return None, [], None
     try:
         prediction = predictor.predict(path, name=Path(path).name)
     except ImageInputError as error:
@@ -309,25 +310,26 @@ def analyse(predictor: Predictor, path: str | None, cache_dir: str | Path) -> tu
     for warning in prediction.warnings:
         gr.Warning(warning, duration=20)
     study = Study.of(prediction)
-    top = study.order[0]
     result = report.prediction_to_json(prediction, predictor.model_info)
-    pair = large_view(predictor, study, top, explain.FAST_METHOD, DEFAULT_OPACITY)
-    return result, gallery_items(prediction, study.order), write_large_view(pair, cache_dir), study
+    return result, gallery_items(prediction, study.order), study
 
 
-def summarise(study: Study | None) -> tuple[Any, ...]:
-    """Findings table, notes, large-view caption, class selector, method and opacity reset."""
+def summarise(predictor: Predictor, study: Study | None, cache_dir: str | Path) -> tuple[Any, ...]:
+    """Findings table, notes, large-view caption, class selector, method and opacity reset,
+    and the large view (slider files) of the most probable class."""
     if study is None:
-        return [], "", "", gr.Dropdown(value=None), explain.FAST_METHOD, DEFAULT_OPACITY
+        return [], "", "", gr.Dropdown(value=None), explain.FAST_METHOD, DEFAULT_OPACITY, None
     findings = study.prediction.findings
     choices = [
         (f"{findings[i].display_name} — {findings[i].probability:.2f}", LABELS[i]) for i in study.order
     ]
     selector = gr.Dropdown(choices=choices, value=LABELS[study.order[0]], interactive=True)
     notes = study_notes(study.prediction)
-    title = large_caption(study, study.order[0], explain.FAST_METHOD)
+    top = study.order[0]
+    title = large_caption(study, top, explain.FAST_METHOD)
     rows = findings_rows(study.prediction)
-    return rows, notes, title, selector, explain.FAST_METHOD, DEFAULT_OPACITY
+    pair = write_large_view(large_view(predictor, study, top, explain.FAST_METHOD, DEFAULT_OPACITY), cache_dir)
+    return rows, notes, title, selector, explain.FAST_METHOD, DEFAULT_OPACITY, pair
 
 
 def downloads(study: Study | None, model_info: dict[str, Any], cache_dir: str | Path) -> tuple[Any, Any]:
@@ -554,6 +556,9 @@ def build_demo(
         def run_predict(path: str | None):
             return analyse(predictor, path, cache_dir)
 
+        def run_summary(study: Study | None):
+            return summarise(predictor, study, cache_dir)
+
         def run_downloads(study: Study | None):
             return downloads(study, model_info, cache_dir)
 
@@ -568,8 +573,8 @@ def build_demo(
 
         private = {"api_visibility": "private"}
         cheap = {"concurrency_limit": RENDER_CONCURRENCY, "concurrency_id": "render"}
-        study_outputs = [result_json, gallery, slider_view, study_state]
-        summary_outputs = [table, notes, view_caption, class_select, method_select, opacity]
+        study_outputs = [result_json, gallery, study_state]
+        summary_outputs = [table, notes, view_caption, class_select, method_select, opacity, slider_view]
         download_outputs = [json_download, sheet_download]
         predicted = upload.change(
             run_predict,
@@ -581,13 +586,13 @@ def build_demo(
         )
         # a bad file must not leave the previous study's findings on screen beside it
         predicted.failure(
-            lambda: (None, [], None, None, *summarise(None), None, None),
+            lambda: (None, [], None, *summarise(predictor, None, cache_dir), None, None),
             outputs=[*study_outputs, *summary_outputs, *download_outputs],
             **private,
             **cheap,
         )
         predicted.success(
-            summarise,
+            run_summary,
             inputs=[study_state],
             outputs=summary_outputs,
             **private,

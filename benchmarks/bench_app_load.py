@@ -1,0 +1,245 @@
+"""Load test of the web demo: ``python -m benchmarks.bench_app_load [--clients 8 --requests 200]``.
+
+Starts ``app.py`` as its own process on loopback (as the README runs it), warms it up,
+then sends ``--requests`` ``/predict`` calls from ``--clients`` concurrent
+``gradio_client`` clients, cycling through the shared NIH radiographs.  Prints
+throughput, p50/p95 latency (client side: upload, queue, inference, download of the 15
+heatmap images), the error count (must be 0) and the server's resident memory before,
+during and after the load (its growth must stay bounded).  Then, with the server idle,
+it compares ``/predict`` on a 1024 px radiograph with a bare forward pass of the same
+model in this process (target: at most 3x).  The last line is a JSON object of the
+figures.  Exit status 1 when errors occurred or the memory growth exceeded its bound.
+
+Weights: ``--weights PATH`` or ``XRAY_WEIGHTS``; ``--random-init`` benchmarks an
+untrained checkpoint (same architecture and cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "nih"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def start_server(weights: Path, port: int, log: Path) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        XRAY_WEIGHTS=str(weights),
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+    )
+    env.pop("XRAY_EXAMPLES_DIR", None)
+    with open(log, "w") as handle:
+        server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"app.py exited with {server.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+            return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"app.py did not answer on port {port} within 180 s")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run_load(url: str, images: list[Path], clients: int, requests: int, on_progress) -> dict:
+    from gradio_client import Client, handle_file
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker(download_dir: str) -> None:
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=download_dir)
+        while True:
+            with lock:
+                number = next(counter, None)
+            if number is None:
+                return
+            start = time.perf_counter()
+            try:
+                result = client.predict(handle_file(str(images[number % len(images)])), api_name="/predict")
+                if len(result[1]) != 15 or "findings" not in result[0]:
+                    raise RuntimeError(f"unexpected response shape: {len(result[1])} heatmaps")
+            except Exception as error:  # a benchmark counts every failure, whatever its type
+                with lock:
+                    errors.append(f"{type(error).__name__}: {error}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                on_progress(len(latencies) + len(errors))
+
+    with tempfile.TemporaryDirectory(prefix="bench-downloads-") as downloads:
+        threads = [threading.Thread(target=worker, args=(downloads,)) for _ in range(clients)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - start
+    return {"latencies": latencies, "errors": errors, "wall_s": wall}
+
+
+def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> dict:
+    """Median ``/predict`` latency on ``image`` (idle server) over a bare forward pass."""
+    import torch
+    from gradio_client import Client, handle_file
+
+    from xray_app.model import load_checkpoint
+
+    checkpoint = load_checkpoint(weights)
+    size = checkpoint.config.input_size
+    x = torch.randn(1, 3, size, size)
+    forward = []
+    with torch.inference_mode():
+        checkpoint.model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            checkpoint.model(x)
+            forward.append(time.perf_counter() - start)
+    del checkpoint
+    with tempfile.TemporaryDirectory(prefix="bench-downloads-") as downloads:
+        # the API call itself (the 15 heatmaps stay on the server as URLs), and the same
+        # call with the client fetching every image file afterwards, as a browser does
+        timings = {}
+        for key, download in (("api", False), ("with_downloads", downloads)):
+            client = Client(url, verbose=False, analytics_enabled=False, download_files=download)
+            client.predict(handle_file(str(image)), api_name="/predict")
+            timings[key] = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                client.predict(handle_file(str(image)), api_name="/predict")
+                timings[key].append(time.perf_counter() - start)
+    forward_s = statistics.median(forward)
+    predict_s = statistics.median(timings["api"])
+    return {
+        "input_size": size,
+        "forward_ms": round(forward_s * 1000, 1),
+        "predict_1024_ms": round(predict_s * 1000, 1),
+        "predict_1024_with_downloads_ms": round(statistics.median(timings["with_downloads"]) * 1000, 1),
+        "predict_over_forward": round(predict_s / forward_s, 2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_app_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--weights", type=Path, default=os.environ.get("XRAY_WEIGHTS"))
+    parser.add_argument("--random-init", action="store_true", help="benchmark an untrained checkpoint")
+    parser.add_argument("--images", type=Path, default=SHARED / "images")
+    parser.add_argument("--original", type=Path, default=SHARED / "originals" / "00000075_000.png",
+                        help="the 1024 px radiograph of the /predict vs forward comparison")
+    parser.add_argument("--repeats", type=int, default=10, help="repeats of the latency comparison")
+    parser.add_argument("--max-growth-mb", type=float, default=300.0,
+                        help="bound on the server's memory growth over the load")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as scratch:
+        weights = args.weights
+        if args.random_init:
+            from xray_app.model import write_random_init
+
+            weights = write_random_init(Path(scratch) / "random-init")
+        if weights is None:
+            parser.error("give --weights PATH (or XRAY_WEIGHTS), or --random-init")
+        images = sorted(args.images.glob("*.png"))
+        if not images:
+            parser.error(f"no PNG radiographs in {args.images}")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        server = start_server(Path(weights), port, Path(scratch) / "server.log")
+        try:
+            run_load(url, images, clients=1, requests=4, on_progress=lambda n: None)  # warm-up
+            baseline = rss_mb(server.pid)
+            samples: list[float] = []
+            marks = {max(1, args.requests * k // 4) for k in (1, 2, 3)}
+
+            def on_progress(done: int) -> None:
+                if done in marks:
+                    samples.append(round(rss_mb(server.pid), 1))
+
+            print(f"load: {args.clients} clients, {args.requests} requests to {url}predict", flush=True)
+            load = run_load(url, images, args.clients, args.requests, on_progress)
+            after = rss_mb(server.pid)
+            print("latency: /predict on a 1024 px radiograph vs a bare forward pass (idle server)", flush=True)
+            ratio = forward_vs_predict(url, Path(weights), args.original, args.repeats)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    latencies = load["latencies"]
+    figures = {
+        "clients": args.clients,
+        "requests": args.requests,
+        "errors": len(load["errors"]),
+        "throughput_rps": round(len(latencies) / load["wall_s"], 2),
+        "p50_s": round(percentile(latencies, 50), 3) if latencies else None,
+        "p95_s": round(percentile(latencies, 95), 3) if latencies else None,
+        "server_rss_mb_before": round(baseline, 1),
+        "server_rss_mb_during": samples,
+        "server_rss_mb_after": round(after, 1),
+        "server_rss_growth_mb": round(after - baseline, 1),
+        "memory_bounded": after - baseline <= args.max_growth_mb,
+        **ratio,
+        "ratio_target_met": ratio["predict_over_forward"] <= 3.0,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+    print(f"throughput {figures['throughput_rps']} requests/s, errors {figures['errors']}")
+    print(f"latency p50 {figures['p50_s']} s, p95 {figures['p95_s']} s")
+    print(
+        f"server memory {figures['server_rss_mb_before']} MiB before, {samples} during, "
+        f"{figures['server_rss_mb_after']} after: growth {figures['server_rss_growth_mb']} MiB "
+        f"({'bounded' if figures['memory_bounded'] else 'ABOVE'} the {args.max_growth_mb:g} MiB bound)"
+    )
+    print(
+        f"/predict on 1024 px: {ratio['predict_1024_ms']} ms ({ratio['predict_1024_with_downloads_ms']} ms "
+        f"with the client downloading the 15 images); bare forward at {ratio['input_size']} px: "
+        f"{ratio['forward_ms']} ms; ratio {ratio['predict_over_forward']}x (target <= 3x)"
+    )
+    for error in load["errors"][:5]:
+        print(f"error: {error}")
+    print(json.dumps(figures))
+    return 0 if figures["errors"] == 0 and figures["memory_bounded"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
