@@ -1,0 +1,315 @@
+"""Heatmap localisation against NIH's radiologist boxes (``BBox_List_2017.csv``).
+
+    python -m training.localize --checkpoint DIR --images DIR --bboxes CSV --out DIR
+        [--threshold 0.5] [--random-draws 100] [--seed 0] [--box-space 1024]
+
+For every box whose image is in ``--images``, the heatmap of the box's class (the
+Predictor's Grad-CAM, :attr:`xray_app.predictor.Prediction.cams`, computed at the model's
+input size over the whole image) is resized bilinearly to the box coordinate space:
+NIH's boxes are in the 1024 x 1024 pixels of the released PNGs, whatever the image
+files here measure (the shared copies are 512 px; the metadata's ``OriginalImage``
+size is the pre-release DICOM size, *not* the box space).  Images are mapped onto that
+space by a plain resize, as the app stretches inputs to its square input.
+
+Metrics, per box:
+
+* **pointing game**: the heatmap's maximum (the first in row-major order) falls inside
+  the box (pixel centres inside ``[x, x + w] x [y, y + h]``);
+* **IoBB** (intersection over the detected box, Wang et al. 2017): the map is
+  thresholded at ``threshold`` x its maximum (0.5 by default) and
+  ``IoBB = |box n highlighted| / |highlighted|``; a box is a *hit* at IoBB >= 0.1 and
+  at IoBB >= 0.5.
+
+A map without any positive value (Grad-CAM with no evidence for the class) points
+nowhere: a pointing miss and IoBB 0.
+
+Baselines on the same boxes: **centre** = an isotropic Gaussian centred on the image
+(sigma = a quarter of the side), and **random** = uniform noise drawn at the heatmap's
+native resolution (input size / 32, e.g. 7 x 7) and resized the same way; its figures
+are means over ``--random-draws`` seeded draws.
+
+Writes ``loc.json`` and ``loc.md``; every figure is reported with its box and image
+counts, measured from the images actually present (with the 500 shared radiographs:
+9 boxes on 9 images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from xray_app.labels import LABEL_INDEX
+
+BOX_COLUMNS = ("Image Index", "Finding Label", "Bbox [x", "y", "w", "h]")
+BOX_LABEL_NAMES = {"Infiltrate": "Infiltration"}  # BBox_List spelling -> our label
+BOX_SPACE = 1024
+IOBB_HITS = (0.1, 0.5)
+METHODS = ("gradcam", "centre", "random")
+
+
+class BoxFileError(ValueError):
+    """The box list is missing, malformed or names an unknown finding."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """One radiologist box in box-space pixels (origin top-left, x to the right)."""
+
+    image: str
+    label: str  # one of xray_app.labels.LABELS
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+def read_boxes(path: str | Path) -> list[Box]:
+    """Read ``BBox_List_2017.csv``; box labels are mapped onto the model's label names."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise BoxFileError(f"{path}: cannot read the box list ({error})") from None
+    missing = [c for c in BOX_COLUMNS if c not in frame.columns]
+    if missing:
+        raise BoxFileError(f"{path}: missing column(s) {missing}; found {list(frame.columns)[:8]}")
+    boxes = []
+    for row, values in enumerate(frame[list(BOX_COLUMNS)].itertuples(index=False), start=2):
+        image, finding, x, y, w, h = values
+        label = BOX_LABEL_NAMES.get(str(finding).strip(), str(finding).strip())
+        if label not in LABEL_INDEX:
+            raise BoxFileError(f"{path} line {row}: unknown finding {finding!r}")
+        if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
+            raise BoxFileError(f"{path} line {row}: bad box {x}, {y}, {w}, {h}")
+        boxes.append(Box(str(image).strip(), label, float(x), float(y), float(w), float(h)))
+    return boxes
+
+
+# --------------------------------------------------------------------------- metrics
+def box_mask(box: Box, shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool: pixels whose centres lie inside the box."""
+    height, width = shape
+    cols = (np.arange(width) + 0.5 >= box.x) & (np.arange(width) + 0.5 <= box.x + box.w)
+    rows = (np.arange(height) + 0.5 >= box.y) & (np.arange(height) + 0.5 <= box.y + box.h)
+    return rows[:, None] & cols[None, :]
+
+
+def pointing_hit(heatmap: np.ndarray, box: Box) -> bool:
+    """The map's (first) maximum lies inside the box; a map with no positive value misses."""
+    if not float(heatmap.max()) > 0:
+        return False
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return bool(box_mask(box, heatmap.shape)[row, col])
+
+
+def iobb(heatmap: np.ndarray, box: Box, threshold: float = 0.5) -> float:
+    """``|box n {heatmap >= threshold * max}| / |{heatmap >= threshold * max}|`` in [0, 1]."""
+    peak = float(heatmap.max())
+    if not peak > 0:
+        return 0.0
+    highlighted = heatmap >= threshold * peak
+    return float((highlighted & box_mask(box, heatmap.shape)).sum() / highlighted.sum())
+
+
+def to_box_space(heatmap: np.ndarray, size: int = BOX_SPACE) -> np.ndarray:
+    """``(h, w)`` map over the whole image -> ``(size, size)`` float32 (bilinear)."""
+    return cv2.resize(np.asarray(heatmap, dtype=np.float32), (size, size),
+                      interpolation=cv2.INTER_LINEAR)
+
+
+def centre_map(size: int = BOX_SPACE, sigma_fraction: float = 0.25) -> np.ndarray:
+    """``(size, size)`` isotropic Gaussian centred on the image, peak 1."""
+    axis = (np.arange(size) + 0.5 - size / 2) / (sigma_fraction * size)
+    return np.exp(-0.5 * (axis[:, None] ** 2 + axis[None, :] ** 2)).astype(np.float32)
+
+
+def random_map(rng: np.random.Generator, resolution: int, size: int = BOX_SPACE) -> np.ndarray:
+    """Uniform noise at ``resolution`` x ``resolution`` resized to the box space."""
+    return to_box_space(rng.random((resolution, resolution), dtype=np.float32), size)
+
+
+@dataclass(frozen=True)
+class BoxScore:
+    """Metrics of one map on one box."""
+
+    pointing: float  # 1.0 hit / 0.0 miss (a mean over draws for the random baseline)
+    iobb: float
+    hit_01: float  # IoBB >= 0.1
+    hit_05: float  # IoBB >= 0.5
+
+
+def score_box(heatmap: np.ndarray, box: Box, threshold: float = 0.5) -> BoxScore:
+    value = iobb(heatmap, box, threshold)
+    return BoxScore(float(pointing_hit(heatmap, box)), value,
+                    float(value >= IOBB_HITS[0]), float(value >= IOBB_HITS[1]))
+
+
+def mean_score(scores: Sequence[BoxScore]) -> BoxScore:
+    return BoxScore(*(float(np.mean([getattr(s, f) for s in scores]))
+                      for f in ("pointing", "iobb", "hit_01", "hit_05")))
+
+
+def summarise(
+    boxes: Sequence[Box], scores: dict[str, Sequence[BoxScore]]
+) -> dict[str, dict[str, Any]]:
+    """Per class (and ``"all"``): counts and each method's mean metrics."""
+    groups: dict[str, list[int]] = {"all": list(range(len(boxes)))}
+    for i, box in enumerate(boxes):
+        groups.setdefault(box.label, []).append(i)
+    table = {}
+    for name, rows in groups.items():
+        table[name] = {
+            "boxes": len(rows),
+            "images": len({boxes[i].image for i in rows}),
+            **{method: asdict(mean_score([scores[method][i] for i in rows]))
+               for method in scores},
+        }
+    return table
+
+
+# --------------------------------------------------------------------------- run
+def evaluate_localisation(
+    boxes: Sequence[Box],
+    heatmap_of: Callable[[Box], np.ndarray],
+    *,
+    native_resolution: int,
+    threshold: float = 0.5,
+    random_draws: int = 100,
+    seed: int = 0,
+    box_space: int = BOX_SPACE,
+) -> dict[str, list[BoxScore]]:
+    """Scores of the model's maps and both baselines, one per box (in ``boxes`` order)."""
+    rng = np.random.default_rng(seed)
+    centre = centre_map(box_space)
+    scores: dict[str, list[BoxScore]] = {method: [] for method in METHODS}
+    for box in boxes:
+        scores["gradcam"].append(score_box(to_box_space(heatmap_of(box), box_space), box, threshold))
+        scores["centre"].append(score_box(centre, box, threshold))
+        draws = [score_box(random_map(rng, native_resolution, box_space), box, threshold)
+                 for _ in range(random_draws)]
+        scores["random"].append(mean_score(draws))
+    return scores
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f} %"
+
+
+def markdown_report(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Heatmap localisation against NIH boxes",
+        "",
+        f"Checkpoint `{meta['checkpoint']}` ({meta['model']}); {meta['boxes']} boxes on "
+        f"{meta['images']} images present in `{meta['images_dir']}` (of {meta['boxes_listed']} "
+        f"boxes listed). Heatmaps: {meta['heatmap']}. IoBB threshold: "
+        f"{meta['threshold']} x the map's maximum; random baseline: mean of "
+        f"{meta['random_draws']} draws at {meta['native_resolution']} x "
+        f"{meta['native_resolution']}.",
+        "",
+        "Each cell: Grad-CAM / centre / random.  **n** = boxes (images): with so few boxes "
+        "one box moves a figure by 100/n points.",
+        "",
+        "| class | n | pointing game | IoBB >= 0.1 | IoBB >= 0.5 | mean IoBB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        cells = []
+        for metric in ("pointing", "hit_01", "hit_05"):
+            cells.append(" / ".join(_percent(row[m][metric]) for m in METHODS))
+        cells.append(" / ".join(f"{row[m]['iobb']:.2f}" for m in METHODS))
+        lines.append(f"| {name} | {row['boxes']} ({row['images']}) | " + " | ".join(cells) + " |")
+    if meta.get("absent_classes"):
+        lines += ["", "No box available here for: " + ", ".join(meta["absent_classes"]) + "."]
+    if not meta.get("trained", True):
+        lines += ["", "**The checkpoint is UNTRAINED (random initialisation): its heatmaps "
+                  "carry no information; the figures only exercise the pipeline.**"]
+    return "\n".join(lines) + "\n"
+
+
+def boxes_present(boxes: Iterable[Box], images: dict[str, Path]) -> list[Box]:
+    return [box for box in boxes if box.image in images]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.localize",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--images", required=True, type=Path, help="image folder (recursive)")
+    parser.add_argument("--bboxes", required=True, type=Path, help="BBox_List_2017.csv")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="IoBB: highlighted = map >= THRESHOLD x its maximum")
+    parser.add_argument("--random-draws", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--box-space", type=int, default=BOX_SPACE,
+                        help="side of the square the box coordinates refer to")
+    args = parser.parse_args(argv)
+
+    from training.data import MetadataError, find_images
+    from xray_app.model import CheckpointError, load_checkpoint
+    from xray_app.predictor import Predictor
+    from xray_app.preprocess import ImageInputError
+
+    try:
+        all_boxes = read_boxes(args.bboxes)
+        images = find_images(args.images)
+        boxes = boxes_present(all_boxes, images)
+        if not boxes:
+            raise BoxFileError(f"none of the {len(all_boxes)} boxed images is in {args.images}")
+        checkpoint = load_checkpoint(args.checkpoint)
+        predictor = Predictor(checkpoint, device="cpu")
+        cache: dict[str, np.ndarray] = {}
+
+        def heatmap_of(box: Box) -> np.ndarray:
+            if box.image not in cache:
+                cache[box.image] = predictor.predict(images[box.image]).cams
+            return cache[box.image][LABEL_INDEX[box.label]]
+
+        native = max(1, checkpoint.config.input_size // 32)
+        scores = evaluate_localisation(
+            boxes, heatmap_of, native_resolution=native, threshold=args.threshold,
+            random_draws=args.random_draws, seed=args.seed, box_space=args.box_space,
+        )
+    except (BoxFileError, MetadataError, CheckpointError, ImageInputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = summarise(boxes, scores)
+    box_classes = sorted({b.label for b in all_boxes})
+    meta = {
+        "checkpoint": str(args.checkpoint),
+        "model": f"{checkpoint.config.name}, sha256 {checkpoint.sha256[:12]}, "
+                 f"input {checkpoint.config.input_size} px",
+        "trained": bool(checkpoint.config.trained),
+        "images_dir": str(args.images),
+        "boxes": len(boxes),
+        "images": len({b.image for b in boxes}),
+        "boxes_listed": len(all_boxes),
+        "heatmap": "Predictor Grad-CAM of the box's class (exact CAM of the linear head)",
+        "threshold": args.threshold,
+        "random_draws": args.random_draws,
+        "native_resolution": native,
+        "box_space": args.box_space,
+        "absent_classes": [c for c in box_classes if c not in table],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    per_box = [{**asdict(box), **{m: asdict(scores[m][i]) for m in METHODS}}
+               for i, box in enumerate(boxes)]
+    (args.out / "loc.json").write_text(
+        json.dumps({"meta": meta, "per_class": table, "per_box": per_box}, indent=2) + "\n")
+    text = markdown_report(table, meta)
+    (args.out / "loc.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
