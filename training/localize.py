@@ -28,7 +28,8 @@ Baselines on the same boxes: **centre** = an isotropic Gaussian centred on the i
 native resolution (input size / 32, e.g. 7 x 7) and resized the same way; its figures
 are means over ``--random-draws`` seeded draws.
 
-Writes ``loc.json`` and ``loc.md``; every figure is reported with its box and image
+Writes ``loc.json`` (run description and counts at the top level, ``per_class`` with
+flat ``<metric>_<method>`` entries, ``per_box``) and ``loc.md``; every figure is reported with its box and image
 counts, measured from the images actually present (with the 500 shared radiographs:
 9 boxes on 9 images).
 """
@@ -200,6 +201,23 @@ def evaluate_localisation(
     return scores
 
 
+_FLAT_NAMES = {"pointing": "pointing", "hit_01": "iobb>=0.1", "hit_05": "iobb>=0.5",
+               "iobb": "mean_iobb"}
+
+
+def flat_table(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per class one flat mapping (``boxes``, ``images``, ``<metric>_<method>``) for
+    ``loc.json``, so that tables (e.g. the model card's) can list it column by column."""
+    flat = {}
+    for name, row in table.items():
+        entry: dict[str, Any] = {"boxes": row["boxes"], "images": row["images"]}
+        for metric, label in _FLAT_NAMES.items():
+            for method in METHODS:
+                entry[f"{label}_{method}"] = row[method][metric]
+        flat[name] = entry
+    return flat
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.0f} %"
 
@@ -303,8 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     per_box = [{**asdict(box), **{m: asdict(scores[m][i]) for m in METHODS}}
                for i, box in enumerate(boxes)]
-    (args.out / "loc.json").write_text(
-        json.dumps({"meta": meta, "per_class": table, "per_box": per_box}, indent=2) + "\n")
+    (args.out / "loc.json").write_text(json.dumps(
+        {**meta, "per_class": flat_table(table), "per_box": per_box}, indent=2) + "\n")
     text = markdown_report(table, meta)
     (args.out / "loc.md").write_text(text)
     print(text)
