@@ -1,0 +1,198 @@
+"""python -m training.train: it learns, smoke runs, resumes after kill -9, runs under torchrun."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.synthetic_xray import write_dataset
+from training import prepare
+from training.config import from_dict, parse_config
+from training.data import labels_of
+from training.sampling import RepeatFactorSampler, repeat_factors
+from training.train import CHECKPOINT_FILE, fit
+from xray_app.labels import LABELS
+from xray_app.model import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "nih"
+SCORE_COLUMNS = ["epoch", "lr", "train_loss", "train_images", "val_loss", "val_macro_auroc"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads competing with
+    other processes slow these small runs down tenfold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> tuple[Path, Path]:
+    return write_dataset(tmp_path_factory.mktemp("synthetic"), count=128, size=96, seed=0)
+
+
+def _tiny_flags(metadata: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    return ["--metadata", str(metadata), "--images", str(images), "--out", str(out),
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--no-progress", "--val-fraction", "0.25", "--test-fraction", "0.1", "--seed", "3", *extra]
+
+
+def _run(args: list[str], timeout: int = 240, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, f"expected exit 0 from {args[:4]}, got {result.returncode}:\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_loop_learns_a_synthetic_pattern(synthetic, tmp_path):
+    metadata, images = synthetic
+    cfg = parse_config(_tiny_flags(metadata, images, tmp_path / "run", "--epochs", "4", "--lr", "1e-3",
+                                   "--augment-strength", "0", "--warmup-epochs", "0.5",
+                                   "--input-size", "48"))
+    seen: list[tuple[int, float]] = []
+    best = fit(cfg, on_epoch_end=lambda epoch, m: seen.append((epoch, m["val_macro_auroc"])))
+    assert [e for e, _ in seen] == [0, 1, 2, 3], f"expected a callback per epoch, got {seen}"
+    top = max(score for _, score in seen)
+    assert top >= 0.9, f"expected validation macro-AUROC >= 0.9 on a learnable pattern, got {seen}"
+    loaded = load_checkpoint(best)
+    assert loaded.config.trained and loaded.config.input_size == 48, "expected a trained 48 px export"
+    assert loaded.config.provenance["metrics"]["val_macro_auroc"] == pytest.approx(top), (
+        "expected the export to be the best epoch and to record its metrics")
+    assert loaded.config.thresholds == (0.5,) * len(LABELS), "expected default 0.5 thresholds"
+
+
+def test_callback_can_stop_a_run_after_its_checkpoint(synthetic, tmp_path):
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch: int, metrics: dict[str, float]) -> None:
+        assert "val_macro_auroc" in metrics, f"expected val_macro_auroc in {sorted(metrics)}"
+        raise Pruned
+
+    metadata, images = synthetic
+    cfg = parse_config(_tiny_flags(metadata, images, tmp_path / "run", "--epochs", "3", "--limit-batches", "1"))
+    with pytest.raises(Pruned):
+        fit(cfg, on_epoch_end=prune)
+    history = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert len(history) == 1, f"expected the run stopped after epoch 1, got {len(history)} rows"
+    assert (tmp_path / "run" / CHECKPOINT_FILE).is_file(), "expected the epoch checkpoint written first"
+
+
+def test_yaml_config_with_flag_overrides_is_written_next_to_the_run(synthetic, tmp_path):
+    metadata, images = synthetic
+    (tmp_path / "base.yaml").write_text("epochs: 7\nlr: 0.01\ndata:\n  input_size: 48\naugment:\n  strength: 0.5\n")
+    cfg = parse_config(["--config", str(tmp_path / "base.yaml"), "--lr", "0.002",
+                        "--images", str(images), "--metadata", str(metadata)])
+    assert (cfg.epochs, cfg.lr, cfg.data.input_size, cfg.augment.strength) == (7, 0.002, 48, 0.5), (
+        f"expected YAML values with the --lr flag winning, got {cfg}")
+    assert from_dict(cfg.to_dict()) == cfg, "expected the written form to round-trip"
+
+
+def test_smoke_one_epoch_on_the_shared_radiographs(tmp_path):
+    out = tmp_path / "run"
+    result = _run([sys.executable, "-m", "training.train", "--metadata", str(SHARED / "Data_Entry_2017_v2020.csv.gz"),
+                   "--images", str(SHARED / "images"), "--out", str(out), "--epochs", "1",
+                   "--limit-batches", "2", "--batch-size", "4", "--input-size", "64",
+                   "--pretrained", "none", "--num-workers", "0", "--no-progress"])
+    assert "500 of 112120 listed images available" in result.stdout, "expected the partial download reported"
+    history = pd.read_csv(out / "metrics.csv")
+    assert history["train_images"].tolist() == [8.0], "expected 2 batches of 4 images"
+    loaded = load_checkpoint(out / "best")
+    assert loaded.config.input_size == 64, "expected the app format export at the trained size"
+    splits = {name: set(pd.read_csv(out / f"{name}.csv")["Patient ID"]) for name in ("train", "val", "test")}
+    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]), (
+        "expected no patient in two splits")
+
+
+def test_smoke_from_a_cache_alone_with_loader_workers(tmp_path):
+    names = sorted(p.name for p in (SHARED / "images").glob("*.png"))[:80]
+    subset = tmp_path / "subset.csv"
+    meta = pd.read_csv(SHARED / "Data_Entry_2017_v2020.csv.gz")
+    meta[meta["Image Index"].isin(names)].to_csv(subset, index=False)
+    code = prepare.main(["--images", str(SHARED / "images"), "--metadata", str(subset),
+                         "--out", str(tmp_path / "cache"), "--size", "64", "--workers", "2", "--no-progress"])
+    assert code == 0, f"expected the cache built, got exit {code}"
+    out = tmp_path / "run"
+    _run([sys.executable, "-m", "training.train", "--metadata", str(SHARED / "Data_Entry_2017_v2020.csv.gz"),
+          "--cache", str(tmp_path / "cache"), "--out", str(out), "--epochs", "1", "--limit-batches", "2",
+          "--batch-size", "4", "--input-size", "64", "--pretrained", "none", "--num-workers", "2",
+          "--no-progress"])
+    total = sum(len(pd.read_csv(out / f"{name}.csv")) for name in ("train", "val", "test"))
+    assert total == 80, f"expected the 80 cached images split, got {total}"
+    assert pd.read_csv(out / "metrics.csv")["train_images"].tolist() == [8.0], "expected 2 batches of 4"
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(synthetic, tmp_path):
+    metadata, images = synthetic
+    flags = [*_tiny_flags(metadata, images, tmp_path / "{}", "--epochs", "3", "--log-every", "1",
+                          "--limit-batches", "4")]
+    command = [sys.executable, "-m", "training.train"]
+    straight = tmp_path / "straight"
+    _run(command + [f.format("straight") for f in flags])
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command + [f.format("killed") for f in flags], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stdout:
+        if line.startswith("epoch 2 step 2/"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, f"expected the run killed, got {process.returncode}"
+    saved = torch.load(killed / CHECKPOINT_FILE, weights_only=True)
+    assert saved["progress"]["epoch"] == 1, "expected the kill to land inside epoch 2"
+
+    result = _run(command + [f.format("killed") for f in flags] + ["--resume"])
+    assert "resumed from" in result.stdout, "expected the run to continue from its checkpoint"
+    a = pd.read_csv(straight / "metrics.csv")[SCORE_COLUMNS]
+    b = pd.read_csv(killed / "metrics.csv")[SCORE_COLUMNS]
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, obj="metrics after resume")
+    wa = load_file(str(straight / "best" / "model.safetensors"))
+    wb = load_file(str(killed / "best" / "model.safetensors"))
+    differ = [k for k in wa if not torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-3, atol=1e-4)]
+    assert not differ, f"expected the same best weights after resume; differing: {differ[:3]}"
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_share_one_balanced_epoch(synthetic, tmp_path):
+    metadata, images = synthetic
+    out = tmp_path / "ddp"
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+          "-m", "training.train", *_tiny_flags(metadata, images, out, "--epochs", "1", "--device", "cpu")],
+         OMP_NUM_THREADS="1")
+    train = pd.read_csv(out / "train.csv")
+    factors = repeat_factors(labels_of(train), no_finding_fraction=0.5, repeat_threshold=0.1, max_repeat=4.0)
+    shard = RepeatFactorSampler(factors, seed=3, rank=0, world_size=2)
+    per_rank = len(shard) // 8 * 8
+    history = pd.read_csv(out / "metrics.csv")
+    assert history["train_images"].tolist() == [2.0 * per_rank], (
+        f"expected both ranks' {per_rank} images counted, got {history['train_images'].tolist()}")
+    assert not math.isnan(history["val_macro_auroc"][0]), "expected a validation score from rank 0"
+    assert load_checkpoint(out / "best").config.trained, "expected rank 0 to export the best checkpoint"
+
+
+def test_no_finding_undersampling_is_logged_as_the_effective_mix(synthetic, tmp_path, capsys):
+    metadata, images = synthetic
+    fit(parse_config(_tiny_flags(metadata, images, tmp_path / "run", "--epochs", "1",
+                                 "--limit-batches", "1", "--no-finding-fraction", "0.25")))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("balanced epoch"))
+    natural, effective = (float(v.rstrip("%")) for v in line.split("No Finding ")[1].split("->"))
+    assert effective < natural, f"expected fewer No Finding draws than natural, got {line}"
+    train = labels_of(pd.read_csv(tmp_path / "run" / "train.csv"))
+    assert np.isclose(natural, 100 * train[:, -1].mean(), atol=0.1), "expected natural mix from train split"
