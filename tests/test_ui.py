@@ -270,6 +270,10 @@ def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):
     shown = ui.model_card_markdown(predictor, [card])
     assert "# Model card" in shown and "| AUROC | 0.81 |" in shown, "card and its metrics must be shown"
     assert "license: mit" not in shown, "the Hub's YAML front matter is not for readers"
+    assert "could not be matched to the loaded weights" in shown, "a card of unknown weights is flagged"
+    sha = predictor.model_info["sha256"]
+    card.write_text(f"# Model card\n\nsha256 {sha}\n")
+    assert "could not be matched" not in ui.model_card_markdown(predictor, [card]), "card names these weights"
 
 
 def test_demo_is_private_bounded_and_exposes_predict(predictor):

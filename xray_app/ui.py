@@ -36,6 +36,7 @@ import numpy as np
 
 from xray_app import explain, report
 from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
+from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, sha256_of
 from xray_app.preprocess import ImageInputError
 from xray_app.report_sheet import save_report_sheet
 from xray_app.weights import BUNDLED_DIR
@@ -182,9 +183,36 @@ def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str
         if path.is_file():
             card = path.read_text(encoding="utf-8")
             card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)  # Hub YAML front matter
-            return "\n\n".join(facts) + "\n\n---\n\n" + card
+            note = _card_mismatch_note(path, str(predictor.model_info.get("sha256", "")), card)
+            return "\n\n".join(facts) + "\n\n---\n\n" + note + card
     names = ", ".join(str(p) for p in card_paths) or "weights/README.md"
     return "\n\n".join(facts) + f"\n\n---\n\n**No model card found** (looked for {_md_escape(names)})."
+
+
+def _card_mismatch_note(card_path: Path, sha256: str, card: str) -> str:
+    """A caution when the card cannot be tied to the loaded weights (else an empty string).
+
+    The card belongs to the weights beside it (``model.safetensors``, or the sha256 pinned
+    in ``config.json``'s ``hub`` entry) or names the loaded weights' sha256 itself.
+    """
+    if sha256 and sha256 in card:
+        return ""
+    folder = card_path.parent
+    known: set[str] = set()
+    if (folder / WEIGHTS_FILE).is_file():
+        known.add(sha256_of(folder / WEIGHTS_FILE))
+    try:
+        hub = json.loads((folder / CONFIG_FILE).read_text()).get("hub") or {}
+        if hub.get("sha256"):
+            known.add(str(hub["sha256"]).lower())
+    except (OSError, ValueError, AttributeError):
+        pass
+    if sha256 in known:
+        return ""
+    return (
+        f"> **Note:** this card ({_md_escape(card_path)}) could not be matched to the loaded "
+        f"weights (sha256 `{sha256[:12]}`); it may describe other weights.\n\n"
+    )
 
 
 # --------------------------------------------------------------------------- images
@@ -542,7 +570,9 @@ def build_demo(
                 f"Several files at once (up to {MAX_BATCH_FILES}). A file that cannot be read "
                 "gets its reason in its row; the CSV holds all 15 probabilities per file."
             )
-            batch_files = gr.File(file_count="multiple", file_types=None, label="Radiographs")
+            batch_files = gr.File(
+                file_count="multiple", file_types=None, label="Radiographs", elem_id="batch-files"
+            )
             batch_button = gr.Button("Analyse all", variant="primary")
             batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False)
             batch_csv = gr.DownloadButton("CSV of all probabilities", value=None)
