@@ -70,6 +70,18 @@ def test_class_activation_maps_shapes_and_range():
     assert np.all(maps[:, 3] == 0.0), "expected an all-zero map for a class with no positive evidence"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_normalisation_equals_the_cv2_path(cpu_predictor, prediction):
+    config = cpu_predictor.config
+    x = to_model_input(prediction.image.pixels, config.input_size, config.mean, config.std)
+    with torch.inference_mode():
+        features = cpu_predictor._model.forward_features(x.unsqueeze(0))
+    on_cpu = explain.class_activation_maps(features, cpu_predictor._fc_weight, 224)
+    on_gpu = explain.class_activation_maps(features.cuda(), cpu_predictor._fc_weight, 224)
+    difference = np.abs(on_cpu - on_gpu).max()
+    assert difference <= 1e-5, f"expected the CUDA maps to equal the cv2 maps within 1e-5, got {difference}"
+
+
 # --------------------------------------------------------------------------- library methods
 LIBRARY_METHODS = [m for m in explain.METHODS if m not in (explain.FAST_METHOD, "ScoreCAM")]
 

@@ -123,7 +123,9 @@ def class_activation_maps(features: torch.Tensor, fc_weight: torch.Tensor, size:
     maps are computed in float32).  ``fc_weight``: ``(C, 2048)`` weights of the linear head.
     Each map is normalised per class like pytorch-grad-cam: ReLU, min-max to [0, 1],
     ``cv2.resize`` (bilinear) to ``size`` x ``size``, min-max again.  Values lie in [0, 1];
-    a map with no positive evidence anywhere is all zeros.
+    a map with no positive evidence anywhere is all zeros.  Features on a GPU are
+    normalised there with the same arithmetic (``interpolate(mode="bilinear")``, equal to
+    cv2's to float32 rounding) and only the finished maps are copied to the host.
     """
     if features.ndim != 4 or fc_weight.ndim != 2 or features.shape[1] != fc_weight.shape[1]:
         raise ValueError(
@@ -135,7 +137,17 @@ def class_activation_maps(features: torch.Tensor, fc_weight: torch.Tensor, size:
     # Grad-CAM's channel weights are fc_weight / (h*w); keeping the factor makes the
     # library's 1e-7 guard in the min-max act on the same magnitudes.
     raw = torch.einsum("ck,nkhw->nchw", weight, features.detach().float()) / (height * width)
-    return normalise_maps(raw.clamp_min(0).cpu().numpy(), size)
+    raw = raw.clamp_min(0)
+    if raw.device.type == "cpu":
+        return normalise_maps(raw.numpy(), size)
+    # On an accelerator, normalise and resize where the maps are: copying 15 small maps
+    # to the host and resizing them there costs more than the forward pass.  Bilinear
+    # interpolation with half-pixel centres and clamped edges is cv2.INTER_LINEAR's
+    # arithmetic; the two agree to float32 rounding (checked on CUDA against the cv2 path).
+    maps = _min_max_tensor(raw)
+    maps = torch.nn.functional.interpolate(maps, size=(size, size), mode="bilinear",
+                                           align_corners=False)
+    return _min_max_tensor(maps).cpu().numpy()
 
 
 def normalise_maps(maps: np.ndarray, size: int) -> np.ndarray:
@@ -154,6 +166,11 @@ def normalise_maps(maps: np.ndarray, size: int) -> np.ndarray:
         out = cv2.resize(channels_last, (size, size))
         resized[i] = out.reshape(size, size, classes).transpose(2, 0, 1)
     return _min_max(resized)
+
+
+def _min_max_tensor(maps: torch.Tensor) -> torch.Tensor:
+    maps = maps - maps.amin(dim=(-2, -1), keepdim=True)
+    return maps / (1e-7 + maps.amax(dim=(-2, -1), keepdim=True))
 
 
 def _min_max(maps: np.ndarray) -> np.ndarray:

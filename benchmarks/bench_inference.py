@@ -1,0 +1,200 @@
+"""Inference timing: bare forward vs. probabilities + all 15 heatmaps vs. pytorch-grad-cam.
+
+``python -m benchmarks.bench_inference [--device cuda] [--weights DIR]`` measures, in one
+run and on the shared NIH radiographs at the model's input size:
+
+1. the bare forward pass (``model(x)`` under ``inference_mode``; on CUDA with the same
+   ``channels_last`` + autocast as the predictor);
+2. the predictor's fast path (:meth:`~xray_app.predictor.Predictor.infer`): calibrated
+   probabilities and the Grad-CAM maps of all 15 classes, as numpy arrays on the host;
+3. pytorch-grad-cam's per-class loop for the same 15 maps (``GradCAM`` on ``layer4`` with
+   ``ClassifierOutputTarget(c)``, one call per class, inside one ``with`` block), on an
+   ordinary float32 copy of the model as a user of the library would run it;
+4. end-to-end :meth:`~xray_app.predictor.Predictor.predict` from a file (decode included)
+   for a 512 px and a 1024 px shared radiograph.
+
+Each figure is the median of ``--repeats`` runs after ``--warmup`` runs (the minimum is
+printed too: on a shared machine it is the steadier estimate of the work itself); 1 and
+2 are interleaved so that load from other processes hits both alike.  The time of the
+15-map step alone (from layer4 features to normalised maps) is also printed.  The last line printed is
+one JSON object with every figure (``"heatmaps_vs_forward"`` is 2 over 1; the target is
+<= 1.3).  Without ``--weights`` a random-init checkpoint is written to a temporary folder:
+untrained weights do the same arithmetic, so this is fine for timing, and the output
+says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from xray_app.explain import class_activation_maps
+from xray_app.labels import NUM_LABELS
+from xray_app.model import load_checkpoint, write_random_init
+from xray_app.predictor import Predictor
+from xray_app.preprocess import preprocess
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+IMAGE_512 = SHARED_DATA / "nih" / "images" / "00000075_000.png"
+IMAGE_1024 = SHARED_DATA / "nih" / "originals" / "00000075_000.png"
+TARGET_RATIO = 1.3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_inference",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--weights", type=Path, metavar="DIR",
+                        help="checkpoint directory (default: a random-init checkpoint in a temp dir)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per forward pass (default 1: one demo request)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed runs of the forward and predictor paths (median reported)")
+    parser.add_argument("--loop-repeats", type=int, default=3,
+                        help="timed runs of pytorch-grad-cam's 15-class loop (slow on CPU)")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder")
+    return parser
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(function: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call, waiting for the GPU to finish."""
+    _synchronise(device)
+    start = time.perf_counter()
+    function()
+    _synchronise(device)
+    return time.perf_counter() - start
+
+
+def _median_ms(samples: Sequence[float]) -> float:
+    return 1000.0 * statistics.median(samples)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    images = sorted((args.data / "nih" / "images").glob("*.png"))[: args.batch_size]
+    file_512 = args.data / "nih" / "images" / IMAGE_512.name
+    file_1024 = args.data / "nih" / "originals" / IMAGE_1024.name
+    if len(images) < args.batch_size or not file_1024.is_file():
+        print(f"error: shared radiographs not found under {args.data}", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="bench-weights-") as scratch:
+        if args.weights is None:
+            weights_dir = write_random_init(Path(scratch) / "random-init")
+            weights_note = (f"UNTRAINED random-init checkpoint written to {weights_dir} "
+                            "(same arithmetic as trained weights: fine for timing)")
+        else:
+            weights_dir, weights_note = args.weights, str(args.weights)
+        predictor = Predictor(load_checkpoint(weights_dir), device=args.device)
+        library_model = load_checkpoint(weights_dir, device=predictor.device).model
+    device = predictor.device
+    config = predictor.config
+    batch = torch.stack([preprocess(path, config.preprocess)[0] for path in images])
+    x = batch.to(device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    use_autocast = device.type == "cuda"
+
+    def bare_forward() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                    enabled=use_autocast):
+            predictor._model(x)
+
+    def fast_path() -> None:
+        predictor.infer(batch)
+
+    library_input = batch.to(device)
+
+    def library_loop() -> None:
+        with GradCAM(model=library_model, target_layers=[library_model.layer4]) as cam:
+            for c in range(NUM_LABELS):
+                cam(input_tensor=library_input, targets=[ClassifierOutputTarget(c)] * len(batch))
+
+    threads = torch.get_num_threads()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {threads} threads"
+    print(f"device: {device} ({name}); torch {torch.__version__}; input {config.input_size} px, "
+          f"batch {len(batch)}")
+    print(f"weights: {weights_note}")
+
+    for _ in range(args.warmup):
+        bare_forward()
+        fast_path()
+    forward_s, predictor_s = [], []
+    for _ in range(args.repeats):  # interleaved: background load hits both alike
+        forward_s.append(_time(bare_forward, device))
+        predictor_s.append(_time(fast_path, device))
+    forward_ms, predictor_ms = _median_ms(forward_s), _median_ms(predictor_s)
+    ratio = predictor_ms / forward_ms
+    ratio_min = min(predictor_s) / min(forward_s)
+    with torch.inference_mode():
+        features = predictor._model.forward_features(x).float()
+    cam_s = [_time(lambda: class_activation_maps(features, predictor._fc_weight, config.input_size),
+                   device) for _ in range(args.repeats)]
+    cam_ms = _median_ms(cam_s)
+    print(f"bare forward                          : {forward_ms:9.1f} ms  (median of {args.repeats}; "
+          f"min {1000 * min(forward_s):.1f})")
+    print(f"predictor: probabilities + 15 heatmaps: {predictor_ms:9.1f} ms  = {ratio:.2f}x bare "
+          f"forward (target <= {TARGET_RATIO}x; min {1000 * min(predictor_s):.1f} ms = "
+          f"{ratio_min:.2f}x min forward)")
+    print(f"  of which the 15 maps from features  : {cam_ms:9.2f} ms  (one matrix product, "
+          "normalisation, resize)")
+
+    library_loop()  # warm-up
+    loop_ms = _median_ms([_time(library_loop, device) for _ in range(args.loop_repeats)])
+    print(f"pytorch-grad-cam loop, 15 classes     : {loop_ms:9.1f} ms  = {loop_ms / forward_ms:.1f}x "
+          f"bare forward, {loop_ms / predictor_ms:.1f}x the predictor (median of {args.loop_repeats})")
+
+    end_to_end = {}
+    for label, path in (("512", file_512), ("1024", file_1024)):
+        predictor.predict(path)  # warm-up (file cache, allocator)
+        samples = [_time(lambda p=path: predictor.predict(p), device) for _ in range(args.repeats)]
+        end_to_end[label] = _median_ms(samples)
+        print(f"predict() from file, {label:>4} px (decode included): {end_to_end[label]:9.1f} ms  "
+              f"({path.name}, median of {args.repeats})")
+
+    figures = {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "threads": threads,
+        "input_size": config.input_size,
+        "batch_size": len(batch),
+        "repeats": args.repeats,
+        "weights": "random-init (untrained)" if args.weights is None else str(args.weights),
+        "forward_ms": round(forward_ms, 2),
+        "predictor_ms": round(predictor_ms, 2),
+        "gradcam_loop_ms": round(loop_ms, 2),
+        "heatmaps_vs_forward": round(ratio, 3),
+        "heatmaps_vs_forward_min": round(ratio_min, 3),
+        "forward_min_ms": round(1000 * min(forward_s), 2),
+        "predictor_min_ms": round(1000 * min(predictor_s), 2),
+        "cam_step_ms": round(cam_ms, 3),
+        "gradcam_loop_vs_forward": round(loop_ms / forward_ms, 1),
+        "gradcam_loop_vs_predictor": round(loop_ms / predictor_ms, 1),
+        "predict_file_512_ms": round(end_to_end["512"], 2),
+        "predict_file_1024_ms": round(end_to_end["1024"], 2),
+        "target_heatmaps_vs_forward": TARGET_RATIO,
+        "meets_target": ratio <= TARGET_RATIO,
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
