@@ -169,3 +169,14 @@ def test_cli_reports_a_bad_split_dir(tmp_path: Path, capsys) -> None:
                      "--split-dir", str(tmp_path)])
     assert code == 2, "a folder without split files is an error, exit code 2"
     assert "split file not found" in capsys.readouterr().err, "the message names the problem"
+
+
+def test_refusal_is_reported_like_any_unusable_input() -> None:
+    from xray_app.ood import OutOfDistributionError
+    from xray_app.preprocess import ImageInputError
+
+    gate = OodGate(mean=torch.zeros(2), whitening=torch.eye(2), warn=1.0, refuse=2.0)
+    result = gate.assess(torch.tensor([[5.0, 0.0]]))[0]
+    error = OutOfDistributionError("cat.jpg", result.message)
+    assert isinstance(error, ImageInputError), "the app's input-error handling applies"
+    assert str(error).startswith("cat.jpg: This image does not look like a chest radiograph"), str(error)

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from xray_app.preprocess import ImageInputError
+
 METHOD = "mahalanobis"
 MEAN_KEY = "mean"
 WHITENING_KEY = "whitening"
@@ -37,6 +39,14 @@ LEVELS = ("ok", "warn", "refuse")
 
 class OodConfigError(ValueError):
     """The checkpoint's ``ood`` entry and its tensors do not fit together."""
+
+
+class OutOfDistributionError(ImageInputError):
+    """The gate refused the image: ``OutOfDistributionError(name, result.message)``.
+
+    A subclass of :class:`~xray_app.preprocess.ImageInputError`, so the app and the
+    command line report it like any other unusable input (``"name: message"``).
+    """
 
 
 @dataclass(frozen=True)
