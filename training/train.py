@@ -367,7 +367,10 @@ def resume_path(cfg: TrainConfig) -> Path | None:
         return None
     if cfg.resume == "auto":
         path = Path(cfg.out) / CHECKPOINT_FILE
-        return path if path.is_file() else None
+        if not path.is_file():
+            print(f"--resume: no checkpoint at {path} yet; starting from epoch 1", flush=True)
+            return None
+        return path
     path = Path(cfg.resume)
     if not path.is_file():
         raise TrainingError(f"--resume {path}: checkpoint not found")
