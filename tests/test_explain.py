@@ -99,7 +99,11 @@ def test_library_method_gives_one_unit_map(cpu_predictor, prediction, method):
 
 def test_library_methods_leave_no_hooks_and_no_gradients(cpu_predictor, prediction):
     before = {key: value.clone() for key, value in cpu_predictor._model.state_dict().items()}
-    cpu_predictor.explain(prediction, 0, "HiResCAM")
+    with torch.inference_mode():  # a caller's inference mode must not break the gradients
+        result = cpu_predictor.explain(prediction, 0, "HiResCAM")
+    assert result.shape == (224, 224) and result.max() > 0.5, (
+        f"expected a non-empty (224, 224) map under inference_mode, got {result.shape}, max {result.max()}"
+    )
     for model in (cpu_predictor._model, cpu_predictor._hooked_twin):
         hooked = [name for name, module in model.named_modules() if module._forward_hooks]
         assert not hooked, f"expected no forward hooks left after explain, found them on {hooked}"

@@ -205,12 +205,14 @@ def library_cam(
         raise ValueError(f"{FAST_METHOD!r} comes from the prediction itself, not from the library")
     if input_tensor.ndim != 4 or input_tensor.shape[0] != 1:
         raise ValueError(f"expected one (1, 3, S, S) image, got {tuple(input_tensor.shape)}")
-    x = input_tensor.detach().clone().requires_grad_(True)
     maps = None
-    with torch.enable_grad(), _LIBRARY_METHODS[method](model=model, target_layers=[target_layer]) as cam:
-        if method == "ScoreCAM":
-            cam.batch_size = batch_size  # ScoreCAM reads this attribute if present
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
+    # gradients are needed even if the caller runs under no_grad or inference_mode
+    with torch.inference_mode(False), torch.enable_grad():
+        x = input_tensor.detach().clone().requires_grad_(True)
+        with _LIBRARY_METHODS[method](model=model, target_layers=[target_layer]) as cam:
+            if method == "ScoreCAM":
+                cam.batch_size = batch_size  # ScoreCAM reads this attribute if present
+            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
     if maps is None:  # BaseCAM.__exit__ swallows IndexError after printing it
         raise RuntimeError(f"{method} failed for class {class_index} (see the message above)")
     result = np.asarray(maps[0], dtype=np.float32)

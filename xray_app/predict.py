@@ -81,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WeightsNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    except RuntimeError as error:  # e.g. --device cuda on a machine without CUDA
-        print(f"error: cannot use device {args.device!r}: {error}", file=sys.stderr)
+    except (ValueError, RuntimeError) as error:  # --device cuda without CUDA, --device gpu
+        print(f"error: cannot use device {args.device!r}: {str(error).splitlines()[0]}",
+              file=sys.stderr)
         return USAGE_ERROR
     if args.heatmaps is not None:
         try:

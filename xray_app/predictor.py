@@ -161,7 +161,8 @@ class Predictor:
     """Runs one checkpoint; safe to share between threads (see the module docstring).
 
     ``Predictor(checkpoint, device=None)`` takes ownership of ``checkpoint.model`` (moves it
-    to ``device``, freezes it).  ``device=None`` means CUDA when available, else CPU.
+    to ``device``, freezes it).  ``device=None`` means CUDA when available, else CPU; a
+    CUDA device on a machine without CUDA raises ``ValueError``.
     Attributes: ``config`` (:class:`~xray_app.model.ModelConfig`), ``device``,
     ``model_info`` = ``{"name", "sha256", "trained", "data"}`` (``data``: a one-line
     provenance summary from the config), ``score_cam_batch_size``.
@@ -177,6 +178,8 @@ class Predictor:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
         self.config: ModelConfig = checkpoint.config
         self.sha256 = checkpoint.sha256
         self._cuda = self.device.type == "cuda"
