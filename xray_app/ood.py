@@ -103,7 +103,7 @@ def message_for(level: str, score: float, warn: float, refuse: float) -> str:
     return ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare by identity
 class OodGate:
     """Mean, whitening matrix and levels of one checkpoint; scores pooled features."""
 
