@@ -32,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "nih"
+# OpenMP worker threads keep spinning for a while after a parallel region; a pause between
+# timed steps keeps this process's and the server's threads from slowing each other.
+PAUSE_S = 0.5
 
 
 def free_port() -> int:
@@ -118,36 +121,43 @@ def run_load(url: str, images: list[Path], clients: int, requests: int, on_progr
 
 
 def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> dict:
-    """Median ``/predict`` latency on ``image`` (idle server) over a bare forward pass."""
+    """Median ``/predict`` latency on ``image`` (idle server) over a bare forward pass.
+
+    The three timings are interleaved (forward, API call, API call with downloads, then
+    again) so that a CPU shared with other work slows all of them alike.
+    """
     import torch
     from gradio_client import Client, handle_file
 
     from xray_app.model import load_checkpoint
 
     checkpoint = load_checkpoint(weights)
-    size = checkpoint.config.input_size
+    model, size = checkpoint.model, int(checkpoint.config.input_size)
     x = torch.randn(1, 3, size, size)
-    forward = []
-    with torch.inference_mode():
-        checkpoint.model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            checkpoint.model(x)
-            forward.append(time.perf_counter() - start)
-    del checkpoint
+    timings: dict[str, list[float]] = {"forward": [], "api": [], "with_downloads": []}
     with tempfile.TemporaryDirectory(prefix="bench-downloads-") as downloads:
         # the API call itself (the 15 heatmaps stay on the server as URLs), and the same
         # call with the client fetching every image file afterwards, as a browser does
-        timings = {}
-        for key, download in (("api", False), ("with_downloads", downloads)):
-            client = Client(url, verbose=False, analytics_enabled=False, download_files=download)
+        clients = {
+            "api": Client(url, verbose=False, analytics_enabled=False, download_files=False),
+            "with_downloads": Client(url, verbose=False, analytics_enabled=False, download_files=downloads),
+        }
+        with torch.inference_mode():
+            model(x)
+        for client in clients.values():
             client.predict(handle_file(str(image)), api_name="/predict")
-            timings[key] = []
-            for _ in range(repeats):
+        for _ in range(repeats):
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                model(x)
+            timings["forward"].append(time.perf_counter() - start)
+            for key, client in clients.items():
+                time.sleep(PAUSE_S)
                 start = time.perf_counter()
                 client.predict(handle_file(str(image)), api_name="/predict")
                 timings[key].append(time.perf_counter() - start)
-    forward_s = statistics.median(forward)
+    forward_s = statistics.median(timings["forward"])
     predict_s = statistics.median(timings["api"])
     return {
         "input_size": size,

@@ -45,10 +45,6 @@ if TYPE_CHECKING:
     from xray_app.predictor import Prediction, Predictor
 
 TITLE = "Chest X-ray findings: research demo"
-DISCLAIMER = (
-    "Research demo: **not a medical device**. It has not been cleared or approved for "
-    "clinical use; do not use it for diagnosis or treatment decisions."
-)
 EXAMPLE_SUFFIXES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"]
 GALLERY_MAX_SIDE = 512  # heatmap thumbnails: small enough to keep the page fast
 LARGE_MAX_SIDE = 2048  # the large view: full resolution up to this side
