@@ -113,6 +113,12 @@ def test_smoke_one_epoch_on_the_shared_radiographs(tmp_path):
     assert history["train_images"].tolist() == [8.0], "expected 2 batches of 4 images"
     loaded = load_checkpoint(out / "best")
     assert loaded.config.input_size == 64, "expected the app format export at the trained size"
+    # what `python app.py --weights RUN/best` does: the app's Predictor on the export
+    from xray_app.predictor import Predictor
+
+    prediction = Predictor.from_weights(out / "best", device="cpu").predict(SHARED / "images" / "00000075_000.png")
+    assert prediction.probabilities.shape == (len(LABELS),), "expected 15 probabilities from the app"
+    assert prediction.cams.shape == (len(LABELS), 64, 64), "expected 15 heatmaps at the trained size"
     splits = {name: set(pd.read_csv(out / f"{name}.csv")["Patient ID"]) for name in ("train", "val", "test")}
     assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]), (
         "expected no patient in two splits")
