@@ -24,7 +24,9 @@ for file systems where SQLite locking is unreliable, e.g. NFS).  Studies are cre
 ``load_if_exists``, so re-running the command resumes a study.  ``--n-trials`` is the
 study-wide number of finished (complete or pruned) trials; several workers, started by
 hand with the same ``--study-name``/``--storage`` (give each a different
-``--worker-index``: it offsets the sampler's seed) or with ``--workers K``, share it.
+``--worker-index``: it offsets the sampler's seed) or with ``--workers K``, share it
+(trials already running when the count is reached still finish, so a study may end
+with up to K - 1 extra trials).
 
 Failed trials are retried (``--max-retry``, default 1) with the same parameters:
 
