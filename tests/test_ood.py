@@ -180,3 +180,15 @@ def test_refusal_is_reported_like_any_unusable_input() -> None:
     error = OutOfDistributionError("cat.jpg", result.message)
     assert isinstance(error, ImageInputError), "the app's input-error handling applies"
     assert str(error).startswith("cat.jpg: This image does not look like a chest radiograph"), str(error)
+
+
+def test_decoded_arrays_give_the_same_features_as_files(tmp_path: Path) -> None:
+    # training may hold images as decoded arrays (the uint8 cache): same features as files
+    checkpoint = load_checkpoint(write_random_init(tmp_path / "ckpt", input_size=64))
+    path = sorted(IMAGES.glob("*.png"))[0]
+    gray = np.asarray(decode_image(path).pixels)
+    config = checkpoint.config.preprocess
+    from_file = ood.extract_features(checkpoint.model, [path], config)
+    from_array = ood.extract_features(checkpoint.model, [gray], config)
+    assert from_file.shape == (1, 2048), from_file.shape
+    assert np.allclose(from_file, from_array, rtol=1e-4, atol=1e-5), "one preprocessing path"

@@ -54,7 +54,13 @@ from xray_app.model import (
     save_checkpoint,
 )
 from xray_app.ood import MEAN_KEY, METHOD, WHITENING_KEY, OodGate, mahalanobis_score
-from xray_app.preprocess import ImageInputError, PreprocessConfig, Source, preprocess
+from xray_app.preprocess import (
+    ImageInputError,
+    PreprocessConfig,
+    Source,
+    preprocess,
+    to_model_input,
+)
 
 FEATURE_DESCRIPTION = "penultimate (global average pool of layer4, 2048-d)"
 WARN_QUANTILE = 0.99
@@ -76,24 +82,33 @@ _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 @torch.inference_mode()
 def extract_features(
     model: ChestXrayResNet,
-    sources: Sequence[Source],
+    sources: Sequence[Source | np.ndarray],
     config: PreprocessConfig,
     *,
     batch_size: int = 16,
 ) -> np.ndarray:
-    """``(N, 2048)`` float32 pooled penultimate features of N image files/bytes.
+    """``(N, 2048)`` float32 pooled penultimate features of N images.
 
-    Each source goes through :func:`xray_app.preprocess.preprocess`, the app's path.
+    A source is a file (path, bytes), which goes through
+    :func:`xray_app.preprocess.preprocess`, the app's path; or an already decoded
+    ``(H, W)`` grey array (uint8 from the training cache, or float in [0, 1]), which goes
+    through :func:`xray_app.preprocess.to_model_input`, the same path's second step.
     """
     model.eval()
     device = next(model.parameters()).device
     chunks = []
     for start in range(0, len(sources), batch_size):
-        batch = torch.stack([preprocess(s, config)[0] for s in sources[start : start + batch_size]])
+        batch = torch.stack([_model_input(s, config) for s in sources[start : start + batch_size]])
         chunks.append(model.pool(model.forward_features(batch.to(device))).float().cpu())
     if not chunks:
         return np.zeros((0, model.fc.in_features), dtype=np.float32)
     return torch.cat(chunks).numpy()
+
+
+def _model_input(source: Source | np.ndarray, config: PreprocessConfig) -> torch.Tensor:
+    if isinstance(source, np.ndarray):
+        return to_model_input(source, config.input_size, config.mean, config.std)
+    return preprocess(source, config)[0]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -286,8 +301,8 @@ class OodFit:
 
 def fit_ood_gate(
     checkpoint: LoadedCheckpoint,
-    train_sources: Sequence[Source],
-    val_sources: Sequence[Source],
+    train_sources: Sequence[Source | np.ndarray],
+    val_sources: Sequence[Source | np.ndarray],
     *,
     n_generated: int = 64,
     seed: int = 0,
@@ -350,8 +365,8 @@ def write_ood_gate(checkpoint: LoadedCheckpoint, fit: OodFit) -> Path:
 
 def attach_ood_gate(
     checkpoint_dir: str | Path,
-    train_sources: Sequence[Source],
-    val_sources: Sequence[Source],
+    train_sources: Sequence[Source | np.ndarray],
+    val_sources: Sequence[Source | np.ndarray],
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Fit and write the gate into ``checkpoint_dir``; returns the report (for ``fit``'s end)."""
