@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-trials", type=int, default=20,
                         help="finished (complete or pruned) trials in the whole study")
     parser.add_argument("--timeout", type=float, default=None, help="seconds, per worker")
-    parser.add_argument("--out", dest="tune_out", required=True, type=Path,
+    parser.add_argument("--out", dest="tune_out", required=True, type=Path, metavar="DIR",
                         help="folder for the study's outputs and trial runs")
     parser.add_argument("--workers", type=int, default=1,
                         help="start this many worker processes sharing the storage")
