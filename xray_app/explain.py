@@ -16,7 +16,7 @@ checks all 15 classes to 1e-4 on a real radiograph).
 **Other methods** (:data:`METHODS`) run pytorch-grad-cam on one class at a time, each
 call inside its own ``with`` block so that its hooks are removed when it ends
 (:func:`library_cam`).  EigenCAM is class-agnostic (the same map for every class);
-ScoreCAM runs 2048 extra forward passes and takes minutes on a CPU.
+ScoreCAM runs 2048 extra forward passes: a minute or more on a CPU.
 
 **How maps are drawn (a product decision).**  Each map is normalised per class, so its
 *shape* says where the evidence for that class is, but its brightness says nothing about
@@ -87,7 +87,7 @@ METHOD_NOTES: dict[str, str] = {
     "HiResCAM": "element-wise gradient x activation; faithful to the model's computation",
     "EigenCAM": "first principal component of the activations: class-agnostic, the same map for every class",
     "LayerCAM": "positive gradients x activations, per position",
-    "ScoreCAM": "gradient-free, 2048 extra forward passes: minutes on a CPU, seconds on a GPU",
+    "ScoreCAM": "gradient-free, 2048 extra forward passes: a minute or more on a CPU, ~1 s on an H100",
     "XGrad-CAM": "axiom-based gradient weights",
     "EigenGrad-CAM": "first principal component of gradient x activations",
 }
