@@ -7,7 +7,9 @@ throughput, p50/p95 latency (client side: upload, queue, inference, download of 
 heatmap images), the error count (must be 0) and the server's resident memory before,
 during and after the load (its growth must stay bounded).  Then, with the server idle,
 it compares ``/predict`` on a 1024 px radiograph with a bare forward pass of the same
-model in this process (target: at most 3x).  The last line is a JSON object of the
+model in this process (target: at most 3x), and reports the handler behind ``/predict``
+timed in this process without HTTP, to separate Gradio's own round trip from the app's
+work.  The last line is a JSON object of the
 figures.  Exit status 1 when errors occurred or the memory growth exceeded its bound.
 
 Weights: ``--weights PATH`` or ``XRAY_WEIGHTS``; ``--random-init`` benchmarks an
@@ -27,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,12 +132,15 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
     import torch
     from gradio_client import Client, handle_file
 
+    from xray_app import ui
     from xray_app.model import load_checkpoint
+    from xray_app.predictor import Predictor
 
     checkpoint = load_checkpoint(weights)
     model, size = checkpoint.model, int(checkpoint.config.input_size)
+    predictor = Predictor.from_weights(weights, device="cpu")
     x = torch.randn(1, 3, size, size)
-    timings: dict[str, list[float]] = {"forward": [], "api": [], "with_downloads": []}
+    timings: dict[str, list[float]] = {"forward": [], "handler": [], "api": [], "with_downloads": []}
     with tempfile.TemporaryDirectory(prefix="bench-downloads-") as downloads:
         # the API call itself (the 15 heatmaps stay on the server as URLs), and the same
         # call with the client fetching every image file afterwards, as a browser does
@@ -144,6 +150,9 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
         }
         with torch.inference_mode():
             model(x)
+        with warnings.catch_warnings():  # gr.Warning outside a request is a UserWarning
+            warnings.simplefilter("ignore")
+            ui.analyse(predictor, str(image), downloads)
         for client in clients.values():
             client.predict(handle_file(str(image)), api_name="/predict")
         for _ in range(repeats):
@@ -152,6 +161,12 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
             with torch.inference_mode():
                 model(x)
             timings["forward"].append(time.perf_counter() - start)
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ui.analyse(predictor, str(image), downloads)  # the /predict handler, in process
+            timings["handler"].append(time.perf_counter() - start)
             for key, client in clients.items():
                 time.sleep(PAUSE_S)
                 start = time.perf_counter()
@@ -159,9 +174,12 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
                 timings[key].append(time.perf_counter() - start)
     forward_s = statistics.median(timings["forward"])
     predict_s = statistics.median(timings["api"])
+    handler_s = statistics.median(timings["handler"])
     return {
         "input_size": size,
         "forward_ms": round(forward_s * 1000, 1),
+        "handler_1024_ms": round(handler_s * 1000, 1),
+        "handler_over_forward": round(handler_s / forward_s, 2),
         "predict_1024_ms": round(predict_s * 1000, 1),
         "predict_1024_with_downloads_ms": round(statistics.median(timings["with_downloads"]) * 1000, 1),
         "predict_over_forward": round(predict_s / forward_s, 2),
@@ -239,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"server memory {figures['server_rss_mb_before']} MiB before, {samples} during, "
         f"{figures['server_rss_mb_after']} after: growth {figures['server_rss_growth_mb']} MiB "
         f"({'bounded' if figures['memory_bounded'] else 'ABOVE'} the {args.max_growth_mb:g} MiB bound)"
+    )
+    print(
+        f"/predict handler on 1024 px (in process, no HTTP): {ratio['handler_1024_ms']} ms, "
+        f"{ratio['handler_over_forward']}x the bare forward"
     )
     print(
         f"/predict on 1024 px: {ratio['predict_1024_ms']} ms ({ratio['predict_1024_with_downloads_ms']} ms "

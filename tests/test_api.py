@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tests.dicom_factory import PATIENT, dicom_bytes, make_dicom, nih_gray
-from tests.paths import DICOM_DIR, NIH_IMAGES
+from tests.paths import DICOM_DIR, NIH_IMAGES, REPO_ROOT
 from tests.test_ui import CAPTION, bad_inputs
 from xray_app import predict, ui
 from xray_app.labels import LABELS
@@ -104,9 +110,59 @@ def test_uploads_and_outputs_are_registered_for_cache_cleanup(served):
     client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
     tracked = [Path(f) for files in demo.temp_file_sets for f in files]
     assert any(p.name == NIH_PNG.name for p in tracked), "the upload must be tracked for delete_cache"
-    assert sum(p.suffix == ".jpeg" for p in tracked) >= 15, (
+    assert sum(p.suffix in {".jpg", ".jpeg"} for p in tracked) >= 15, (
         "the 15 gallery images must be tracked for delete_cache"
     )
     route_utils.delete_files_created_by_app(demo, age=None)  # what delete_cache runs
     left = [p for p in tracked if p.exists()]
     assert not left, f"files survive the cache clean-up: {left[:3]}"
+
+
+# --------------------------------------------------------------------------- app.py
+def _app_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XRAY_", "GRADIO_"))}
+    return {**env, **extra}
+
+
+def test_app_without_weights_prints_how_to_provide_them_and_exits_1(tmp_path):
+    missing = tmp_path / "no-such-checkpoint"
+    done = subprocess.run(
+        [sys.executable, "app.py"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=_app_env(XRAY_WEIGHTS=str(missing)),
+    )
+    assert done.returncode == 1, f"expected exit status 1, got {done.returncode}: {done.stderr[-500:]}"
+    assert str(missing) in done.stderr and "not found" in done.stderr, done.stderr[-500:]
+    assert "Traceback" not in done.stderr, "a missing checkpoint is a message, not a traceback"
+
+
+def test_app_serves_on_the_configured_port_with_examples_from_the_environment(random_init_checkpoint):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _app_env(
+        XRAY_WEIGHTS=str(random_init_checkpoint),
+        XRAY_EXAMPLES_DIR=str(NIH_IMAGES),
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+    )
+    server = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        config = None
+        deadline = time.monotonic() + 120
+        while config is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as reply:
+                    config = json.loads(reply.read())
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, f"app.py did not serve on port {port} (exit status {server.poll()})"
+        text = json.dumps(config)
+        shown = ui.example_files(NIH_IMAGES)
+        assert all(Path(p).name in text for p in shown), "examples must come from XRAY_EXAMPLES_DIR"
+        assert "UNTRAINED WEIGHTS" in text, "the random-init weights must get the untrained banner"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

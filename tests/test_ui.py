@@ -68,18 +68,23 @@ def analysed(predictor, tmp_path_factory):
 
 # --------------------------------------------------------------------------- single study
 def test_analyse_returns_the_cli_json_then_15_captioned_heatmaps(predictor, analysed):
-    (result, gallery, study), _ = analysed
+    (result, gallery, study), cache = analysed
     expected = report.prediction_to_json(predictor.predict(NIH_PNG, name=NIH_PNG.name), predictor.model_info)
     assert result == expected, "the first output must be report.prediction_to_json, as the CLI prints"
     assert len(gallery) == 15, f"expected one heatmap per output, got {len(gallery)}"
     probabilities = [p for p in study.prediction.probabilities[list(study.order)]]
     assert probabilities == sorted(probabilities, reverse=True), "gallery must be sorted by probability"
-    for (image, text), index in zip(gallery, study.order, strict=True):
+    drawn = ui.gallery_items(study.prediction, study.order)
+    for (path, text), (image, same_text), index in zip(gallery, drawn, study.order, strict=True):
         assert CAPTION.match(text), f"caption {text!r} is not 'Name — p (threshold t) ▲ above/▽ below'"
         finding = study.prediction.findings[index]
-        assert text.startswith(finding.display_name), f"caption {text!r} should name {finding.display_name}"
+        assert text == same_text and text.startswith(finding.display_name), f"{text!r} should name {finding.display_name}"
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, "RGB uint8 overlay expected"
         assert max(image.shape[:2]) <= ui.GALLERY_MAX_SIDE, f"gallery image too large: {image.shape}"
+        assert Path(path).resolve().is_relative_to(cache.resolve()), "gallery files live in Gradio's cache"
+        with Image.open(path) as written:
+            pixels = np.asarray(written.convert("RGB")).astype(int)
+        assert np.abs(pixels - image).mean() < 3, f"{path}: the JPEG must show the drawn overlay"
 
 
 def test_large_view_is_full_resolution_and_opacity_zero_shows_the_original(predictor):

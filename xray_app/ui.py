@@ -26,6 +26,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 TITLE = "Chest X-ray findings: research demo"
 EXAMPLE_SUFFIXES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"]
 GALLERY_MAX_SIDE = 512  # heatmap thumbnails: small enough to keep the page fast
+GALLERY_JPEG_QUALITY = 88
+GALLERY_THREADS = 2
 LARGE_MAX_SIDE = 2048  # the large view: full resolution up to this side
 DEFAULT_OPACITY = 0.5
 EXAMPLES_SHOWN = 6
@@ -222,19 +225,39 @@ def _to_rgb_u8(gray: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def gallery_items(prediction: Prediction, order: Sequence[int]) -> list[tuple[np.ndarray, str]]:
     """All 15 heatmap overlays (long side <= ``GALLERY_MAX_SIDE``) with captions, in ``order``."""
-    findings = prediction.findings
     gray = _shrink(prediction.image.pixels, GALLERY_MAX_SIDE)  # once, not 15 times
-    items = []
-    for index in order:
-        finding = findings[index]
-        image = explain.overlay(
-            gray,
-            prediction.cams[index],
-            strength=explain.display_strength(finding.probability, finding.threshold),
-            opacity=DEFAULT_OPACITY,
-        )
-        items.append((image, caption(finding)))
-    return items
+    return [(_gallery_overlay(prediction, gray, index), caption(prediction.findings[index])) for index in order]
+
+
+def gallery_files(prediction: Prediction, order: Sequence[int], cache_dir: str | Path) -> list[tuple[str, str]]:
+    """:func:`gallery_items` written as JPEG files in Gradio's cache: ``(path, caption)``.
+
+    Drawing and encoding run on two threads (OpenCV and NumPy release the GIL): after
+    the forward pass they are most of the time ``/predict`` takes on a CPU.
+    """
+    gray = _shrink(prediction.image.pixels, GALLERY_MAX_SIDE)
+    directory = _fresh_dir(cache_dir)
+    findings = prediction.findings
+
+    def write(rank_index: tuple[int, int]) -> tuple[str, str]:
+        rank, index = rank_index
+        path = directory / f"{rank:02d}-{findings[index].label}.jpg"
+        image = _gallery_overlay(prediction, gray, index)
+        cv2.imwrite(str(path), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, GALLERY_JPEG_QUALITY])
+        return str(path), caption(findings[index])
+
+    with ThreadPoolExecutor(max_workers=GALLERY_THREADS) as pool:
+        return list(pool.map(write, enumerate(order)))
+
+
+def _gallery_overlay(prediction: Prediction, gray: np.ndarray, index: int) -> np.ndarray:
+    finding = prediction.findings[index]
+    return explain.overlay(
+        gray,
+        prediction.cams[index],
+        strength=explain.display_strength(finding.probability, finding.threshold),
+        opacity=DEFAULT_OPACITY,
+    )
 
 
 def ui_methods(predictor: Predictor) -> tuple[str, ...]:
@@ -335,7 +358,7 @@ def analyse(predictor: Predictor, path: str | None, cache_dir: str | Path) -> tu
         gr.Warning(warning, duration=20)
     study = Study.of(prediction)
     result = report.prediction_to_json(prediction, predictor.model_info)
-    return result, gallery_items(prediction, study.order), study
+    return result, gallery_files(prediction, study.order, cache_dir), study
 
 
 def summarise(predictor: Predictor, study: Study | None, cache_dir: str | Path) -> tuple[Any, ...]:
