@@ -86,6 +86,11 @@ def test_clinician_path_in_chromium(demo_url, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
+            elsewhere: list[str] = []  # requests to any other host than the demo's
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith((demo_url.rstrip("/"), "data:", "blob:")) else elsewhere.append(r.url),
+            )
             page.goto(demo_url)
             page.wait_for_selector("#upload")
             assert "UNTRAINED WEIGHTS" in page.locator("#banner").inner_text(), "untrained banner missing"
@@ -140,5 +145,6 @@ def test_clinician_path_in_chromium(demo_url, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
             assert shot.stat().st_size > 50_000, "the screenshot should show the page, not a blank"
+            assert not elsewhere, f"the page must load nothing from other hosts: {elsewhere[:5]}"
         finally:
             browser.close()
