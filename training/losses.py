@@ -79,6 +79,6 @@ class FocalWeightedLoss(nn.Module):
             positive = positive * torch.exp(self.gamma * log_not_p)
             negative = negative * torch.exp(self.gamma * log_p)
         if self.pos_weight is not None:
-            positive = positive * self.pos_weight
+            positive = positive * self.pos_weight.to(positive.device)  # validation runs on CPU logits
         loss = 2.0 * self.alpha * positive + 2.0 * (1.0 - self.alpha) * negative
         return loss.mean()
