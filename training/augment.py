@@ -8,11 +8,16 @@ Validation and test get no augmentation: :func:`build_augment` returns None for 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-import albumentations as A
-import cv2
-import numpy as np
+# albumentations asks pypi.org for a newer version on every import (a 2 s network
+# timeout offline); training runs offline and must not phone home
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 @dataclass(frozen=True)
