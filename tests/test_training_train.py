@@ -19,8 +19,9 @@ from tests.synthetic_xray import write_dataset
 from training import prepare
 from training.config import from_dict, parse_config
 from training.data import labels_of
+from training.data import main as data_main
 from training.sampling import RepeatFactorSampler, repeat_factors
-from training.train import CHECKPOINT_FILE, fit
+from training.train import CHECKPOINT_FILE, TrainingError, fit
 from xray_app.labels import LABELS
 from xray_app.model import load_checkpoint
 
@@ -202,3 +203,24 @@ def test_no_finding_undersampling_is_logged_as_the_effective_mix(synthetic, tmp_
     assert effective < natural, f"expected fewer No Finding draws than natural, got {line}"
     train = labels_of(pd.read_csv(tmp_path / "run" / "train.csv"))
     assert np.isclose(natural, 100 * train[:, -1].mean(), atol=0.1), "expected natural mix from train split"
+
+
+def test_splits_written_by_training_data_are_reused_as_is(synthetic, tmp_path):
+    metadata, images = synthetic
+    assert data_main(["--metadata", str(metadata), "--images", str(images), "--seed", "11",
+                      "--out", str(tmp_path / "splits")]) == 0, "expected training.data to succeed"
+    fit(parse_config(_tiny_flags(metadata, images, tmp_path / "run", "--epochs", "1", "--limit-batches", "1",
+                                 "--splits", str(tmp_path / "splits"))))
+    for name in ("train", "val", "test"):
+        given = pd.read_csv(tmp_path / "splits" / f"{name}.csv")["Image Index"].tolist()
+        used = pd.read_csv(tmp_path / "run" / f"{name}.csv")["Image Index"].tolist()
+        assert used == given, f"expected the run's {name} split to be the one given with --splits"
+
+
+def test_split_lists_without_training_images_fail_with_a_clear_message(tmp_path):
+    # all 500 shared radiographs are in the CheXNet *test* list: nothing to train on
+    cfg = parse_config(["--metadata", str(SHARED / "Data_Entry_2017_v2020.csv.gz"), "--images",
+                        str(SHARED / "images"), "--split-lists", str(SHARED / "chexnet_split"),
+                        "--out", str(tmp_path / "run"), "--pretrained", "none"])
+    with pytest.raises(TrainingError, match="train split is empty.*patient-random split"):
+        fit(cfg)
