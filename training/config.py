@@ -163,6 +163,23 @@ def write_yaml(config: TrainConfig, path: str | Path) -> None:
 
 # --------------------------------------------------------------------------- argparse
 _TYPES = {"int": int, "float": float, "str": str}
+_HELP = {
+    "metadata": "NIH Data_Entry_2017*.csv[.gz]",
+    "images": "image folder, searched recursively (or --cache)",
+    "cache": "cache directory from python -m training.prepare (or --images)",
+    "splits": "directory with train.csv/val.csv/test.csv from python -m training.data",
+    "split_lists": "directory of NIH or CheXNet split lists (default: patient-random split)",
+    "out": "run directory",
+    "pretrained": "imagenet, none, or a local state dict PATH",
+    "device": "auto, cpu, cuda or cuda:N",
+    "amp": "auto (bf16 on CUDA), bf16, fp16 or none",
+    "limit_batches": "at most this many train and validation batches per epoch",
+    "no_finding_fraction": "share of 'No Finding'-only training images drawn per epoch",
+    "max_class_weight": "cap of the per-class positive weight (negatives/positives)",
+    "patience": "early stopping: epochs without a better validation macro-AUROC",
+    "input_size": "model input side in pixels",
+    "strength": "augmentation strength (0 = none)",
+}
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, section: str | None) -> None:
@@ -175,10 +192,12 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, section: str | None)
         dest = f"{section}.{f.name}" if section else f.name
         kind = str(f.type).split(" | ")[0]
         if kind == "bool":
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                                help=_HELP.get(f.name))
         else:
+            default = "" if f.default is dataclasses.MISSING else f" (default {f.default})"
             parser.add_argument(flag, dest=dest, type=_TYPES[kind], default=None,
-                                metavar=f.name.upper())
+                                metavar=f.name.upper(), help=_HELP.get(f.name, "") + default)
 
 
 def build_parser(prog: str = "python -m training.train") -> argparse.ArgumentParser:
