@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ import torch
 from xray_app import explain
 from xray_app.labels import DISPLAY_NAMES, LABELS, NUM_LABELS
 from xray_app.model import LoadedCheckpoint, ModelConfig
+from xray_app.ood import OodGate, OodResult, OutOfDistributionError
 from xray_app.preprocess import DecodedImage, ImageInputError, Source, preprocess, to_model_input
 from xray_app.weights import resolve_weights
 
@@ -103,6 +104,7 @@ class Prediction:
     cams: np.ndarray
     image: DecodedImage
     warnings: tuple[str, ...] = ()
+    ood_score: float | None = None  # distance to the training radiographs (see xray_app.ood)
 
     @property
     def findings(self) -> list[Finding]:
@@ -155,6 +157,15 @@ def input_warnings(image: DecodedImage) -> tuple[str, ...]:
             "lateral view: the model was trained on frontal (PA/AP) chest films only"
         )
     return tuple(found)
+
+
+class BatchOutput(NamedTuple):
+    """What :meth:`Predictor.infer` returns for ``N`` model inputs."""
+
+    logits: np.ndarray  # (N, 15) float32
+    probabilities: np.ndarray  # (N, 15) float32, calibrated when the config says so
+    cams: np.ndarray  # (N, 15, S, S) float32 in [0, 1]
+    ood: list[OodResult | None]  # one verdict per image; None without a gate
 
 
 class Predictor:
@@ -215,6 +226,7 @@ class Predictor:
             "data": str(provenance.get("data", "not recorded in config.json")),
         }
         self._model_warnings = () if self.config.trained else (UNTRAINED_WARNING,)
+        self._ood = OodGate.from_checkpoint(checkpoint)  # None when config.json has no gate
 
     @classmethod
     def from_weights(
@@ -229,11 +241,12 @@ class Predictor:
         return cls(checkpoint, device=device)
 
     # ------------------------------------------------------------------ inference
-    def infer(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(self, batch: torch.Tensor) -> BatchOutput:
         """The fast path on model inputs: ``(N, 3, S, S)`` -> logits, probabilities, CAMs.
 
-        Returns ``(N, 15)`` float32 logits, ``(N, 15)`` float32 (calibrated) probabilities
-        and ``(N, 15, S, S)`` float32 heatmaps in [0, 1], from one forward pass.
+        Returns ``(N, 15)`` float32 logits, ``(N, 15)`` float32 (calibrated) probabilities,
+        ``(N, 15, S, S)`` float32 heatmaps in [0, 1], all from one forward pass, and the
+        out-of-distribution verdict per image (``None`` when the checkpoint has no gate).
         """
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
@@ -249,10 +262,15 @@ class Predictor:
             else:
                 probabilities = torch.sigmoid(logits)
             cams = explain.class_activation_maps(features, self._fc_weight, x.shape[-1])
-            return (
+            if self._ood is not None:
+                ood = self._ood.assess(self._model.pool(features))
+            else:
+                ood = [None] * features.shape[0]
+            return BatchOutput(
                 logits.cpu().numpy().astype(np.float32),
                 probabilities.cpu().numpy().astype(np.float32),
                 cams,
+                ood,
             )
 
     def predict(self, source: Source, *, name: str | None = None) -> Prediction:
@@ -263,8 +281,8 @@ class Predictor:
         the problem) for input that cannot be used.
         """
         tensor, image = preprocess(source, self.config.preprocess, name=name)
-        logits, probabilities, cams = self.infer(tensor.unsqueeze(0))
-        return self._prediction(image, logits[0], probabilities[0], cams[0])
+        out = self.infer(tensor.unsqueeze(0))
+        return self._prediction(image, out.logits[0], out.probabilities[0], out.cams[0], out.ood[0])
 
     def predict_batch(
         self,
@@ -296,18 +314,29 @@ class Predictor:
             good = [item for item in decoded if not isinstance(item, ImageInputError)]
             outputs = iter(())
             if good:
-                logits, probabilities, cams = self.infer(torch.stack([t for t, _ in good]))
-                outputs = iter(zip(logits, probabilities, cams, strict=True))
+                out = self.infer(torch.stack([t for t, _ in good]))
+                outputs = iter(zip(out.logits, out.probabilities, out.cams, out.ood, strict=True))
             for item in decoded:
                 if isinstance(item, ImageInputError):
                     results.append(item)
                 else:
-                    results.append(self._prediction(item[1], *next(outputs)))
+                    try:
+                        results.append(self._prediction(item[1], *next(outputs)))
+                    except OutOfDistributionError as error:
+                        results.append(error)
         return results
 
     def _prediction(
-        self, image: DecodedImage, logits: np.ndarray, probabilities: np.ndarray, cams: np.ndarray
+        self,
+        image: DecodedImage,
+        logits: np.ndarray,
+        probabilities: np.ndarray,
+        cams: np.ndarray,
+        ood: OodResult | None = None,
     ) -> Prediction:
+        if ood is not None and ood.refused:
+            raise OutOfDistributionError(Path(image.name).name, ood.message)
+        ood_warning = (ood.message,) if ood is not None and ood.level == "warn" else ()
         positive = probabilities >= self._thresholds
         for array in (logits, probabilities, positive, cams):
             array.setflags(write=False)
@@ -319,7 +348,8 @@ class Predictor:
             positive=positive,
             cams=cams,
             image=image,
-            warnings=self._model_warnings + input_warnings(image),
+            warnings=self._model_warnings + input_warnings(image) + ood_warning,
+            ood_score=None if ood is None else ood.score,
         )
 
     # ------------------------------------------------------------------ other methods
