@@ -14,6 +14,7 @@ from sklearn.covariance import LedoitWolf
 from training import ood
 from xray_app.model import load_checkpoint, write_random_init
 from xray_app.ood import (
+    TENSOR_KEYS,
     OodConfigError,
     OodGate,
     assess_ood,
@@ -26,12 +27,23 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih"
 IMAGES = DATA / "images"
 
 
+def _dense_whitening(stats: dict[str, torch.Tensor]) -> np.ndarray:
+    """``W = outside I + basis^T diag(coef) basis`` in float64, from the compact tensors."""
+    basis, coef = stats["basis"].double().numpy(), stats["coef"].double().numpy()
+    outside = float(stats["outside"].double().item())
+    return outside * np.eye(basis.shape[1]) + basis.T @ (coef[:, None] * basis)
+
+
 @pytest.mark.parametrize(("n", "d"), [(30, 40), (300, 40)])
 def test_whitening_squares_to_the_ledoit_wolf_precision(n: int, d: int) -> None:
     rng = np.random.default_rng(n)
     x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, d) + rng.normal(size=d)
     stats = ood.fit_feature_stats(x)
-    w = stats["whitening"].double().numpy()
+    k = min(n, d)
+    shapes = {key: tuple(value.shape) for key, value in stats.items()}
+    assert shapes == {"mean": (d,), "basis": (k, d), "coef": (k,), "outside": (1,)}, shapes
+    assert all(v.dtype == torch.float32 for v in stats.values()), "stored tensors are float32"
+    w = _dense_whitening(stats)
     precision = np.linalg.inv(LedoitWolf().fit(x).covariance_)
     error = np.abs(w @ w.T - precision).max() / np.abs(precision).max()
     assert error < 1e-5, f"W W^T should equal sklearn's Ledoit-Wolf precision, rel. error {error}"
@@ -52,9 +64,32 @@ def test_score_is_the_mahalanobis_distance() -> None:
     assert at_mean[0] == pytest.approx(0.0, abs=1e-3), f"the mean itself should score 0, got {at_mean}"
 
 
+def test_compact_score_equals_the_dense_matrix_score() -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 64)) * rng.uniform(0.5, 3.0, 64) + rng.normal(size=64)
+    stats = ood.fit_feature_stats(x)
+    probes = rng.normal(size=(10, 64)) * 2 + x.mean(axis=0)
+    centred = probes - stats["mean"].double().numpy()
+    expected = np.linalg.norm(centred @ _dense_whitening(stats), axis=1)  # float64 reference
+    got = mahalanobis_score(torch.from_numpy(probes).float(), *(stats[k] for k in TENSOR_KEYS))
+    assert got.dtype == torch.float32, got.dtype
+    assert np.allclose(got.numpy(), expected, rtol=1e-4), f"expected {expected}, got {got}"
+
+
+def test_stored_statistics_are_far_smaller_than_a_dense_matrix() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 2048)).astype(np.float32)
+    stats = ood.fit_feature_stats(x)
+    assert tuple(stats["basis"].shape) == (300, 2048), tuple(stats["basis"].shape)
+    stored = sum(t.numel() * t.element_size() for t in stats.values())
+    dense = 2048 * 2048 * 4
+    assert stored < dense / 5, f"{stored / 1e6:.1f} MB stored vs {dense / 1e6:.1f} MB dense"
+
+
 def test_score_rejects_wrong_feature_width() -> None:
     with pytest.raises(ValueError, match=r"expected \(N, 4\)"):
-        mahalanobis_score(torch.zeros(2, 3), torch.zeros(4), torch.eye(4))
+        mahalanobis_score(torch.zeros(2, 3), torch.zeros(4), torch.zeros(0, 4), torch.zeros(0),
+                          torch.ones(1))
 
 
 def test_choose_levels_quantile_and_far_level() -> None:
@@ -70,7 +105,7 @@ def test_levels_and_messages() -> None:
     assert [level_of(s, 10.0, 20.0) for s in (5.0, 10.0, 15.0, 20.0, 25.0)] == [
         "ok", "ok", "warn", "warn", "refuse"
     ], "ok up to warn inclusive, warn up to refuse inclusive, refuse above"
-    gate = OodGate(mean=torch.zeros(3), whitening=torch.eye(3), warn=1.0, refuse=2.0)
+    gate = _identity_gate(3)
     results = gate.assess(torch.tensor([[0.5, 0, 0], [1.5, 0, 0], [3.0, 0, 0]]))
     assert [r.level for r in results] == ["ok", "warn", "refuse"], f"got {results}"
     assert results[0].message == "", "an in-distribution image gets no message"
@@ -78,14 +113,37 @@ def test_levels_and_messages() -> None:
     assert "no prediction is shown" in results[2].message and results[2].refused, results[2]
 
 
+def _identity_gate(dim: int) -> OodGate:
+    """``W = I``: the score is the Euclidean distance to 0."""
+    return OodGate(mean=torch.zeros(dim), basis=torch.zeros(0, dim), coef=torch.zeros(0),
+                   outside=torch.ones(1), warn=1.0, refuse=2.0)
+
+
 def test_gate_from_parts_validates_the_checkpoint() -> None:
     assert assess_ood(torch.zeros(1, 3), {}, None) is None, "no ood entry: no gate (older checkpoint)"
     entry = {"method": "mahalanobis", "warn": 1.0, "refuse": 2.0}
+    good = {"mean": torch.zeros(3), "basis": torch.eye(2, 3), "coef": torch.ones(2),
+            "outside": torch.ones(1)}
+    gate = OodGate.from_parts(good, entry)
+    assert gate is not None and tuple(gate.outside.shape) == (1,), gate
+    scalar = OodGate.from_parts({**good, "outside": torch.tensor(1.0)}, entry)
+    assert scalar is not None and tuple(scalar.outside.shape) == (1,), "a scalar outside is accepted"
     with pytest.raises(OodConfigError, match="lacks tensor"):
         OodGate.from_parts({"mean": torch.zeros(3)}, entry)
+    with pytest.raises(OodConfigError, match="older dense ood.whitening"):
+        OodGate.from_parts({"mean": torch.zeros(3), "whitening": torch.eye(3)}, entry)
+    bad = {
+        "ood.mean": {"mean": torch.zeros(3, 1)},
+        r"ood.basis .* expected \(k, 3\)": {"basis": torch.eye(3, 4)},
+        r"ood.basis .* k <= 3": {"basis": torch.zeros(4, 3), "coef": torch.zeros(4)},
+        r"ood.coef .* expected \(2,\)": {"coef": torch.ones(3)},
+        r"ood.outside .* expected \(1,\)": {"outside": torch.ones(2)},
+    }
+    for message, change in bad.items():
+        with pytest.raises(OodConfigError, match=message):
+            OodGate.from_parts({**good, **change}, entry)
     with pytest.raises(OodConfigError, match="warn <= refuse"):
-        OodGate.from_parts({"mean": torch.zeros(3), "whitening": torch.eye(3)},
-                           {**entry, "warn": 3.0})
+        OodGate.from_parts(good, {**entry, "warn": 3.0})
 
 
 def test_generated_non_radiographs_decode_as_valid_images() -> None:
@@ -143,7 +201,10 @@ def test_cli_writes_a_usable_gate_into_the_checkpoint(boxed_run, capsys) -> None
     assert entry["method"] == "mahalanobis" and entry["n_train"] == 24 and entry["n_val"] == 12, entry
     assert 0.0 <= entry["validation_auroc"] <= 1.0, f"AUROC out of range: {entry}"
     assert 0 < entry["warn"] <= entry["refuse"], f"levels out of order: {entry}"
-    assert tuple(after.extra_tensors["whitening"].shape) == (2048, 2048), "whitening stored"
+    shapes = {k: tuple(v.shape) for k, v in after.extra_tensors.items()}
+    assert shapes == {"mean": (2048,), "basis": (24, 2048), "coef": (24,), "outside": (1,)}, (
+        f"compact whitening stored (k = n_train = 24), no dense matrix: {shapes}"
+    )
     for key, value in before.model.state_dict().items():
         assert torch.equal(value, after.model.state_dict()[key]), f"weight {key} changed"
     from safetensors import safe_open
@@ -175,7 +236,7 @@ def test_refusal_is_reported_like_any_unusable_input() -> None:
     from xray_app.ood import OutOfDistributionError
     from xray_app.preprocess import ImageInputError
 
-    gate = OodGate(mean=torch.zeros(2), whitening=torch.eye(2), warn=1.0, refuse=2.0)
+    gate = _identity_gate(2)
     result = gate.assess(torch.tensor([[5.0, 0.0]]))[0]
     error = OutOfDistributionError("cat.jpg", result.message)
     assert isinstance(error, ImageInputError), "the app's input-error handling applies"

@@ -4,8 +4,9 @@ Steps (:func:`attach_ood_gate`):
 
 1. penultimate features (the ``(2048,)`` global average pool, as the app computes them) of
    the **training** images -> mean and Ledoit-Wolf-shrunk covariance
-   (:func:`fit_feature_stats`); stored as the whitening matrix ``W`` (``W W^T`` = the
-   precision matrix) so that the app's score is ``|| (f - mean) @ W ||``, the
+   (:func:`fit_feature_stats`); stored as the whitening matrix ``W = S^(-1/2)`` in its
+   exact compact form ``W = outside I + basis^T diag(coef) basis`` (a dense 2048 x 2048
+   matrix would be 16 MB), so that the app's score ``|| W (f - mean) ||`` is the
    Mahalanobis distance (:mod:`xray_app.ood`);
 2. the same distance for the **validation** radiographs -> the two levels
    (:func:`choose_levels`): ``warn`` = the 99th percentile of validation scores (about 1 in
@@ -17,9 +18,10 @@ Steps (:func:`attach_ood_gate`):
    for validation radiographs (negatives) against them (positives) is the separation
    figure stored as ``validation_auroc``.  The test split is never read.
 
-The result is written back into the checkpoint: tensors ``ood.mean``/``ood.whitening`` in
-``model.safetensors`` (weights keep their stored dtype) and the description and levels
-in ``config.json``'s ``ood`` entry.  The ``model.safetensors`` sha256 changes: publish
+The result is written back into the checkpoint: tensors ``ood.mean`` ``(D,)``,
+``ood.basis`` ``(k, D)``, ``ood.coef`` ``(k,)`` and ``ood.outside`` ``(1,)`` in
+``model.safetensors`` (weights keep their stored dtype; an older dense ``ood.whitening``
+is dropped) and the description and levels in ``config.json``'s ``ood`` entry.  The ``model.safetensors`` sha256 changes: publish
 after this step.
 
 Command line::
@@ -53,7 +55,16 @@ from xray_app.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from xray_app.ood import MEAN_KEY, METHOD, WHITENING_KEY, OodGate, mahalanobis_score
+from xray_app.ood import (
+    BASIS_KEY,
+    COEF_KEY,
+    DENSE_WHITENING_KEY,
+    MEAN_KEY,
+    METHOD,
+    OUTSIDE_KEY,
+    OodGate,
+    mahalanobis_score,
+)
 from xray_app.preprocess import (
     ImageInputError,
     PreprocessConfig,
@@ -113,15 +124,21 @@ def _model_input(source: Source | np.ndarray, config: PreprocessConfig) -> torch
 
 # --------------------------------------------------------------------------- statistics
 def fit_feature_stats(features: np.ndarray) -> dict[str, torch.Tensor]:
-    """Mean and whitening matrix of ``(N, D)`` training features (N >= 2).
+    """Mean and compact whitening matrix of ``(N, D)`` training features (N >= 2).
 
     The covariance is Ledoit-Wolf-shrunk towards a scaled identity,
     ``S = (1 - delta) C + delta mu I`` (``C`` the empirical covariance, ``mu = tr(C) / D``,
     ``delta`` from :func:`sklearn.covariance.ledoit_wolf_shrinkage`), which keeps it
-    invertible when N < D (2048) and stabilises the small eigenvalues.  Returns
-    ``{"mean": (D,), "whitening": (D, D)}`` float32 with ``W = S^(-1/2)`` (symmetric), so
-    ``W W^T = S^-1``.  When N < D only a thin SVD of the N x D data is needed: ``S`` has
-    the eigenvalue ``delta mu`` on the complement of the data's span.
+    invertible when N < D (2048) and stabilises the small eigenvalues.
+
+    ``W = S^(-1/2)`` (symmetric, ``W W^T = S^-1``) is returned in its exact compact form
+    ``W = outside I + basis^T diag(coef) basis``: float32 tensors ``{"mean": (D,),
+    "basis": (k, D), "coef": (k,), "outside": (1,)}`` with ``k = min(N, D)``.  ``basis``
+    holds ``S``'s eigenvectors (orthonormal rows) with shrunk eigenvalues ``s``, ``coef =
+    1 / sqrt(s) - outside``, and ``outside = 1 / sqrt(delta mu)`` is ``W`` on the
+    complement of the data's span.  When N < D only a thin SVD of the N x D data is
+    needed; when N >= D the basis is all D eigenvectors (the complement is empty).  The
+    arithmetic is float64; only the result is rounded.
     """
     from sklearn.covariance import ledoit_wolf_shrinkage
 
@@ -144,18 +161,21 @@ def fit_feature_stats(features: np.ndarray) -> dict[str, torch.Tensor]:
         raise ValueError("the feature covariance is singular (constant features?)")
     shrunk = np.maximum(shrunk, shrunk.max() * 1e-12)
     outside = 1.0 / np.sqrt(floor_value) if floor_value > 0 else 0.0
-    whitening = basis.T @ ((1.0 / np.sqrt(shrunk) - outside)[:, None] * basis)
-    whitening[np.diag_indices(d)] += outside
+    coef = 1.0 / np.sqrt(shrunk) - outside
     return {
         MEAN_KEY: torch.from_numpy(mean.astype(np.float32)),
-        WHITENING_KEY: torch.from_numpy(whitening.astype(np.float32)),
+        BASIS_KEY: torch.from_numpy(np.ascontiguousarray(basis, dtype=np.float32)),
+        COEF_KEY: torch.from_numpy(coef.astype(np.float32)),
+        OUTSIDE_KEY: torch.tensor([outside], dtype=torch.float32),
     }
 
 
 def ood_score(features: np.ndarray, stats: dict[str, torch.Tensor]) -> np.ndarray:
     """``(N, D)`` features -> ``(N,)`` Mahalanobis distances (the app's function)."""
-    scores = mahalanobis_score(torch.as_tensor(np.asarray(features, dtype=np.float32)),
-                               stats[MEAN_KEY], stats[WHITENING_KEY])
+    scores = mahalanobis_score(
+        torch.as_tensor(np.asarray(features, dtype=np.float32)),
+        stats[MEAN_KEY], stats[BASIS_KEY], stats[COEF_KEY], stats[OUTSIDE_KEY],
+    )
     return scores.numpy()
 
 
@@ -325,7 +345,9 @@ def fit_ood_gate(
     entry = {
         "method": METHOD,
         "feature": FEATURE_DESCRIPTION,
-        "covariance": "Ledoit-Wolf shrinkage; tensors ood.mean (D,), ood.whitening (D, D)",
+        "covariance": "Ledoit-Wolf shrinkage; whitening W = S^(-1/2) = outside I + basis^T "
+        "diag(coef) basis; tensors ood.mean (D,), ood.basis (k, D), ood.coef (k,), "
+        "ood.outside (1,)",
         "warn": warn,
         "refuse": refuse,
         "levels": f"warn = {WARN_QUANTILE:.0%} quantile of validation radiographs; refuse = "
@@ -349,11 +371,13 @@ def stored_weight_dtype(weights_path: Path) -> torch.dtype:
 def write_ood_gate(checkpoint: LoadedCheckpoint, fit: OodFit) -> Path:
     """Rewrite the checkpoint with the gate: tensors + ``config.json``'s ``ood`` entry.
 
-    Other ``ood.*`` tensors are kept; the weights keep their stored dtype.
+    Other ``ood.*`` tensors are kept, except an older dense ``ood.whitening`` (which the
+    compact tensors replace); the weights keep their stored dtype.
     """
     directory = checkpoint.directory
     dtype = stored_weight_dtype(directory / WEIGHTS_FILE)
-    extra = {**checkpoint.extra_tensors, **fit.stats}
+    kept = {k: v for k, v in checkpoint.extra_tensors.items() if k != DENSE_WHITENING_KEY}
+    extra = {**kept, **fit.stats}
     config = checkpoint.config.with_updates(ood=fit.entry)
     save_checkpoint(checkpoint.model, config, directory, dtype=dtype, extra_tensors=extra)
     # read back through the app's own loader: the gate must be usable as written

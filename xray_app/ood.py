@@ -5,12 +5,19 @@ The model's penultimate features (the ``(2048,)`` global average pool of layer4,
 their mean ``mu`` and a Ledoit-Wolf-shrunk covariance ``S``.  An image's score is its
 Mahalanobis distance to them::
 
-    score = sqrt((f - mu)^T S^-1 (f - mu)) = || (f - mu) @ W ||,   W W^T = S^-1
+    score = sqrt((f - mu)^T S^-1 (f - mu)) = || W (f - mu) ||,   W = W^T,  W W = S^-1
 
-``W`` (the lower Cholesky factor of the precision matrix) and ``mu`` are stored in
-``model.safetensors`` as ``ood.whitening`` ``(2048, 2048)`` and ``ood.mean`` ``(2048,)``
-(float32); ``config.json``'s ``ood`` entry holds the method and the two levels, chosen on
-validation radiographs by :mod:`training.ood`:
+``W = S^(-1/2)`` is not stored as a dense ``(2048, 2048)`` matrix (16 MB, a third of the
+bundled model) but in its exact compact form: fitted on N training images, ``S`` is
+``delta mu I`` plus a term of rank ``k = min(N, D)``, so ``W = outside I + basis^T diag(coef) basis`` with
+``basis`` ``(k, D)`` of orthonormal rows.  ``model.safetensors`` holds (float32)
+``ood.mean`` ``(D,)``, ``ood.basis`` ``(k, D)``, ``ood.coef`` ``(k,)`` and ``ood.outside``
+``(1,)``, and the score is computed without ever forming ``W``::
+
+    z = f - mean;  w = outside z + ((z @ basis^T) * coef) @ basis;  score = ||w||
+
+``config.json``'s ``ood`` entry holds the method and the two levels, chosen on validation
+radiographs by :mod:`training.ood`:
 
 * ``score <= warn``: ``"ok"``;
 * ``warn < score <= refuse``: ``"warn"``: the prediction is shown with a warning;
@@ -33,7 +40,11 @@ from xray_app.preprocess import ImageInputError
 
 METHOD = "mahalanobis"
 MEAN_KEY = "mean"
-WHITENING_KEY = "whitening"
+BASIS_KEY = "basis"
+COEF_KEY = "coef"
+OUTSIDE_KEY = "outside"
+TENSOR_KEYS = (MEAN_KEY, BASIS_KEY, COEF_KEY, OUTSIDE_KEY)
+DENSE_WHITENING_KEY = "whitening"  # the older dense (D, D) form: no longer read or written
 LEVELS = ("ok", "warn", "refuse")
 
 
@@ -63,18 +74,28 @@ class OodResult:
 
 
 def mahalanobis_score(
-    features: torch.Tensor, mean: torch.Tensor, whitening: torch.Tensor
+    features: torch.Tensor,
+    mean: torch.Tensor,
+    basis: torch.Tensor,
+    coef: torch.Tensor,
+    outside: torch.Tensor | float,
 ) -> torch.Tensor:
     """``(N, D)`` pooled features -> ``(N,)`` float32 Mahalanobis distances (>= 0).
 
-    ``mean`` is ``(D,)``; ``whitening`` is ``(D, D)`` with ``W W^T`` = the precision matrix.
+    ``mean`` ``(D,)``, ``basis`` ``(k, D)`` with orthonormal rows, ``coef`` ``(k,)``,
+    ``outside`` ``(1,)`` or a scalar: the whitening matrix
+    ``W = outside I + basis^T diag(coef) basis`` (symmetric, ``W W`` = the precision
+    matrix), applied in ``O(N k D)`` without forming it.
     """
     if features.ndim != 2 or features.shape[1] != mean.shape[0]:
         raise ValueError(
             f"expected (N, {mean.shape[0]}) pooled features, got shape {tuple(features.shape)}"
         )
     centred = features.detach().float().cpu() - mean.float()
-    return torch.linalg.vector_norm(centred @ whitening.float(), dim=1)
+    basis = basis.float()
+    whitened = torch.as_tensor(outside, dtype=torch.float32) * centred
+    whitened = whitened + ((centred @ basis.T) * coef.float()) @ basis
+    return torch.linalg.vector_norm(whitened, dim=1)
 
 
 def level_of(score: float, warn: float, refuse: float) -> str:
@@ -105,10 +126,12 @@ def message_for(level: str, score: float, warn: float, refuse: float) -> str:
 
 @dataclass(frozen=True, eq=False)  # tensors: compare by identity
 class OodGate:
-    """Mean, whitening matrix and levels of one checkpoint; scores pooled features."""
+    """Mean, compact whitening (basis, coef, outside) and levels of one checkpoint."""
 
     mean: torch.Tensor  # (D,) float32
-    whitening: torch.Tensor  # (D, D) float32
+    basis: torch.Tensor  # (k, D) float32, orthonormal rows, k <= D
+    coef: torch.Tensor  # (k,) float32
+    outside: torch.Tensor  # (1,) float32
     warn: float
     refuse: float
 
@@ -127,26 +150,27 @@ class OodGate:
         method = ood_config.get("method")
         if method != METHOD:
             raise OodConfigError(f"config.json ood.method is {method!r}; expected {METHOD!r}")
-        missing = [k for k in (MEAN_KEY, WHITENING_KEY) if k not in extra_tensors]
+        missing = [k for k in TENSOR_KEYS if k not in extra_tensors]
         if missing:
+            hint = (
+                " (it has the older dense ood.whitening: re-run python -m training.ood)"
+                if DENSE_WHITENING_KEY in extra_tensors else ""
+            )
             raise OodConfigError(
                 f"config.json has an ood entry but model.safetensors lacks tensor(s) "
-                f"{['ood.' + k for k in missing]}"
+                f"{['ood.' + k for k in missing]}{hint}"
             )
-        mean, whitening = extra_tensors[MEAN_KEY].float(), extra_tensors[WHITENING_KEY].float()
-        dim = mean.shape[0]
-        if mean.ndim != 1 or tuple(whitening.shape) != (dim, dim):
-            raise OodConfigError(
-                f"ood.mean has shape {tuple(mean.shape)} and ood.whitening "
-                f"{tuple(whitening.shape)}; expected (D,) and (D, D)"
-            )
+        mean, basis, coef, outside = (extra_tensors[k].float() for k in TENSOR_KEYS)
+        _check_shapes(mean, basis, coef, outside)
         try:
             warn, refuse = float(ood_config["warn"]), float(ood_config["refuse"])
         except (KeyError, TypeError, ValueError):
             raise OodConfigError("config.json ood entry needs numeric 'warn' and 'refuse'") from None
         if not 0.0 <= warn <= refuse:
             raise OodConfigError(f"ood levels must satisfy 0 <= warn <= refuse, got {warn}, {refuse}")
-        return cls(mean=mean, whitening=whitening, warn=warn, refuse=refuse)
+        return cls(
+            mean=mean, basis=basis, coef=coef, outside=outside.reshape(1), warn=warn, refuse=refuse
+        )
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Any) -> OodGate | None:
@@ -155,7 +179,7 @@ class OodGate:
 
     def scores(self, pooled: torch.Tensor) -> torch.Tensor:
         """``(N, D)`` pooled features -> ``(N,)`` distances."""
-        return mahalanobis_score(pooled, self.mean, self.whitening)
+        return mahalanobis_score(pooled, self.mean, self.basis, self.coef, self.outside)
 
     def assess(self, pooled: torch.Tensor) -> list[OodResult]:
         """``(N, D)`` pooled features -> one :class:`OodResult` per image."""
@@ -164,6 +188,31 @@ class OodGate:
             level = level_of(score, self.warn, self.refuse)
             results.append(OodResult(score, level, message_for(level, score, self.warn, self.refuse)))
         return results
+
+
+def _check_shapes(
+    mean: torch.Tensor, basis: torch.Tensor, coef: torch.Tensor, outside: torch.Tensor
+) -> None:
+    """Raise :class:`OodConfigError` unless the tensors are ``(D,), (k, D), (k,), (1,)``, k <= D."""
+    if mean.ndim != 1:
+        raise OodConfigError(f"ood.mean has shape {tuple(mean.shape)}; expected (D,)")
+    dim = mean.shape[0]
+    if basis.ndim != 2 or basis.shape[1] != dim or basis.shape[0] > dim:
+        raise OodConfigError(
+            f"ood.basis has shape {tuple(basis.shape)}; expected (k, {dim}) with k <= {dim} "
+            f"(ood.mean has {dim} features)"
+        )
+    rank = basis.shape[0]
+    if tuple(coef.shape) != (rank,):
+        raise OodConfigError(
+            f"ood.coef has shape {tuple(coef.shape)}; expected ({rank},), one per ood.basis row"
+        )
+    if outside.numel() != 1 or outside.ndim > 1:
+        raise OodConfigError(f"ood.outside has shape {tuple(outside.shape)}; expected (1,)")
+    if not all(bool(torch.isfinite(t).all()) for t in (mean, basis, coef, outside)):
+        raise OodConfigError("ood tensors contain NaN or infinite values")
+    if float(outside.reshape(())) < 0:
+        raise OodConfigError(f"ood.outside must be >= 0, got {float(outside.reshape(()))}")
 
 
 def assess_ood(
