@@ -219,3 +219,22 @@ def test_paired_comparison_of_identical_models_is_zero():
                            labels=list(PATHOLOGIES), n_boot=100, rng=np.random.default_rng(0))
     assert better["mean_auroc_difference"]["ci_low"] > 0.0, (
         "an informative model vs random scores should have a CI of the difference above 0")
+
+
+def test_a_class_without_validation_signal_is_not_flagged_on_every_image():
+    """Max-F1 on a constant or inverted score would flag every image; such classes get 0.5."""
+    rng = np.random.default_rng(3)
+    y = (rng.random((300, 3)) < 0.2).astype(int)
+    probs = np.column_stack([
+        np.full(300, 0.05),  # collapsed calibration: one constant probability
+        np.where(y[:, 1] == 1, 0.1, 0.6) + rng.random(300) * 0.01,  # inverted ranking
+        0.5 * rng.random(300) + 0.3 * y[:, 2],  # real signal
+    ])
+    thresholds, notes = choose_thresholds(y, probs, labels=["constant", "inverted", "useful"])
+    assert thresholds[0] == 0.5 and thresholds[1] == 0.5, (
+        f"classes with validation AUROC <= 0.5 should fall back to 0.5, got {thresholds[:2]}")
+    assert (probs[:, 0] >= thresholds[0]).sum() == 0, "the constant class must flag no image"
+    flagged = int((probs[:, 2] >= thresholds[2]).sum())
+    assert 0 < flagged < 300, f"the useful class keeps a max-F1 threshold that flags some images, got {flagged}"
+    assert len(notes) == 2 and all("no signal" in note for note in notes), (
+        f"each fallback should be explained in a note, got {notes}")

@@ -458,7 +458,10 @@ def choose_thresholds(
     ``prob >= threshold``); ties in the objective go to the highest threshold.
 
     Returns ``((C,) thresholds, notes)``; a class with only one label value gets
-    :data:`DEFAULT_THRESHOLD` and a note saying so.
+    :data:`DEFAULT_THRESHOLD` and a note saying so.  So does a class whose validation AUROC
+    is at most 0.5: the model shows no signal for it, and maximising F1 would flag every
+    image (recall 1 at precision = prevalence); 0.5 on a calibrated probability means
+    "more likely than not", which such a class will rarely reach.
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown threshold method {method!r}; expected one of {THRESHOLD_METHODS}")
@@ -480,6 +483,11 @@ def choose_thresholds(
         order, starts = _tie_groups(p)
         pos, neg = _group_sums(y[order].astype(bool), starts, np.ones((1, y.size)))
         tp, fp = np.cumsum(pos[0]), np.cumsum(neg[0])
+        auroc = float(np.sum(pos[0] * (n_neg - fp + 0.5 * neg[0])) / (n_pos * n_neg))
+        if auroc <= 0.5:
+            notes.append(f"{names[c]}: validation AUROC {auroc:.3f} <= 0.5 (no signal); "
+                         f"threshold set to {DEFAULT_THRESHOLD} instead of flagging every image")
+            continue
         if method == "f1":
             objective = 2 * tp / (2 * tp + fp + (n_pos - tp))
         else:
