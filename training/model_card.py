@@ -231,6 +231,26 @@ def _localization_section(localization: dict[str, Any] | None, source: Path | No
     return lines
 
 
+def _ood_section(config: dict[str, Any]) -> list[str]:
+    """The out-of-distribution gate's levels and how well it separated on validation."""
+    lines = ["## Out-of-distribution gate", ""]
+    ood = config.get("ood")
+    if not ood:
+        return [*lines, "This checkpoint has no out-of-distribution gate: every image gets a prediction."]
+    lines.append(
+        f"Method: {ood.get('method')} distance of the {ood.get('feature', 'penultimate features')} "
+        f"to the {ood.get('n_train', '?')} training radiographs. Above {_cell(ood.get('warn'))} "
+        f"the app and command line warn that the image is unlike the training radiographs; above "
+        f"{_cell(ood.get('refuse'))} they refuse to predict. Levels: {ood.get('levels', 'see config.json')}."
+    )
+    if ood.get("validation_auroc") is not None:
+        lines += ["", f"Separation of the {ood.get('n_val', '?')} validation radiographs from "
+                  f"{ood.get('n_generated', '?')} generated non-radiographs: AUROC "
+                  f"{_cell(ood.get('validation_auroc'))} (generated images are easy cases; "
+                  "photographs and other body parts were not available to test)."]
+    return lines
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return fmt(value)
@@ -262,8 +282,14 @@ def _reproduce_section(config: dict[str, Any], reports: list[dict[str, Any]],
     lines = ["## How to reproduce", "",
              "Training writes its resolved configuration (shown above) as `config.yaml` and "
              "its patient-wise split files into the run directory; evaluation fits calibration "
-             "and thresholds on the validation split, then scores the test split.", "", "```bash",
-             f"python -m training.train --config {run}/config.yaml"]
+             "and thresholds on the validation split, then scores the test split. The whole "
+             "sequence (split, cache, Optuna search, training, out-of-distribution gate, "
+             "localisation, card) is in the repository README, section \"Training on NIH "
+             "ChestX-ray14\".", ""]
+    for key in ("selection", "hardware", "pretrained"):
+        if provenance.get(key):
+            lines.append(f"- {key.capitalize()}: {provenance[key]}")
+    lines += ["", "```bash", f"python -m training.train --config {run}/config.yaml"]
     commands = [report["command"] for report in reports if report.get("command")]
     if not any("--fit" in command for command in commands):
         commands.insert(0, f"python -m training.evaluate --checkpoint {run}/best --split val "
@@ -294,6 +320,7 @@ def build_card(
     lines += [*_thresholds_section(config, reports), "",
               *_calibration_section(config, reports), "",
               *_localization_section(localization, localization_path), "",
+              *_ood_section(config), "",
               "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], "",
               *_reproduce_section(config, reports, card_command), ""]
     return FRONT_MATTER + "\n" + "\n".join(lines)
