@@ -159,6 +159,18 @@ def input_warnings(image: DecodedImage) -> tuple[str, ...]:
     return tuple(found)
 
 
+def training_data_summary(provenance: dict[str, Any]) -> str:
+    """One line for people: which images the weights were trained and evaluated on."""
+    data = provenance.get("data")
+    if not data:
+        return "not recorded in config.json"
+    if not isinstance(data, dict):
+        return str(data)
+    counts = ", ".join(f"{n} {split}" for split, n in (data.get("images") or {}).items())
+    source = data.get("source") or data.get("metadata") or "an unrecorded source"
+    return f"{counts} images from {source}" if counts else str(source)
+
+
 class BatchOutput(NamedTuple):
     """What :meth:`Predictor.infer` returns for ``N`` model inputs."""
 
@@ -223,7 +235,7 @@ class Predictor:
             "name": self.config.name,
             "sha256": self.sha256,
             "trained": bool(self.config.trained),
-            "data": str(provenance.get("data", "not recorded in config.json")),
+            "data": training_data_summary(provenance),
         }
         self._model_warnings = () if self.config.trained else (UNTRAINED_WARNING,)
         self._ood = OodGate.from_checkpoint(checkpoint)  # None when config.json has no gate
