@@ -231,6 +231,16 @@ def display_strength(probability: float, threshold: float) -> float:
     return float(np.clip(probability / threshold, 0.0, 1.0))
 
 
+def shrink(gray: np.ndarray, max_side: int) -> np.ndarray:
+    """``(H, W)`` image with its longer side at most ``max_side`` (aspect kept, area-averaged)."""
+    height, width = gray.shape
+    if max(height, width) <= max_side:
+        return gray
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+
+
 def overlay(
     gray: np.ndarray,
     cam: np.ndarray,
@@ -255,11 +265,9 @@ def overlay(
         raise ValueError(f"expected 2-D image and map, got {gray.shape} and {cam.shape}")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must lie in [0, 1], got {opacity}")
+    if max_side is not None:
+        gray = shrink(gray, max_side)
     height, width = gray.shape
-    if max_side is not None and max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        gray = cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
     level = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
     level = np.clip(np.nan_to_num(level), 0.0, 1.0) * float(np.clip(strength, 0.0, 1.0))
     colour = cv2.applyColorMap(np.round(level * 255).astype(np.uint8), colormap)

@@ -102,7 +102,7 @@ def render_report_sheet(prediction: Prediction, model_info: Mapping[str, Any]) -
     draw.text((MARGIN, y), "Heatmaps (Grad-CAM), highest probability first", fill=_INK, font=_font(20))
     y += 30
     caption_font = _font(15)
-    gray = _shrink(prediction.image.pixels, TILE_SIDE)  # once, not for each of the 15 tiles
+    gray = explain.shrink(prediction.image.pixels, TILE_SIDE)  # once, not for each of the 15 tiles
     for position, finding_index in enumerate(_order(prediction)):
         finding = prediction.findings[finding_index]
         row, column = divmod(position, GRID_COLUMNS)
@@ -128,13 +128,6 @@ def render_report_sheet(prediction: Prediction, model_info: Mapping[str, Any]) -
     return sheet
 
 
-def _shrink(gray: np.ndarray, side: int) -> np.ndarray:
-    height, width = gray.shape
-    if max(height, width) <= side:
-        return gray
-    scale = side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(gray.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
 
 def _order(prediction: Prediction) -> list[int]:

@@ -225,7 +225,7 @@ def _to_rgb_u8(gray: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def gallery_items(prediction: Prediction, order: Sequence[int]) -> list[tuple[np.ndarray, str]]:
     """All 15 heatmap overlays (long side <= ``GALLERY_MAX_SIDE``) with captions, in ``order``."""
-    gray = _shrink(prediction.image.pixels, GALLERY_MAX_SIDE)  # once, not 15 times
+    gray = explain.shrink(prediction.image.pixels, GALLERY_MAX_SIDE)  # once, not 15 times
     return [(_gallery_overlay(prediction, gray, index), caption(prediction.findings[index])) for index in order]
 
 
@@ -235,7 +235,7 @@ def gallery_files(prediction: Prediction, order: Sequence[int], cache_dir: str |
     Drawing and encoding run on two threads (OpenCV and NumPy release the GIL): after
     the forward pass they are most of the time ``/predict`` takes on a CPU.
     """
-    gray = _shrink(prediction.image.pixels, GALLERY_MAX_SIDE)
+    gray = explain.shrink(prediction.image.pixels, GALLERY_MAX_SIDE)
     directory = _fresh_dir(cache_dir)
     findings = prediction.findings
 
@@ -317,13 +317,6 @@ def large_caption(study: Study, class_index: int, method: str) -> str:
     return f"**{caption(study.prediction.findings[class_index])}** · heatmap method: {method}"
 
 
-def _shrink(gray: np.ndarray, max_side: int) -> np.ndarray:
-    height, width = gray.shape
-    if max(height, width) <= max_side:
-        return gray
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(gray.astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
 
 def _safe_stem(name: str) -> str:
