@@ -292,3 +292,17 @@ def test_demo_is_private_bounded_and_exposes_predict(predictor):
     assert isinstance(first_output, gr.JSON), "predict's first output must be the JSON result"
     predict_fn = next(fn for fn in demo.fns.values() if fn.api_name == "predict")
     assert predict_fn.concurrency_limit == ui.MODEL_CONCURRENCY, "one forward pass at a time"
+
+
+def test_model_tab_embeds_the_cards_local_plots(predictor, tmp_path):
+    """The card links plots relative to itself; the browser can only show them embedded."""
+    (tmp_path / "eval").mkdir()
+    png = tmp_path / "eval" / "roc_test.png"
+    Image.new("L", (8, 8), 128).save(png)
+    (tmp_path / "README.md").write_text(
+        "# card\n\n![roc](eval/roc_test.png) ![gone](eval/missing.png) ![web](https://x.org/a.png)\n"
+    )
+    rendered = ui.model_card_markdown(predictor, [tmp_path / "README.md"])
+    assert "![roc](data:image/png;base64," in rendered, "a local plot should be inlined"
+    assert "![gone](eval/missing.png)" in rendered, "a missing file keeps its link"
+    assert "![web](https://x.org/a.png)" in rendered, "remote images are left alone"

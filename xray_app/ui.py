@@ -20,6 +20,7 @@ forward pass at a time (the model already uses every core of the CPU).
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import json
@@ -38,6 +39,7 @@ import numpy as np
 from xray_app import explain, report
 from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, sha256_of
+from xray_app.predictor import training_data_summary
 from xray_app.preprocess import ImageInputError
 from xray_app.report_sheet import save_report_sheet
 from xray_app.weights import BUNDLED_DIR
@@ -99,7 +101,7 @@ class Study:
 # --------------------------------------------------------------------------- text
 def model_banner_html(config: Any, model_info: dict[str, Any]) -> str:
     """HTML banner: UNTRAINED warning (if so), the disclaimer, model name and training data."""
-    data = (config.provenance or {}).get("data") or "not stated in the weights' config.json"
+    data = training_data_summary(config.provenance or {})
     parts = []
     if not config.trained:
         parts.append(
@@ -167,13 +169,13 @@ def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str
     facts = [
         f"**Name:** {_md_escape(config.name)}",
         f"**Trained:** {'yes' if config.trained else '**NO: random initialisation (UNTRAINED WEIGHTS)**'}",
-        f"**Training data:** {_md_escape(provenance.get('data', 'not stated'))}",
+        f"**Training data:** {_md_escape(predictor.model_info['data'])}",
         f"**Input size:** {config.input_size} px",
         f"**sha256:** `{predictor.model_info.get('sha256', '')}`",
     ]
     metrics = provenance.get("metrics")
     if metrics:
-        facts.append("**Metrics (from config.json):**\n\n```json\n" + json.dumps(metrics, indent=2) + "\n```")
+        facts.append("**Training-time validation metrics at the kept epoch (uncalibrated; see the card below for the evaluation):**\n\n```json\n" + json.dumps(metrics, indent=2) + "\n```")
     thresholds = " · ".join(
         f"{_md_escape(label)} {threshold:.2f}" for label, threshold in zip(config.labels, config.thresholds, strict=True)
     )
@@ -182,10 +184,29 @@ def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str
         if path.is_file():
             card = path.read_text(encoding="utf-8")
             card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)  # Hub YAML front matter
+            card = _embed_local_images(card, path.parent)
             note = _card_mismatch_note(path, str(predictor.model_info.get("sha256", "")), card)
             return "\n\n".join(facts) + "\n\n---\n\n" + note + card
     names = ", ".join(str(p) for p in card_paths) or "weights/README.md"
     return "\n\n".join(facts) + f"\n\n---\n\n**No model card found** (looked for {_md_escape(names)})."
+
+
+def _embed_local_images(markdown: str, folder: Path) -> str:
+    """Inline ``![alt](relative.png)`` images found under ``folder`` as data URIs.
+
+    The card links its plots relative to itself (as the Hub renders them); the browser
+    cannot fetch those paths from the app, so they are embedded.  Other links stay as they are.
+    """
+
+    def embed(match: re.Match[str]) -> str:
+        alt, target = match.group(1), match.group(2)
+        file = (folder / target).resolve()
+        if "://" in target or not file.is_file() or not file.is_relative_to(folder.resolve()):
+            return match.group(0)
+        encoded = base64.b64encode(file.read_bytes()).decode("ascii")
+        return f"![{alt}](data:image/png;base64,{encoded})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", embed, markdown)
 
 
 def _card_mismatch_note(card_path: Path, sha256: str, card: str) -> str:
