@@ -34,8 +34,11 @@ lint: $(VENV)/.dev
 test: $(VENV)/.dev browser lint
 	$(PY) -m pytest -q
 
+# CPU benchmarks (each prints its figures, the last line a JSON object); GPU: see README.
 bench: $(VENV)/.dev
 	$(PY) -m benchmarks.bench_inference
+	$(PY) -m benchmarks.bench_loader
+	$(PY) -m benchmarks.bench_app_load --weights weights
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
