@@ -54,14 +54,18 @@ from training.eval_metrics import (
 )
 from training.eval_plots import plot_pr_grid, plot_reliability, plot_roc_grid
 from training.eval_report import render_markdown
+from training.predictions import (
+    Predictions,
+    PredictionsFileError,
+    read_predictions,
+    write_predictions,
+)
 from xray_app.labels import LABELS, label_matrix
 from xray_app.model import CONFIG_FILE, CheckpointError, load_checkpoint, read_config, write_config
 from xray_app.preprocess import ImageInputError, preprocess
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
 SPLITS = ("val", "test")
-LOGIT_PREFIX = "logit_"
-PROB_PREFIX = "prob_"
 
 
 class EvaluationError(ValueError):
@@ -93,73 +97,6 @@ class EvalConfig:
 
 
 # --------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Predictions:
-    """One model's outputs for N images over ``labels`` (a subset of the 15, in order).
-
-    ``logits`` is ``(N, C)`` or ``None`` when only probabilities are known (then
-    calibration can be neither fitted nor applied); ``probs`` is ``(N, C)``, the plain
-    sigmoid of the logits or the given probabilities.
-    """
-
-    images: tuple[str, ...]
-    labels: tuple[str, ...]
-    logits: np.ndarray | None
-    probs: np.ndarray
-
-    def subset(self, rows: np.ndarray) -> Predictions:
-        return Predictions(
-            images=tuple(np.asarray(self.images)[rows]),
-            labels=self.labels,
-            logits=None if self.logits is None else self.logits[rows],
-            probs=self.probs[rows],
-        )
-
-
-def read_predictions(path: Path) -> Predictions:
-    """Read a predictions CSV (``Image Index`` + ``logit_<Label>`` or ``prob_<Label>``)."""
-    try:
-        frame = pd.read_csv(path, dtype={IMAGE: str})
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: predictions file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"{path}: not a readable CSV ({error})") from None
-    if IMAGE not in frame.columns:
-        raise EvaluationError(f"{path}: no {IMAGE!r} column; found {list(frame.columns)[:8]}")
-    if frame[IMAGE].duplicated().any():
-        raise EvaluationError(f"{path}: image {frame[IMAGE][frame[IMAGE].duplicated()].iloc[0]!r} "
-                              "listed twice")
-    for prefix in (LOGIT_PREFIX, PROB_PREFIX):
-        labels = tuple(name for name in LABELS if f"{prefix}{name}" in frame.columns)
-        if labels:
-            break
-    else:
-        raise EvaluationError(
-            f"{path}: no '{LOGIT_PREFIX}<Label>' or '{PROB_PREFIX}<Label>' columns for any of "
-            f"{', '.join(LABELS)}"
-        )
-    values = frame[[f"{prefix}{name}" for name in labels]].to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise EvaluationError(f"{path}: missing or non-finite values in the {prefix}* columns")
-    if prefix == PROB_PREFIX and ((values < 0) | (values > 1)).any():
-        raise EvaluationError(f"{path}: {PROB_PREFIX}* values outside [0, 1]")
-    logits = values if prefix == LOGIT_PREFIX else None
-    probs = apply_calibration(values, None) if logits is not None else values
-    return Predictions(tuple(frame[IMAGE]), labels, logits, probs)
-
-
-def write_predictions(predictions: Predictions, patients: Sequence[Any], path: Path) -> Path:
-    """Write ``Image Index``, ``Patient ID`` and one ``logit_<Label>`` column per label."""
-    if predictions.logits is None:
-        raise EvaluationError("only logits are written to a predictions file")
-    frame = pd.DataFrame({IMAGE: predictions.images, PATIENT: list(patients)})
-    for c, name in enumerate(predictions.labels):
-        frame[f"{LOGIT_PREFIX}{name}"] = predictions.logits[:, c]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, float_format="%.6g")
-    return path
-
-
 def read_split_images(path: Path) -> list[str]:
     """Image names of a split CSV written by :mod:`training.data` (``Image Index`` column)."""
     try:
@@ -584,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = EvalConfig(**vars(args), argv=tuple(argv))
     try:
         report = evaluate(cfg)
-    except (EvaluationError, MetadataError, CheckpointError, ImageInputError) as error:
+    except (EvaluationError, PredictionsFileError, MetadataError, CheckpointError, ImageInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     headline = report["metrics"]["headline"]
