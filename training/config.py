@@ -65,7 +65,8 @@ class TrainConfig:
     :mod:`training.sampling`.  Loss (``focal_alpha``, ``focal_gamma``,
     ``max_class_weight``): see :mod:`training.losses`.  ``amp``: ``auto`` = bf16 on CUDA,
     none on CPU.  ``limit_batches`` caps train and validation batches per epoch (smoke
-    runs).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    runs).  ``teacher``/``distill_weight``: soft targets from another model's predictions
+    on the training images (:mod:`training.distill`).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     """
 
     data: DataConfig
@@ -84,6 +85,8 @@ class TrainConfig:
     no_finding_fraction: float = 0.5
     repeat_threshold: float = 0.1
     max_repeat: float = 4.0
+    teacher: str | None = None
+    distill_weight: float = 0.5
     dropout: float = 0.0
     pretrained: str = "imagenet"
     limit_batches: int | None = None
@@ -107,6 +110,7 @@ class TrainConfig:
             "max_class_weight": self.max_class_weight > 0,
             "no_finding_fraction": 0 < self.no_finding_fraction <= 1,
             "max_repeat": self.max_repeat >= 1,
+            "distill_weight": 0 <= self.distill_weight <= 1,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
             "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
         }
@@ -178,6 +182,9 @@ _HELP = {
     "max_class_weight": "cap of the per-class positive weight (negatives/positives)",
     "patience": "early stopping: epochs without a better validation macro-AUROC",
     "input_size": "model input side in pixels",
+    "teacher": "predictions CSV of a teacher model (prob_<Label> or logit_<Label> columns): "
+               "soft targets for the training images it lists",
+    "distill_weight": "share of the teacher's probability in a soft target, 0..1",
     "strength": "augmentation strength (0 = none)",
 }
 

@@ -54,8 +54,10 @@ from training.data import (
     write_report,
 )
 from training.datasets import CachedImages, FileImages, XrayDataset
+from training.distill import DistillSummary, distill_targets
 from training.losses import FocalWeightedLoss, class_weights
 from training.metrics import macro_auroc
+from training.predictions import PredictionsFileError
 from training.sampling import RepeatFactorSampler, describe_mix, repeat_factors
 from xray_app.labels import LABELS
 from xray_app.model import (
@@ -131,6 +133,7 @@ class RunData:
     splits: Splits
     availability: Availability
     source: str
+    distill: DistillSummary | None = None
 
 
 def load_data(cfg: TrainConfig) -> RunData:
@@ -170,14 +173,14 @@ def load_data(cfg: TrainConfig) -> RunData:
                 "(no --split-lists), or download the images the lists name"
             )
 
-    def dataset(part: pd.DataFrame, train: bool) -> XrayDataset:
+    def dataset(part: pd.DataFrame, train: bool, labels: np.ndarray | None = None) -> XrayDataset:
         if data.cache:
             images = CachedImages(cache, part[IMAGE].tolist())
         else:
             images = FileImages([paths[n] for n in part[IMAGE]])
         return XrayDataset(
             images,
-            labels_of(part),
+            labels_of(part) if labels is None else labels,
             input_size=data.input_size,
             augment=build_augment(cfg.augment, train=train),
         )
@@ -189,9 +192,15 @@ def load_data(cfg: TrainConfig) -> RunData:
         repeat_threshold=cfg.repeat_threshold,
         max_repeat=cfg.max_repeat,
     )
+    # the sampler and the class weights count the 0/1 labels; only the loss sees soft targets
+    targets, distill = None, None
+    if cfg.teacher:
+        targets, distill = distill_targets(
+            cfg.teacher, splits.train[IMAGE].tolist(), train_labels, cfg.distill_weight
+        )
     return RunData(
-        dataset(splits.train, True), dataset(splits.val, False), train_labels, factors,
-        splits, availability, source,
+        dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
+        splits, availability, source, distill,
     )
 
 
@@ -388,6 +397,7 @@ def export_best(
             "availability": data.availability.describe(),
             "images": {name: len(part) for name, part in data.splits.items()},
         },
+        **({"distillation": data.distill.to_dict()} if data.distill else {}),
         "split": {"method": data.splits.method, "files": str(run.resolve())},
         "commit": git_commit(),
         "date": utc_now(),
@@ -440,6 +450,8 @@ def fit(cfg: TrainConfig, *, on_epoch_end: EpochCallback | None = None) -> Path:
             write_report(data.splits, data.availability, run)
             print(summarise(data.splits, data.availability), flush=True)
             print(describe_mix(data.train_labels, data.factors), flush=True)
+            if data.distill:
+                print(data.distill.describe(), flush=True)
         return _fit(cfg, data, runtime, run, on_epoch_end)
     finally:
         if runtime.distributed and dist.is_initialized():
@@ -582,7 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # fixed input shapes: let cuDNN pick the fastest kernels (entry point only)
         torch.backends.cudnn.benchmark = True
         best = fit(cfg)
-    except (ConfigError, TrainingError, MetadataError, SplitLeakError, PretrainedWeightsUnavailable) as error:
+    except (ConfigError, TrainingError, MetadataError, SplitLeakError, PretrainedWeightsUnavailable,
+            PredictionsFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"best checkpoint: {best}  (python app.py --weights {best})")
