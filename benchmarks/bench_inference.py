@@ -40,6 +40,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from xray_app.compute import run_on_compute_thread
 from xray_app.explain import class_activation_maps
 from xray_app.labels import NUM_LABELS
 from xray_app.model import load_checkpoint, write_random_init
@@ -89,6 +90,12 @@ def _median_ms(samples: Sequence[float]) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # every timed call on the predictor's compute thread: torch work from a second thread
+    # would slow both paths down (see xray_app.compute)
+    return run_on_compute_thread(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     images = sorted((args.data / "nih" / "images").glob("*.png"))[: args.batch_size]
     file_512 = args.data / "nih" / "images" / IMAGE_512.name
     file_1024 = args.data / "nih" / "originals" / IMAGE_1024.name

@@ -57,6 +57,22 @@ def test_predict_returns_the_cli_json_first_then_the_images(served, random_init_
             assert max(image.size) <= ui.GALLERY_MAX_SIDE, f"gallery image {image.size} too large"
 
 
+def test_plain_http_api_gives_the_same_json_as_gradio_client(served):
+    """The curl-style path the load benchmark times: upload, /gradio_api/call/predict, SSE."""
+    import httpx
+
+    from benchmarks.bench_app_load import http_predict
+
+    demo, client = served
+    expected, _ = client.predict(handle_file(str(NIH_PNG)), api_name="/predict")
+    with httpx.Client(timeout=60) as http:
+        result, gallery, *_ = http_predict(http, demo.local_url, NIH_PNG)  # then the (hidden) state
+    assert result == expected, "expected the HTTP API's JSON to equal gradio_client's"
+    assert [item["caption"] for item in gallery] == [
+        item["caption"] for item in client.predict(handle_file(str(NIH_PNG)), api_name="/predict")[1]
+    ], "expected the same 15 captioned heatmaps in the same order"
+
+
 def test_dicom_through_the_api(served):
     _, client = served
     result, gallery = client.predict(

@@ -207,3 +207,27 @@ def test_prediction_arrays_are_read_only(prediction):
     with pytest.raises(ValueError):
         prediction.probabilities[0] = 0.5
     assert isinstance(ImageInputError("x", "y"), ValueError), "ImageInputError is a ValueError"
+
+
+def test_tensor_work_runs_on_one_thread_whichever_thread_asks(cpu_predictor, monkeypatch):
+    """One OpenMP team per process: Gradio's pool threads all hand their forward passes to
+    the compute thread (xray_app.compute) instead of running torch themselves."""
+    import threading
+
+    seen: list[str] = []
+    forward_features = cpu_predictor._model.forward_features
+
+    def recording(x):
+        seen.append(threading.current_thread().name)
+        return forward_features(x)
+
+    monkeypatch.setattr(cpu_predictor._model, "forward_features", recording)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: cpu_predictor.predict(NIH_IMAGES / "00000075_000.png"), range(6)))
+    assert len(seen) == 6 and len(set(seen)) == 1, f"expected one thread for all forward passes, got {set(seen)}"
+    assert seen[0].startswith("xray-compute"), f"expected the compute thread, got {seen[0]}"
+    reference = results[0].probabilities
+    assert all(np.array_equal(r.probabilities, reference) for r in results), "expected identical results"
+    with ThreadPoolExecutor(max_workers=1) as solo, pytest.raises(ImageInputError):
+        # the caller gets the exception raised on the compute thread
+        solo.submit(cpu_predictor.predict, b"not an image", name="junk.png").result()

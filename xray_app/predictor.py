@@ -8,6 +8,10 @@ heatmap methods for one chosen class come from :meth:`Predictor.explain`.
 
 Thread safety (Gradio calls the one shared Predictor from several worker threads):
 
+* every method that creates or runs tensors (construction included) runs on the one
+  process-wide compute thread of :mod:`xray_app.compute` and the caller waits for it:
+  PyTorch's OpenMP teams are per calling thread, and several of them on a small CPU
+  make every forward pass slower (see that module);
 * the fast path uses no hooks and keeps no per-request state on the object: it calls
   ``model.forward_features`` and ``model.forward_head`` under ``torch.inference_mode``;
 * pytorch-grad-cam methods register hooks, so they run on a *twin* of the model (new
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 
 from xray_app import explain
+from xray_app.compute import run_on_compute_thread
 from xray_app.labels import DISPLAY_NAMES, LABELS, NUM_LABELS
 from xray_app.model import LoadedCheckpoint, ModelConfig
 from xray_app.ood import OodGate, OodResult, OutOfDistributionError
@@ -198,6 +203,14 @@ class Predictor:
         device: str | torch.device | None = None,
         score_cam_batch_size: int | None = None,
     ) -> None:
+        run_on_compute_thread(self._setup, checkpoint, device, score_cam_batch_size)
+
+    def _setup(
+        self,
+        checkpoint: LoadedCheckpoint,
+        device: str | torch.device | None,
+        score_cam_batch_size: int | None,
+    ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -249,7 +262,7 @@ class Predictor:
         Raises :class:`~xray_app.weights.WeightsNotFoundError` or
         :class:`~xray_app.model.CheckpointError`; never falls back to random weights.
         """
-        checkpoint = resolve_weights(weights).load(device="cpu")
+        checkpoint = run_on_compute_thread(resolve_weights(weights).load, device="cpu")
         return cls(checkpoint, device=device)
 
     # ------------------------------------------------------------------ inference
@@ -260,6 +273,9 @@ class Predictor:
         ``(N, 15, S, S)`` float32 heatmaps in [0, 1], all from one forward pass, and the
         out-of-distribution verdict per image (``None`` when the checkpoint has no gate).
         """
+        return run_on_compute_thread(self._infer, batch)
+
+    def _infer(self, batch: torch.Tensor) -> BatchOutput:
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
             if self._cuda:
@@ -292,6 +308,9 @@ class Predictor:
         Raises :class:`~xray_app.preprocess.ImageInputError` (a subclass naming the file and
         the problem) for input that cannot be used.
         """
+        return run_on_compute_thread(self._predict, source, name)
+
+    def _predict(self, source: Source, name: str | None) -> Prediction:
         tensor, image = preprocess(source, self.config.preprocess, name=name)
         out = self.infer(tensor.unsqueeze(0))
         return self._prediction(image, out.logits[0], out.probabilities[0], out.cams[0], out.ood[0])
@@ -313,6 +332,11 @@ class Predictor:
             raise ValueError(f"{len(names)} names for {len(sources)} sources")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        return run_on_compute_thread(self._predict_batch, sources, names, batch_size)
+
+    def _predict_batch(
+        self, sources: Sequence[Source], names: Sequence[str | None] | None, batch_size: int
+    ) -> list[Prediction | ImageInputError]:
         results: list[Prediction | ImageInputError] = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
@@ -378,6 +402,9 @@ class Predictor:
             raise ValueError(f"class_index must be in 0..{NUM_LABELS - 1}, got {class_index}")
         if method == explain.FAST_METHOD:
             return prediction.cams[class_index]
+        return run_on_compute_thread(self._library_map, prediction, int(class_index), method)
+
+    def _library_map(self, prediction: Prediction, class_index: int, method: str) -> np.ndarray:
         preprocess_config = self.config.preprocess
         x = to_model_input(
             prediction.image.pixels,

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 TITLE = "Chest X-ray findings: research demo"
 EXAMPLE_SUFFIXES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"]
-GALLERY_MAX_SIDE = 512  # heatmap thumbnails: small enough to keep the page fast
+GALLERY_MAX_SIDE = 384  # heatmap tiles: a 5-column gallery shows them ~250-370 CSS px wide; the large view has full resolution
 GALLERY_JPEG_QUALITY = 88
 GALLERY_THREADS = 2
 LARGE_MAX_SIDE = 2048  # the large view: full resolution up to this side
@@ -263,21 +263,22 @@ def gallery_files(prediction: Prediction, order: Sequence[int], cache_dir: str |
     def write(rank_index: tuple[int, int]) -> tuple[str, str]:
         rank, index = rank_index
         path = directory / f"{rank:02d}-{findings[index].label}.jpg"
-        image = _gallery_overlay(prediction, gray, index)
-        cv2.imwrite(str(path), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, GALLERY_JPEG_QUALITY])
+        image = _gallery_overlay(prediction, gray, index, channels="bgr")
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, GALLERY_JPEG_QUALITY])
         return str(path), caption(findings[index])
 
     with ThreadPoolExecutor(max_workers=GALLERY_THREADS) as pool:
         return list(pool.map(write, enumerate(order)))
 
 
-def _gallery_overlay(prediction: Prediction, gray: np.ndarray, index: int) -> np.ndarray:
+def _gallery_overlay(prediction: Prediction, gray: np.ndarray, index: int, channels: str = "rgb") -> np.ndarray:
     finding = prediction.findings[index]
     return explain.overlay(
         gray,
         prediction.cams[index],
         strength=explain.display_strength(finding.probability, finding.threshold),
         opacity=DEFAULT_OPACITY,
+        channels=channels,
     )
 
 
