@@ -182,3 +182,14 @@ def test_app_serves_on_the_configured_port_with_examples_from_the_environment(ra
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_app_listens_on_all_interfaces_port_7860_unless_the_environment_says_otherwise(monkeypatch):
+    from xray_app.serve import server_address
+
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    assert server_address() == {"server_name": "0.0.0.0", "server_port": 7860}, "expected the Space default"
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.1")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
+    assert server_address() == {"server_name": "127.0.0.1", "server_port": 8123}, "expected the environment"
