@@ -92,3 +92,23 @@ def test_a_file_that_is_not_an_evaluation_report_is_refused(card, capsys):
     assert code == 2, "a non-report JSON should be an error"
     assert "not a training.evaluate report" in capsys.readouterr().err, "the message says why"
     assert not (card["root"] / "never.md").exists(), "no card written on error"
+
+
+def test_a_distilled_model_names_its_teacher_and_that_metrics_use_nih_labels(card, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(card["checkpoint"], checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["provenance"]["distillation"] = {
+        "teacher": str(REFERENCE), "weight": 0.7, "labels": list(PATHOLOGIES),
+        "train_images": 300, "softened_images": 300, "ignored_rows": 200}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "README.md"
+    eval_dir = card["checkpoint"] / "eval"
+    assert model_card.main(["--checkpoint", str(checkpoint), "--report", str(eval_dir / "report_val.json"),
+                            "--report", str(eval_dir / "report_test.json"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"`{REFERENCE}`" in text and "w = 0.7" in text, "expected the teacher file and weight named"
+    assert "for 300 of 300 training images on 14 outputs" in text, "expected what the teacher covered"
+    assert "against NIH labels alone" in text, "expected the card to say the metrics do not use the teacher"

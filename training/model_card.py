@@ -96,6 +96,7 @@ def _data_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list
     if per_split:
         lines.append("- Images per split: " + ", ".join(f"{k} {v}" for k, v in per_split.items())
                      + ".")
+    lines += _distillation_lines(provenance.get("distillation"))
     train_images = per_split.get("train")
     scale = (f"{train_images:,} training images" if train_images
              else "an unknown number of training images (not recorded in config.json)")
@@ -109,6 +110,18 @@ def _data_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list
               "Labels are NIH's, mined from radiology reports by text processing: they are "
               "noisy, and the metrics are measured against them, not against radiologists."]
     return lines
+
+
+def _distillation_lines(distillation: dict[str, Any] | None) -> list[str]:
+    """What a teacher model contributed (``training.train --teacher``), if anything."""
+    if not distillation:
+        return []
+    return [f"- Distillation: training targets were `(1 - w) * NIH label + w * teacher probability` "
+            f"with w = {distillation['weight']:g}, the teacher's probabilities read from "
+            f"`{distillation['teacher']}`, for {distillation['softened_images']} of "
+            f"{distillation['train_images']} training images on {len(distillation['labels'])} "
+            "outputs. The teacher's rows for validation and test images were not used: "
+            "calibration, thresholds and every metric below are against NIH labels alone."]
 
 
 def _training_section(config: dict[str, Any]) -> list[str]:
