@@ -21,6 +21,7 @@ from xray_app.predictor import (
     Prediction,
     Predictor,
     input_warnings,
+    training_data_summary,
 )
 from xray_app.preprocess import ImageInputError, NotAnImageError, TruncatedImageError, decode_image
 
@@ -231,3 +232,12 @@ def test_tensor_work_runs_on_one_thread_whichever_thread_asks(cpu_predictor, mon
     with ThreadPoolExecutor(max_workers=1) as solo, pytest.raises(ImageInputError):
         # the caller gets the exception raised on the compute thread
         solo.submit(cpu_predictor.predict, b"not an image", name="junk.png").result()
+
+
+def test_training_data_line_says_when_targets_came_partly_from_a_teacher():
+    provenance = {"data": {"images": {"train": 300, "val": 100}, "source": "the NIH sample"}}
+    assert training_data_summary(provenance) == "300 train, 100 val images from the NIH sample"
+    provenance["distillation"] = {"teacher": "../shared/data/nih/chexnet_repro_preds.csv", "weight": 0.7}
+    assert training_data_summary(provenance).endswith(
+        "; training targets partly a teacher model's probabilities (chexnet_repro_preds.csv)"
+    ), "expected the banner's training-data line to mention the teacher"

@@ -173,7 +173,11 @@ def training_data_summary(provenance: dict[str, Any]) -> str:
         return str(data)
     counts = ", ".join(f"{n} {split}" for split, n in (data.get("images") or {}).items())
     source = data.get("source") or data.get("metadata") or "an unrecorded source"
-    return f"{counts} images from {source}" if counts else str(source)
+    summary = f"{counts} images from {source}" if counts else str(source)
+    teacher = (provenance.get("distillation") or {}).get("teacher")
+    if teacher:
+        summary += f"; training targets partly a teacher model's probabilities ({Path(teacher).name})"
+    return summary
 
 
 class BatchOutput(NamedTuple):
