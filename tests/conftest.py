@@ -12,6 +12,19 @@ import pytest
 from tests.paths import SHARED_DATA
 
 
+# --------------------------------------------------------------------------- threads
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for small training runs: on a shared 2-core machine, OpenMP
+    threads competing with other processes slow them down tenfold."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- shared data
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from tests.synthetic_xray import write_dataset
 from training.config import ConfigError, parse_config
@@ -23,12 +22,7 @@ EFFUSION = LABELS.index("Effusion")
 NO_FINDING = LABELS.index("No Finding")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ SHARED = REPO.parent / "shared" / "data" / "nih"
 SCORE_COLUMNS = ["epoch", "lr", "train_loss", "train_images", "val_loss", "val_macro_auroc"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads competing with
-    other processes slow these small runs down tenfold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
