@@ -36,7 +36,8 @@ test: $(VENV)/.dev browser lint
 
 # CPU benchmarks (each prints its figures, the last line a JSON object); GPU: see README.
 bench: $(VENV)/.dev
-	$(PY) -m benchmarks.bench_inference
+	$(PY) -m benchmarks.bench_inference --weights weights
+	$(PY) -m benchmarks.bench_threads
 	$(PY) -m benchmarks.bench_loader
 	$(PY) -m benchmarks.bench_app_load --weights weights
 
