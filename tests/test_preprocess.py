@@ -282,14 +282,39 @@ def test_compressed_dicom_decodes_like_the_uncompressed_one(gray16, syntax, plug
     assert np.array_equal(decoded.pixels, plain.pixels), f"expected {syntax.name} to decode losslessly"
 
 
-def test_jpeg_ls_dicom_decodes_when_an_encoder_exists(gray):
+def test_jpeg_ls_dicom_decodes_with_the_apps_own_decoder(gray, monkeypatch):
+    """Encoded with pyjpegls (a test-only dependency), decoded by pylibjpeg-libjpeg alone,
+    the plugin requirements.txt ships: pyjpegls is removed from pydicom's decoders."""
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
     ds = make_dicom(gray.astype(np.uint16) * 16, bits_stored=12)
-    try:
-        ds.compress(JPEGLSLossless)
-    except (RuntimeError, NotImplementedError) as error:
-        pytest.skip(f"no JPEG-LS encoder installed to build the input ({str(error).splitlines()[0]})")
-    decoded = decode_image(dicom_bytes(ds), name="jpegls.dcm")
+    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
+    data = dicom_bytes(ds)
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID == JPEGLSLossless, "test setup"
+    plugins = dict(JPEGLSLosslessDecoder._available)
+    monkeypatch.setattr(JPEGLSLosslessDecoder, "_available", {k: v for k, v in plugins.items() if k == "pylibjpeg"})
+    assert JPEGLSLosslessDecoder.available_plugins == ("pylibjpeg",), "expected only the app's decoder left"
+    decoded = decode_image(data, name="jpegls.dcm")
     assert max_error(decoded, scaled(gray)) < 1e-5, "expected JPEG-LS lossless to decode exactly"
+
+
+def test_jpeg_lossless_process_14_dicom_decodes_exactly(gray16):
+    """JPEG Lossless, first-order prediction (1.2.840.10008.1.2.4.70), the syntax many CR
+    and DX archives use: encoded with imagecodecs (libjpeg-turbo, a test-only dependency),
+    decoded by the app's pylibjpeg-libjpeg."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    stored = gray16 >> 4  # 12-bit
+    plain = decode_image(dicom_bytes(make_dicom(stored, bits_stored=12)), name="plain.dcm")
+    frame = imagecodecs.jpeg8_encode(stored, lossless=True, predictor=1, bitspersample=12)
+    ds = make_dicom(stored, bits_stored=12)
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    decoded = decode_image(dicom_bytes(ds), name="lossless.dcm")
+    assert np.array_equal(decoded.pixels, plain.pixels), "expected JPEG Lossless SV1 to decode exactly"
 
 
 def test_dicom_without_pixel_data_is_refused(gray):
