@@ -75,12 +75,45 @@ def test_macro_f1_on_hand_made_predictions() -> None:
 def test_storage_urls(tmp_path: Path) -> None:
     journal = tune.make_storage(f"journal:{tmp_path / 'j' / 'study.log'}", max_retry=1)
     assert isinstance(journal, optuna.storages.JournalStorage), "journal:PATH -> journal file"
+    assert journal.get_heartbeat_interval() == tune.HEARTBEAT_INTERVAL_S, "the journal gets heartbeats too"
+    assert journal.get_heartbeat_stale_trial_callback() is not None, "and a retry of dead workers"
     sqlite = tune.make_storage(f"sqlite:///{tmp_path / 'study.db'}", max_retry=1)
     assert isinstance(sqlite, optuna.storages.RDBStorage), "sqlite URL -> RDB storage"
     assert sqlite.get_heartbeat_interval() == tune.HEARTBEAT_INTERVAL_S, "RDB gets heartbeats"
     assert sqlite.get_heartbeat_stale_trial_callback() is not None, "and a retry of dead workers"
     with pytest.raises(ConfigError, match="sqlite:///FILE"):
         tune.make_storage("study.db", max_retry=1)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_trial_whose_worker_went_silent_is_failed_and_requeued_with_its_parameters(
+    tmp_path: Path, kind: str
+) -> None:
+    import time
+
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import fail_stale_trials
+
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    storage = tune.make_storage(url, max_retry=1, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="silent")
+    dead = study.ask({"lr": FloatDistribution(1e-5, 1e-3, log=True)})
+    storage.record_heartbeat(dead._trial_id)  # its worker beat once, then was killed
+    time.sleep(3.5)
+    alive = study.ask()
+    storage.record_heartbeat(alive._trial_id)
+    fail_stale_trials(study)  # what every worker's study.optimize does before a new trial
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[dead.number] == TrialState.FAIL, f"expected the silent trial failed, got {states}"
+    assert states[alive.number] == TrialState.RUNNING, "expected a trial with a fresh heartbeat left running"
+    retries = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert len(retries) == 1, f"expected one re-queued trial, got {len(retries)}"
+    assert retries[0].params == dead.params, "expected the retry to reuse the parameters"
+    assert retries[0].system_attrs["failed_trial"] == dead.number, "expected the retry to name its failed trial"
+    rerun = study.ask()  # the retry starts: its inherited old heartbeat must not fail it
+    fail_stale_trials(study)
+    assert rerun.number == retries[0].number and rerun.params == dead.params, "expected the retry run next"
+    assert study.trials[rerun.number].state == TrialState.RUNNING, "expected the started retry left running"
 
 
 def test_without_drops_single_valued_flags() -> None:

@@ -32,11 +32,13 @@ Failed trials are retried (``--max-retry``, default 1) with the same parameters:
 
 * a trial that raises (out of memory, NaN loss, I/O error...) is re-queued by
   :class:`RetryFailedTrials`, for every storage;
-* a worker that dies mid-trial (killed, pre-empted) stops sending heartbeats; with an
-  RDB storage (SQLite or SQLAlchemy URL) another worker marks the trial failed after the
-  grace period and Optuna's ``RetryHeartbeatStaleTrialCallback`` (the new name of
-  ``RetryFailedTrialCallback``, deprecated in Optuna 4.9) re-queues it.  The journal
-  storage has no heartbeat in Optuna 5: there a dead worker's trial stays RUNNING.
+* a worker that dies mid-trial (killed, pre-empted) stops sending heartbeats (every
+  60 s); after a grace period of 180 s, the next worker to start a trial marks it failed
+  and Optuna's ``RetryHeartbeatStaleTrialCallback`` (the new name of
+  ``RetryFailedTrialCallback``, deprecated in Optuna 4.9) re-queues it.  RDB storages
+  (SQLite, SQLAlchemy URLs) have heartbeats in Optuna; the journal gets them from
+  :class:`~training.journal_heartbeat.HeartbeatJournalStorage` (workers on several
+  machines need synchronised clocks there).
 
 A retried trial runs in its original trial's folder and resumes from its ``last.ckpt``
 (``fit``'s own resume), as in optuna-examples' ``pytorch_checkpoint.py``.
@@ -73,6 +75,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from training.config import ConfigError, TrainConfig, from_dict, load_yaml, parse_config
+from training.journal_heartbeat import HeartbeatJournalStorage
 
 OBJECTIVE = "val_macro_auroc"
 THRESHOLD = "threshold"
@@ -267,14 +270,27 @@ class RetryFailedTrials:
             self._retry(study, trial)
 
 
-def make_storage(url: str, *, max_retry: int) -> optuna.storages.BaseStorage:
-    """``journal:PATH`` -> journal file storage; anything else -> RDB storage (heartbeats)."""
+def make_storage(
+    url: str,
+    *,
+    max_retry: int,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+) -> optuna.storages.BaseStorage:
+    """``journal:PATH`` -> journal file storage, anything else -> RDB storage; both with
+    heartbeats, and a retry of the trials of workers that stopped sending them."""
+    stale_retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
         path = Path(url[len("journal:") :])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return HeartbeatJournalStorage(
+            JournalFileBackend(str(path)),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            stale_trial_callback=stale_retry,
+        )
     if "://" not in url:
         raise ConfigError(
             f"--storage {url!r}: expected sqlite:///FILE, an SQLAlchemy URL or journal:PATH"
@@ -287,11 +303,9 @@ def make_storage(url: str, *, max_retry: int) -> optuna.storages.BaseStorage:
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=max_retry, inherit_intermediate_values=True
-                ),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_retry,
             )
         except (IntegrityError, OperationalError):
             # workers started together race to create the schema of a new database;
