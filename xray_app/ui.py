@@ -247,7 +247,8 @@ def _to_rgb_u8(gray: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def gallery_items(prediction: Prediction, order: Sequence[int]) -> list[tuple[np.ndarray, str]]:
     """All 15 heatmap overlays (long side <= ``GALLERY_MAX_SIDE``) with captions, in ``order``."""
     gray = explain.shrink(prediction.image.pixels, GALLERY_MAX_SIDE)  # once, not 15 times
-    return [(_gallery_overlay(prediction, gray, index), caption(prediction.findings[index])) for index in order]
+    findings = prediction.findings
+    return [(_gallery_overlay(gray, prediction.cams[i], findings[i]), caption(findings[i])) for i in order]
 
 
 def gallery_files(prediction: Prediction, order: Sequence[int], cache_dir: str | Path) -> list[tuple[str, str]]:
@@ -263,7 +264,7 @@ def gallery_files(prediction: Prediction, order: Sequence[int], cache_dir: str |
     def write(rank_index: tuple[int, int]) -> tuple[str, str]:
         rank, index = rank_index
         path = directory / f"{rank:02d}-{findings[index].label}.jpg"
-        image = _gallery_overlay(prediction, gray, index, channels="bgr")
+        image = _gallery_overlay(gray, prediction.cams[index], findings[index], channels="bgr")
         cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, GALLERY_JPEG_QUALITY])
         return str(path), caption(findings[index])
 
@@ -271,11 +272,10 @@ def gallery_files(prediction: Prediction, order: Sequence[int], cache_dir: str |
         return list(pool.map(write, enumerate(order)))
 
 
-def _gallery_overlay(prediction: Prediction, gray: np.ndarray, index: int, channels: str = "rgb") -> np.ndarray:
-    finding = prediction.findings[index]
+def _gallery_overlay(gray: np.ndarray, cam: np.ndarray, finding: Any, channels: str = "rgb") -> np.ndarray:
     return explain.overlay(
         gray,
-        prediction.cams[index],
+        cam,
         strength=explain.display_strength(finding.probability, finding.threshold),
         opacity=DEFAULT_OPACITY,
         channels=channels,
