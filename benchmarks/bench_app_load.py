@@ -170,12 +170,10 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
 
     from xray_app import ui
     from xray_app.compute import run_on_compute_thread
-    from xray_app.model import load_checkpoint
     from xray_app.predictor import Predictor
 
-    checkpoint = run_on_compute_thread(load_checkpoint, weights)
-    model, size = checkpoint.model, int(checkpoint.config.input_size)
     predictor = Predictor.from_weights(weights, device="cpu")
+    model, size = predictor._model, int(predictor.config.input_size)  # the same network, bare
     x = torch.randn(1, 3, size, size)
 
     def forward() -> None:
