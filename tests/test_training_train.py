@@ -21,7 +21,7 @@ from training.config import from_dict, parse_config
 from training.data import labels_of
 from training.data import main as data_main
 from training.sampling import RepeatFactorSampler, repeat_factors
-from training.train import CHECKPOINT_FILE, TrainingError, fit
+from training.train import CHECKPOINT_FILE, TrainingError, WeightAverage, fit
 from xray_app.labels import LABELS
 from xray_app.model import load_checkpoint
 
@@ -217,3 +217,59 @@ def test_split_lists_without_training_images_fail_with_a_clear_message(tmp_path)
                         "--out", str(tmp_path / "run"), "--pretrained", "none"])
     with pytest.raises(TrainingError, match="train split is empty.*patient-random split"):
         fit(cfg)
+
+
+def test_weight_average_is_the_exponential_moving_average_of_the_steps():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.9)
+    values = [1.0, 3.0, -2.0]
+    expected = None
+    for value in values:
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+            model[1].running_mean.fill_(value)
+        average.update()
+        expected = value if expected is None else 0.9 * expected + 0.1 * value
+    weight, running_mean = average.module[0].weight, average.module[1].running_mean
+    assert torch.allclose(weight, torch.full_like(weight, expected)), (
+        f"expected the first step copied, then 0.9 * average + 0.1 * weights: {expected}, got {weight}")
+    assert torch.allclose(running_mean, torch.full_like(running_mean, expected)), (
+        "expected batch-norm statistics averaged like the weights")
+
+
+def _average_flags(synthetic, out: Path, epochs: int = 2) -> list[str]:
+    metadata, images = synthetic
+    return _tiny_flags(metadata, images, out, "--epochs", str(epochs), "--limit-batches", "2", "--ema-decay", "0.5")
+
+
+def test_with_a_weight_average_the_average_is_validated_and_exported(synthetic, tmp_path):
+    seen: list[float] = []
+    fit(parse_config(_average_flags(synthetic, tmp_path / "run", epochs=1)),
+        on_epoch_end=lambda epoch, metrics: seen.append(metrics["val_macro_auroc"]))
+    saved = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True)
+    exported = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    average = {k.removeprefix("module."): v.float() for k, v in saved["average"].items() if k != "n_averaged"}
+    raw = saved["model"]["fc.weight"].float()
+    assert not torch.allclose(average["fc.weight"], raw), "expected the average to differ from the raw weights"
+    differ = [k for k in exported if not torch.allclose(exported[k].float(), average[k], atol=2e-3, rtol=2e-3)]
+    assert not differ, f"expected the export to be the average (in fp16); differing: {differ[:3]}"
+    loaded = load_checkpoint(tmp_path / "run" / "best")
+    assert loaded.config.provenance["metrics"]["val_macro_auroc"] == pytest.approx(seen[0], nan_ok=True), (
+        "expected the exported metrics to be those of the validated average")
+
+
+def test_a_resumed_run_continues_the_same_weight_average(synthetic, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash(epoch: int, metrics: dict[str, float]) -> None:
+        raise Crash
+
+    fit(parse_config(_average_flags(synthetic, tmp_path / "straight")))
+    with pytest.raises(Crash):
+        fit(parse_config(_average_flags(synthetic, tmp_path / "crashed")), on_epoch_end=crash)
+    fit(parse_config([*_average_flags(synthetic, tmp_path / "crashed"), "--resume"]))
+    a = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)["average"]
+    b = torch.load(tmp_path / "crashed" / CHECKPOINT_FILE, weights_only=True)["average"]
+    differ = [k for k in a if not torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6)]
+    assert not differ, f"expected the same average after a resume; differing: {differ[:3]}"

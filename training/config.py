@@ -66,7 +66,10 @@ class TrainConfig:
     ``max_class_weight``): see :mod:`training.losses`.  ``amp``: ``auto`` = bf16 on CUDA,
     none on CPU.  ``limit_batches`` caps train and validation batches per epoch (smoke
     runs).  ``teacher``/``distill_weight``: soft targets from another model's predictions
-    on the training images (:mod:`training.distill`).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    on the training images (:mod:`training.distill`).  ``ema_decay``: keep an exponential
+    moving average of the weights (updated after every optimiser step, batch-norm buffers
+    included); when above 0 the average, not the raw weights, is validated, selected and
+    exported.  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     """
 
     data: DataConfig
@@ -87,6 +90,7 @@ class TrainConfig:
     max_repeat: float = 4.0
     teacher: str | None = None
     distill_weight: float = 0.5
+    ema_decay: float = 0.0
     dropout: float = 0.0
     pretrained: str = "imagenet"
     limit_batches: int | None = None
@@ -111,6 +115,7 @@ class TrainConfig:
             "no_finding_fraction": 0 < self.no_finding_fraction <= 1,
             "max_repeat": self.max_repeat >= 1,
             "distill_weight": 0 <= self.distill_weight <= 1,
+            "ema_decay": 0 <= self.ema_decay < 1,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
             "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
         }
@@ -185,6 +190,8 @@ _HELP = {
     "teacher": "predictions CSV of a teacher model (prob_<Label> or logit_<Label> columns): "
                "soft targets for the training images it lists",
     "distill_weight": "share of the teacher's probability in a soft target, 0..1",
+    "ema_decay": "weight of the running average per optimiser step, e.g. 0.99 "
+                 "(0 = off): validate and export the moving average of the weights",
     "strength": "augmentation strength (0 = none)",
 }
 

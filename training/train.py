@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -231,6 +232,32 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and batch-norm buffers.
+
+    On a few hundred images the raw weights swing from one epoch to the next (and the
+    validation macro-AUROC with them); the average is smoother and usually generalises
+    better.  ``update()`` after each optimiser step; ``module`` is the averaged network.
+    """
+
+    def __init__(self, model: ChestXrayResNet, decay: float) -> None:
+        self.source = model
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    @property
+    def module(self) -> ChestXrayResNet:
+        return self.average.module
+
+    def update(self) -> None:
+        self.average.update_parameters(self.source)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average.load_state_dict(state)
+
+
 # --------------------------------------------------------------------------- loops
 def _autocast(runtime: Runtime):
     if runtime.amp_dtype is None:
@@ -259,6 +286,7 @@ def train_one_epoch(
     limit_batches: int | None,
     log_every: int,
     progress: bool,
+    average: WeightAverage | None = None,
 ) -> dict[str, float]:
     """One pass over the (balanced) training loader; returns mean loss and throughput."""
     model.train()
@@ -284,6 +312,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update()
         total_loss += loss.detach() * len(images)
         seen += len(images)
         bar.update()
@@ -492,6 +522,9 @@ def _fit(
     steps = len(train_loader) if cfg.limit_batches is None else min(cfg.limit_batches, len(train_loader))
     scheduler = make_schedule(optimizer, cfg, steps)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    # the network that is validated, selected and exported
+    selected: ChestXrayResNet = average.module if average is not None else model
     state = Progress()
     checkpoint = resume_path(cfg)
     if checkpoint is not None:
@@ -501,6 +534,10 @@ def _fit(
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         sampler.load_state_dict(saved["sampler"])
+        if average is not None:
+            if "average" not in saved:
+                raise TrainingError(f"--resume {checkpoint}: this run had no weight average (ema_decay 0)")
+            average.load_state_dict(saved["average"])
         restore_rng_state(saved["rng"])
         state = Progress(**saved["progress"])
         if runtime.is_main:
@@ -519,16 +556,16 @@ def _fit(
             metrics = train_one_epoch(
                 trained, train_loader, loss_fn, optimizer, scheduler, scaler, runtime,
                 epoch=epoch, grad_clip=cfg.grad_clip, limit_batches=cfg.limit_batches,
-                log_every=cfg.log_every, progress=cfg.progress,
+                log_every=cfg.log_every, progress=cfg.progress, average=average,
             )
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **metrics}
-        metrics.update(_validate(model, val_loader, loss_fn, runtime, cfg))
+        metrics.update(_validate(selected, val_loader, loss_fn, runtime, cfg))
         score = metrics["val_macro_auroc"]
         improved = state.best_epoch < 0 or score > state.best
         if improved:
             state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
             if runtime.is_main:
-                export_best(model, cfg, data, metrics, run)
+                export_best(selected, cfg, data, metrics, run)
         else:
             state.bad_epochs += 1
             state.stopped = state.bad_epochs >= cfg.patience
@@ -541,6 +578,7 @@ def _fit(
                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
                 sampler=sampler.state_dict(), rng=rng_state(),
                 progress=state.__dict__, config=cfg.to_dict(),
+                **({"average": average.state_dict()} if average is not None else {}),
             )
             write_metrics(state.history, run / "metrics.csv")
             _log_epoch(metrics, state, writer)
