@@ -21,7 +21,7 @@ from training.config import from_dict, parse_config
 from training.data import labels_of
 from training.data import main as data_main
 from training.sampling import RepeatFactorSampler, repeat_factors
-from training.train import CHECKPOINT_FILE, TrainingError, WeightAverage, fit
+from training.train import CHECKPOINT_FILE, TrainingError, WeightAverage, fit, mix_batch
 from xray_app.labels import LABELS
 from xray_app.model import load_checkpoint
 
@@ -237,9 +237,10 @@ def test_weight_average_is_the_exponential_moving_average_of_the_steps():
         "expected batch-norm statistics averaged like the weights")
 
 
-def _average_flags(synthetic, out: Path, epochs: int = 2) -> list[str]:
+def _average_flags(synthetic, out: Path, epochs: int = 2, *extra: str) -> list[str]:
     metadata, images = synthetic
-    return _tiny_flags(metadata, images, out, "--epochs", str(epochs), "--limit-batches", "2", "--ema-decay", "0.5")
+    return _tiny_flags(metadata, images, out, "--epochs", str(epochs), "--limit-batches", "2", "--ema-decay", "0.5",
+                       *extra)
 
 
 def test_with_a_weight_average_the_average_is_validated_and_exported(synthetic, tmp_path):
@@ -258,18 +259,37 @@ def test_with_a_weight_average_the_average_is_validated_and_exported(synthetic, 
         "expected the exported metrics to be those of the validated average")
 
 
-def test_a_resumed_run_continues_the_same_weight_average(synthetic, tmp_path):
+def test_a_resumed_run_continues_the_same_weight_average_and_mixup(synthetic, tmp_path):
     class Crash(Exception):
         pass
 
     def crash(epoch: int, metrics: dict[str, float]) -> None:
         raise Crash
 
-    fit(parse_config(_average_flags(synthetic, tmp_path / "straight")))
+    def flags(name: str) -> list[str]:
+        return _average_flags(synthetic, tmp_path / name, 2, "--mixup-alpha", "0.4")
+
+    fit(parse_config(flags("straight")))
     with pytest.raises(Crash):
-        fit(parse_config(_average_flags(synthetic, tmp_path / "crashed")), on_epoch_end=crash)
-    fit(parse_config([*_average_flags(synthetic, tmp_path / "crashed"), "--resume"]))
+        fit(parse_config(flags("crashed")), on_epoch_end=crash)
+    fit(parse_config([*flags("crashed"), "--resume"]))
     a = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)["average"]
     b = torch.load(tmp_path / "crashed" / CHECKPOINT_FILE, weights_only=True)["average"]
     differ = [k for k in a if not torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6)]
     assert not differ, f"expected the same average after a resume; differing: {differ[:3]}"
+
+
+def test_mixup_blends_each_image_and_its_target_with_the_same_partner_and_weight():
+    count = 8
+    images = torch.arange(count, dtype=torch.float32).view(count, 1, 1, 1).expand(count, 3, 4, 4).clone()
+    targets = torch.eye(count)
+    torch.manual_seed(0)
+    mixed_images, mixed_targets = mix_batch(images, targets, alpha=0.4)
+    assert torch.allclose(mixed_targets.sum(dim=1), torch.ones(count)), "expected targets to stay convex blends"
+    assert not torch.equal(mixed_targets, targets), "expected the batch to be mixed"
+    implied = mixed_targets @ torch.arange(count, dtype=torch.float32)
+    assert torch.allclose(mixed_images[:, 0, 0, 0], implied, atol=1e-5), (
+        "expected each image blended with the same partner and weight as its target")
+    torch.manual_seed(0)
+    again, _ = mix_batch(images, targets, alpha=0.4)
+    assert torch.equal(again, mixed_images), "expected the mixing to follow torch's seed"

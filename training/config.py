@@ -69,7 +69,8 @@ class TrainConfig:
     on the training images (:mod:`training.distill`).  ``ema_decay``: keep an exponential
     moving average of the weights (updated after every optimiser step, batch-norm buffers
     included); when above 0 the average, not the raw weights, is validated, selected and
-    exported.  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    exported.  ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
+    weight per batch, 0 = off.  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     """
 
     data: DataConfig
@@ -91,6 +92,7 @@ class TrainConfig:
     teacher: str | None = None
     distill_weight: float = 0.5
     ema_decay: float = 0.0
+    mixup_alpha: float = 0.0
     dropout: float = 0.0
     pretrained: str = "imagenet"
     limit_batches: int | None = None
@@ -116,6 +118,7 @@ class TrainConfig:
             "max_repeat": self.max_repeat >= 1,
             "distill_weight": 0 <= self.distill_weight <= 1,
             "ema_decay": 0 <= self.ema_decay < 1,
+            "mixup_alpha": self.mixup_alpha >= 0,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
             "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
         }
@@ -192,6 +195,8 @@ _HELP = {
     "distill_weight": "share of the teacher's probability in a soft target, 0..1",
     "ema_decay": "weight of the running average per optimiser step, e.g. 0.99 "
                  "(0 = off): validate and export the moving average of the weights",
+    "mixup_alpha": "mixup: blend each batch with a shuffled copy of itself, images and "
+                   "targets alike, by a Beta(alpha, alpha) weight (0 = off; 0.2-0.4 is usual)",
     "strength": "augmentation strength (0 = none)",
 }
 

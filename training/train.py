@@ -258,6 +258,22 @@ class WeightAverage:
         self.average.load_state_dict(state)
 
 
+def mix_batch(
+    images: torch.Tensor, targets: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup: ``w * batch + (1 - w) * shuffled batch`` for images and targets alike.
+
+    ``w ~ Beta(alpha, alpha)``, one per batch, drawn from torch's global generator (so an
+    epoch's mixing depends on ``(seed, epoch)`` like the rest of its randomness).
+    """
+    weight = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(len(images))
+    return (
+        weight * images + (1 - weight) * images[order],
+        weight * targets + (1 - weight) * targets[order],
+    )
+
+
 # --------------------------------------------------------------------------- loops
 def _autocast(runtime: Runtime):
     if runtime.amp_dtype is None:
@@ -287,6 +303,7 @@ def train_one_epoch(
     log_every: int,
     progress: bool,
     average: WeightAverage | None = None,
+    mixup_alpha: float = 0.0,
 ) -> dict[str, float]:
     """One pass over the (balanced) training loader; returns mean loss and throughput."""
     model.train()
@@ -299,6 +316,8 @@ def train_one_epoch(
     for step, (images, targets) in enumerate(loader):
         if step >= steps:
             break
+        if mixup_alpha > 0:
+            images, targets = mix_batch(images, targets, mixup_alpha)
         images = _to_device(images, runtime)
         targets = targets.to(runtime.device, non_blocking=True)
         with _autocast(runtime):
@@ -557,6 +576,7 @@ def _fit(
                 trained, train_loader, loss_fn, optimizer, scheduler, scaler, runtime,
                 epoch=epoch, grad_clip=cfg.grad_clip, limit_batches=cfg.limit_batches,
                 log_every=cfg.log_every, progress=cfg.progress, average=average,
+                mixup_alpha=cfg.mixup_alpha,
             )
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **metrics}
         metrics.update(_validate(selected, val_loader, loss_fn, runtime, cfg))
