@@ -293,3 +293,11 @@ def test_mixup_blends_each_image_and_its_target_with_the_same_partner_and_weight
     torch.manual_seed(0)
     again, _ = mix_batch(images, targets, alpha=0.4)
     assert torch.equal(again, mixed_images), "expected the mixing to follow torch's seed"
+
+
+def test_resuming_without_a_saved_average_is_refused_rather_than_started_afresh(synthetic, tmp_path):
+    metadata, images = synthetic
+    flags = _tiny_flags(metadata, images, tmp_path / "run", "--epochs", "2", "--limit-batches", "1")
+    fit(parse_config([*flags, "--epochs", "1"]))
+    with pytest.raises(TrainingError, match="no weight average"):
+        fit(parse_config([*flags, "--ema-decay", "0.9", "--resume"]))
