@@ -7,7 +7,8 @@
 A run directory holds ``config.yaml``, ``train.csv``/``val.csv``/``test.csv``,
 ``prevalence.csv``, ``metrics.csv`` (one row per epoch), ``last.ckpt`` (full training
 state, rewritten atomically every epoch) and ``best/`` (the best epoch by validation
-macro-AUROC in the app's format: ``python app.py --weights RUN/best``).
+macro-AUROC in the app's format: ``python app.py --weights RUN/best``; with
+``--ema-decay`` the weight average is what is validated and exported).
 
 Determinism: an epoch's sampling, augmentation and dropout depend only on
 ``(seed, epoch)``, and checkpoints are taken at epoch ends, so a run killed in the
@@ -236,8 +237,8 @@ class WeightAverage:
     """Exponential moving average of a model's weights and batch-norm buffers.
 
     On a few hundred images the raw weights swing from one epoch to the next (and the
-    validation macro-AUROC with them); the average is smoother and usually generalises
-    better.  ``update()`` after each optimiser step; ``module`` is the averaged network.
+    validation macro-AUROC with them); the average moves smoothly.  ``update()`` after
+    each optimiser step; ``module`` is the averaged network.
     """
 
     def __init__(self, model: ChestXrayResNet, decay: float) -> None:
