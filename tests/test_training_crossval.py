@@ -1,0 +1,94 @@
+"""python -m training.crossval: folds by patient, the test split left out, resumable, honest summary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.synthetic_xray import write_dataset
+from training.config import ConfigError
+from training.crossval import CURVE_FILE, REPORT_FILE, fold_of_patients, fold_splits, main
+from training.data import FINDINGS, IMAGE, PATIENT, Splits
+from xray_app.labels import PATHOLOGIES
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _rows(patients: range, images_each: int) -> pd.DataFrame:
+    return pd.DataFrame([
+        {IMAGE: f"{p:08d}_{i:03d}.png", PATIENT: p, FINDINGS: "No Finding"}
+        for p in patients for i in range(images_each)
+    ])
+
+
+def _patients(frame: pd.DataFrame) -> set[int]:
+    return set(frame[PATIENT].tolist())
+
+
+def test_every_pooled_image_is_validated_once_and_no_fold_trains_on_its_own_patients():
+    splits = Splits(train=_rows(range(1, 31), 3), val=_rows(range(31, 41), 2),
+                    test=_rows(range(41, 51), 1), method="test")
+    folds = fold_splits(splits, 4, seed=7)
+    pooled = set(splits.train[IMAGE]) | set(splits.val[IMAGE])
+    validated = [name for part in folds for name in part.val[IMAGE]]
+    assert sorted(validated) == sorted(pooled), "expected each train+val image validated exactly once"
+    for part in folds:
+        assert not _patients(part.train) & _patients(part.val), "expected no patient in a fold's train and val"
+        assert set(part.train[IMAGE]) | set(part.val[IMAGE]) == pooled, "expected a fold to use all of train+val"
+        assert part.test is splits.test, "expected the test split carried along untouched"
+        assert not set(part.test[IMAGE]) & pooled, "expected no test image in training or validation"
+    sizes = [len(_patients(part.val)) for part in folds]
+    assert max(sizes) - min(sizes) <= 1, f"expected folds of near-equal patient counts, got {sizes}"
+
+
+def test_fold_dealing_follows_the_seed_and_refuses_impossible_fold_counts():
+    patients = np.arange(100, 140)
+    assert fold_of_patients(patients, 5, seed=1) == fold_of_patients(patients, 5, seed=1), (
+        "expected the same seed to deal the same folds")
+    assert fold_of_patients(patients, 5, seed=1) != fold_of_patients(patients, 5, seed=2), (
+        "expected another seed to deal other folds")
+    for folds in (1, 41):
+        with pytest.raises(ConfigError, match="folds"):
+            fold_of_patients(patients, folds, seed=0)
+
+
+@pytest.mark.slow
+def test_two_folds_train_report_the_fold_mean_and_resume_without_retraining(tmp_path, capsys):
+    metadata, images = write_dataset(tmp_path / "data", count=60, size=64, seed=2, images_per_patient=2)
+    out = tmp_path / "cv"
+    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
+            "--patience", "1", "--lr", "1e-3"]
+    assert main(argv) == 0, "expected exit 0"
+    report = json.loads((out / REPORT_FILE).read_text())
+    folds = [pd.read_csv(out / f"fold_{k}" / "val.csv") for k in (1, 2)]
+    test = pd.read_csv(out / "fold_1" / "test.csv")
+    assert report["images"] == sum(len(f) for f in folds) == 60 - len(test), (
+        "expected train+val pooled and the test images left out")
+    assert report["test_images_left_out"] == len(test) > 0, "expected the test split counted, not used"
+
+    # the curve is the per-fold mean over the pathologies each fold could score
+    curve = pd.read_csv(out / CURVE_FILE, index_col="epoch")
+    for k in (1, 2):
+        metrics = pd.read_csv(out / f"fold_{k}" / "metrics.csv")
+        assert len(metrics) == 2, "expected every epoch run (early stopping off in folds)"
+        expected = metrics[[f"val_auroc_{n}" for n in PATHOLOGIES]].mean(axis=1, skipna=True).to_numpy()
+        assert curve[f"fold_{k}"].to_numpy() == pytest.approx(expected, abs=1e-4), (
+            f"expected fold {k}'s curve to be its mean pathology AUROC per epoch")
+        assert (out / f"fold_{k}" / "best" / "model.safetensors").is_file(), "expected each fold exported"
+    assert report["final"]["epoch"] == 2, "expected 'final' to be the last epoch"
+    assert report["final"]["mean"] == pytest.approx(curve.loc[2, ["fold_1", "fold_2"]].mean(), abs=1e-4)
+    assert report["best"]["mean"] == pytest.approx(curve["mean"].max(), abs=1e-4), (
+        "expected 'best' to be the epoch of the highest fold mean")
+
+    before = [(out / f"fold_{k}" / "metrics.csv").read_text() for k in (1, 2)]
+    capsys.readouterr()
+    assert main(argv) == 0, "expected a second call to succeed"
+    printed = capsys.readouterr().out
+    assert "epoch 1:" not in printed, f"expected finished folds not trained again:\n{printed}"
+    assert [(out / f"fold_{k}" / "metrics.csv").read_text() for k in (1, 2)] == before, (
+        "expected finished folds left as they were")
