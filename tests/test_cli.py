@@ -90,7 +90,8 @@ def test_table_output_without_json(random_init_checkpoint, capsys, shared_data):
         "expected exit 0 for a good input"
     )
     out = capsys.readouterr().out
-    for text in ("00000075_000.png", "UNTRAINED MODEL", "Pleural thickening", "No finding"):
+    for text in ("NOT a medical device", "00000075_000.png", "UNTRAINED MODEL", "Pleural thickening",
+                 "No finding"):
         assert text in out, f"expected {text!r} in the table:\n{out}"
 
 

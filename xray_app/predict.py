@@ -5,7 +5,8 @@ Predicts each file (PNG, JPEG, TIFF, DICOM) and prints, per input in input order
 * with ``--json``: one JSON object per line, built by :mod:`xray_app.report` (the same
   builder as the app's API): ``{"file", "findings" (15, logit order), "model",
   "warnings"}``, or ``{"file", "error"}`` for an input that cannot be used;
-* otherwise: a readable table per file, findings by probability, warnings first.
+* otherwise: the research-demo disclaimer once, then a readable table per file,
+  findings by probability, warnings first.
 
 ``--heatmaps DIR`` writes one overlay PNG per class per input,
 ``DIR/<file stem>_<NN>_<label>.png`` (NN = logit index), drawn over the original at its
@@ -35,7 +36,7 @@ from xray_app.labels import LABELS
 from xray_app.model import CheckpointError
 from xray_app.predictor import Prediction, Predictor
 from xray_app.preprocess import ImageInputError
-from xray_app.report import error_to_json, prediction_to_json
+from xray_app.report import DISCLAIMER, error_to_json, prediction_to_json
 from xray_app.weights import WeightsNotFoundError
 
 USAGE_ERROR = 2
@@ -95,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     failed = False
     stems: set[str] = set()
+    if not args.json:
+        print(DISCLAIMER + "\n")
     for start in range(0, len(args.files), args.batch_size):
         chunk = args.files[start : start + args.batch_size]
         for path, result in zip(chunk, predictor.predict_batch(chunk), strict=True):

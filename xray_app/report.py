@@ -29,6 +29,9 @@ import numpy as np
 if TYPE_CHECKING:
     from xray_app.predictor import Prediction
 
+# shown wherever a person reads a prediction: the app's report sheet, the command line's table
+DISCLAIMER = "Research demo - NOT a medical device. Not for diagnosis or treatment decisions."
+
 
 def prediction_to_json(prediction: Prediction, model_info: dict[str, Any]) -> dict[str, Any]:
     """``{"file", "findings", "model", "warnings"}`` for one prediction (see the module docstring)."""

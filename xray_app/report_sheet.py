@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from xray_app import explain
+from xray_app.report import DISCLAIMER
 
 if TYPE_CHECKING:
     from xray_app.predictor import Prediction
@@ -32,7 +33,6 @@ GRID_COLUMNS = 5
 CAPTION_HEIGHT = 44
 TOP_FINDINGS = 8
 WRAP_CHARS = 130  # header lines at 18 px fit the sheet's width
-DISCLAIMER = "Research demo - NOT a medical device. Not for diagnosis or treatment decisions."
 
 _RED = (180, 20, 20)
 _INK = (25, 25, 25)
