@@ -17,6 +17,10 @@ the validation AUROC averaged over the 14 pathologies (No Finding left out, as i
 * ``best``: the epoch with the highest fold mean; chosen on the same folds it reports,
   so slightly optimistic, and labelled so.
 
+Start every fold from weights that never saw these images (``--pretrained none`` or
+ImageNet): a checkpoint trained on the same sample would have seen each held-out fold.
+A ``--teacher`` is used on each fold's training images only.
+
 Folds live in ``OUT/fold_K`` (each a normal training run with its own ``best/``,
 ``metrics.csv`` and split files), and the command resumes: a fold that finished is not
 trained again and one that crashed continues from its ``last.ckpt``.  Results go to
