@@ -44,6 +44,13 @@ def test_every_pooled_image_is_validated_once_and_no_fold_trains_on_its_own_pati
     assert max(sizes) - min(sizes) <= 1, f"expected folds of near-equal patient counts, got {sizes}"
 
 
+def test_under_torchrun_it_refuses_with_a_message_instead_of_racing_on_the_fold_files(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--out", str(tmp_path / "cv"), "--pretrained", "none"]) == 2, "expected a usage error"
+    assert "without torchrun" in capsys.readouterr().err, "expected the reason on stderr"
+
+
 def test_fold_dealing_follows_the_seed_and_refuses_impossible_fold_counts():
     patients = np.arange(100, 140)
     assert fold_of_patients(patients, 5, seed=1) == fold_of_patients(patients, 5, seed=1), (

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -196,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, train_argv = build_parser().parse_known_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("error: training.crossval trains its folds one after another in one process; "
+              "run it without torchrun", file=sys.stderr)
+        return 2
     try:
         cfg = parse_config(train_argv)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
