@@ -9,8 +9,15 @@ import pandas as pd
 import pytest
 
 from tests.synthetic_xray import write_dataset
-from training.config import ConfigError
-from training.crossval import CURVE_FILE, REPORT_FILE, fold_of_patients, fold_splits, main
+from training.config import ConfigError, parse_config
+from training.crossval import (
+    CURVE_FILE,
+    REPORT_FILE,
+    cross_validate,
+    fold_of_patients,
+    fold_splits,
+    main,
+)
 from training.data import FINDINGS, IMAGE, PATIENT, Splits
 from xray_app.labels import PATHOLOGIES
 
@@ -57,20 +64,28 @@ def test_fold_dealing_follows_the_seed_and_refuses_impossible_fold_counts():
         "expected the same seed to deal the same folds")
     assert fold_of_patients(patients, 5, seed=1) != fold_of_patients(patients, 5, seed=2), (
         "expected another seed to deal other folds")
+    with pytest.raises(ConfigError, match="--fold 3"):
+        cross_validate(parse_config(["--pretrained", "none", "--cache", "unused"]), folds=2, seed=0, only=3)
     for folds in (1, 41):
         with pytest.raises(ConfigError, match="folds"):
             fold_of_patients(patients, folds, seed=0)
 
 
 @pytest.mark.slow
-def test_two_folds_train_report_the_fold_mean_and_resume_without_retraining(tmp_path, capsys):
+def test_folds_trained_apart_then_reported_together_without_retraining(tmp_path, capsys):
     metadata, images = write_dataset(tmp_path / "data", count=60, size=64, seed=2, images_per_patient=2)
     out = tmp_path / "cv"
     argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
             "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
             "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
             "--patience", "1", "--lr", "1e-3"]
+    assert main([*argv, "--fold", "2"]) == 0, "expected exit 0 for one fold"
+    assert (out / "fold_2" / "best").is_dir() and not (out / "fold_1").exists(), (
+        "expected --fold 2 to train fold 2 alone")
+    assert not (out / REPORT_FILE).exists(), "expected no report before every fold has run"
+    fold_2 = (out / "fold_2" / "metrics.csv").read_text()
     assert main(argv) == 0, "expected exit 0"
+    assert (out / "fold_2" / "metrics.csv").read_text() == fold_2, "expected fold 2 not trained again"
     report = json.loads((out / REPORT_FILE).read_text())
     folds = [pd.read_csv(out / f"fold_{k}" / "val.csv") for k in (1, 2)]
     test = pd.read_csv(out / "fold_1" / "test.csv")

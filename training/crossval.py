@@ -28,7 +28,11 @@ trained again and one that crashed continues from its ``last.ckpt``.  Results go
 
 Command line (every ``training.train`` option is accepted and applies to every fold)::
 
-    python -m training.crossval --folds 5 [--fold-seed S] --config RECIPE.yaml --out runs/cv
+    python -m training.crossval --folds 5 [--fold-seed S] [--fold K] --config RECIPE.yaml --out runs/cv
+
+``--fold K`` trains that fold alone, so that several GPUs or processes can each take
+one (``CUDA_VISIBLE_DEVICES=K-1 ... --fold K``); once all have finished, the same
+command without ``--fold`` writes the report.
 """
 
 from __future__ import annotations
@@ -163,18 +167,29 @@ def describe(report: dict[str, Any]) -> str:
     )
 
 
-def cross_validate(cfg: TrainConfig, *, folds: int, seed: int, fit_fn: FitFunction = fit) -> dict[str, Any]:
-    """Train ``cfg`` on each fold under ``cfg.out`` and write the report there."""
+def cross_validate(
+    cfg: TrainConfig, *, folds: int, seed: int, only: int | None = None, fit_fn: FitFunction = fit
+) -> dict[str, Any] | None:
+    """Train ``cfg`` on each fold under ``cfg.out`` and write the report there.
+
+    ``only=K`` trains fold K (from 1) alone and returns None, so that separate processes
+    or GPUs can take one fold each; a later call without it trains whatever is left
+    (nothing, once every fold finished) and writes the report.
+    """
+    if only is not None and not 1 <= only <= folds:
+        raise ConfigError(f"--fold {only}: folds are numbered 1 to {folds}")
     root = Path(cfg.out)
     parts = fold_splits(load_data(cfg).splits, folds, seed)
-    runs = []
-    for k, part in enumerate(parts):
-        run = root / f"fold_{k + 1}"
+    runs = [root / f"fold_{k + 1}" for k in range(folds)]
+    for k, (part, run) in enumerate(zip(parts, runs, strict=True)):
+        if only is not None and k + 1 != only:
+            continue
         write_splits(part, run)  # the fold's train.csv/val.csv/test.csv, read back by fit
         print(f"fold {k + 1}/{folds}: train {len(part.train)} images, validate {len(part.val)}",
               flush=True)
         fit_fn(fold_config(cfg, run, run))
-        runs.append(run)
+    if only is not None:
+        return None
     table = curve(runs)
     report = summarise(table, parts)
     report["train_config"] = cfg.to_dict()
@@ -190,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(all training.train options are accepted).",
     )
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    parser.add_argument("--fold", type=int, default=None, metavar="K",
+                        help="train fold K only (one process or GPU per fold); "
+                             "a call without --fold then writes the report")
     parser.add_argument("--fold-seed", type=int, default=0,
                         help="seed of the dealing of patients into folds (default 0)")
     return parser
@@ -204,11 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_config(train_argv)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        report = cross_validate(cfg, folds=args.folds, seed=args.fold_seed)
+        report = cross_validate(cfg, folds=args.folds, seed=args.fold_seed, only=args.fold)
     except (ConfigError, TrainingError, MetadataError, SplitLeakError,
             PretrainedWeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if report is None:
+        print(f"fold {args.fold} of {args.folds} done; run again without --fold for the report")
+        return 0
     print(describe(report))
     print(f"report: {Path(cfg.out) / REPORT_FILE}")
     return 0
