@@ -3,7 +3,7 @@
 On a small sample a single validation split is too noisy to choose between recipes
 (on the 500 shared radiographs, 100 validation patients put about ±0.06 around a mean
 AUROC).  This pools the train and validation splits of the run (the test split is left
-out and never read), deals their *patients* into K folds, and trains the same
+out: no fold trains or validates on it), deals their *patients* into K folds, and trains the same
 configuration K times with :func:`training.train.fit`, each time validating on one fold
 and training on the others.  Every image is then validated on exactly once, by a model
 that never saw its patient.
