@@ -98,12 +98,13 @@ def fold_splits(splits: Splits, folds: int, seed: int) -> list[Splits]:
     return result
 
 
-def fold_config(cfg: TrainConfig, run: Path, splits_dir: Path) -> TrainConfig:
-    """The recipe for one fold: its own folder and splits, every epoch run, resumable."""
+def fold_config(cfg: TrainConfig, run: Path) -> TrainConfig:
+    """The recipe for one fold: its own folder, holding its split files; every epoch run;
+    resumable."""
     return dataclasses.replace(
         cfg,
         out=str(run),
-        data=dataclasses.replace(cfg.data, splits=str(splits_dir)),
+        data=dataclasses.replace(cfg.data, splits=str(run)),
         patience=cfg.epochs,
         resume="auto",
     )
@@ -187,7 +188,7 @@ def cross_validate(
         write_splits(part, run)  # the fold's train.csv/val.csv/test.csv, read back by fit
         print(f"fold {k + 1}/{folds}: train {len(part.train)} images, validate {len(part.val)}",
               flush=True)
-        fit_fn(fold_config(cfg, run, run))
+        fit_fn(fold_config(cfg, run))
     if only is not None:
         return None
     table = curve(runs)
