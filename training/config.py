@@ -71,6 +71,9 @@ class TrainConfig:
     included); when above 0 the average, not the raw weights, is validated, selected and
     exported.  ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
     weight per batch, 0 = off.  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    ``validate``: False = no validation (a refit of a recipe chosen by cross-validation on
+    all its images): the validation split is not used, every epoch runs and the last one
+    is exported to ``OUT/best``.
     """
 
     data: DataConfig
@@ -97,6 +100,7 @@ class TrainConfig:
     pretrained: str = "imagenet"
     limit_batches: int | None = None
     patience: int = 5
+    validate: bool = True
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool | None = None
@@ -198,6 +202,8 @@ _HELP = {
     "mixup_alpha": "mixup: blend each batch with a shuffled copy of itself, images and "
                    "targets alike, by a Beta(alpha, alpha) weight (0 = off; 0.2-0.4 is usual)",
     "strength": "augmentation strength (0 = none)",
+    "validate": "--no-validate: no validation split; run every epoch and export the last "
+                "(refit of a cross-validated recipe, see training.crossval --refit)",
 }
 
 

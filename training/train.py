@@ -167,7 +167,8 @@ def load_data(cfg: TrainConfig) -> RunData:
             test_fraction=data.test_fraction,
             seed=cfg.seed,
         )
-    for name, part in (("train", splits.train), ("val", splits.val)):
+    checked = (("train", splits.train), ("val", splits.val)) if cfg.validate else (("train", splits.train),)
+    for name, part in checked:
         if len(part) == 0:
             raise TrainingError(
                 f"the {name} split is empty with the {availability.available} available images "
@@ -353,6 +354,23 @@ def train_one_epoch(
 
 
 @torch.no_grad()
+def predict(
+    model: nn.Module, loader: DataLoader, runtime: Runtime, *, limit_batches: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` of ``model`` over ``loader``, in its order, on the CPU."""
+    model.eval()
+    all_logits, all_targets = [], []
+    with torch.inference_mode():
+        for step, (images, targets) in enumerate(loader):
+            if limit_batches is not None and step >= limit_batches:
+                break
+            with _autocast(runtime):
+                logits = model(_to_device(images, runtime))
+            all_logits.append(logits.float().cpu())
+            all_targets.append(targets)
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -366,17 +384,7 @@ def evaluate(
     Macro-AUROC averages the classes that have both a positive and a negative image in
     the evaluated set (NaN when none has).
     """
-    model.eval()
-    all_logits, all_targets = [], []
-    for step, (images, targets) in enumerate(loader):
-        if limit_batches is not None and step >= limit_batches:
-            break
-        with _autocast(runtime):
-            logits = model(_to_device(images, runtime))
-        all_logits.append(logits.float().cpu())
-        all_targets.append(targets)
-    logits = torch.cat(all_logits)
-    targets = torch.cat(all_targets)
+    logits, targets = predict(model, loader, runtime, limit_batches=limit_batches)
     macro, per_class = macro_auroc(targets.numpy(), torch.sigmoid(logits).numpy())
     metrics = {"val_loss": float(loss_fn(logits, targets)), "val_macro_auroc": macro}
     metrics.update({f"val_auroc_{name}": value for name, value in per_class.items()})
@@ -483,7 +491,8 @@ def write_metrics(history: list[dict[str, float]], path: Path) -> None:
 
 # --------------------------------------------------------------------------- fit
 def fit(cfg: TrainConfig, *, on_epoch_end: EpochCallback | None = None) -> Path:
-    """Train per ``cfg``; returns the best export directory ``OUT/best``.
+    """Train per ``cfg``; returns the best export directory ``OUT/best`` (the last epoch
+    when ``cfg.validate`` is False).
 
     ``on_epoch_end(epoch, metrics)`` is called on the main process after each epoch's
     checkpoint is written, with ``epoch`` counted from 0 and ``metrics`` holding
@@ -502,6 +511,10 @@ def fit(cfg: TrainConfig, *, on_epoch_end: EpochCallback | None = None) -> Path:
             print(describe_mix(data.train_labels, data.factors), flush=True)
             if data.distill:
                 print(data.distill.describe(), flush=True)
+            if not cfg.validate:
+                print(f"no validation: all {cfg.epochs} epochs run and the last is exported"
+                      + (f"; the {len(data.splits.val)} validation-split images are not used"
+                         if len(data.splits.val) else ""), flush=True)
         return _fit(cfg, data, runtime, run, on_epoch_end)
     finally:
         if runtime.distributed and dist.is_initialized():
@@ -580,16 +593,13 @@ def _fit(
                 mixup_alpha=cfg.mixup_alpha,
             )
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **metrics}
-        metrics.update(_validate(selected, val_loader, loss_fn, runtime, cfg))
-        score = metrics["val_macro_auroc"]
-        improved = state.best_epoch < 0 or score > state.best
-        if improved:
-            state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-            if runtime.is_main:
-                export_best(selected, cfg, data, metrics, run)
-        else:
-            state.bad_epochs += 1
-            state.stopped = state.bad_epochs >= cfg.patience
+        if cfg.validate:
+            metrics.update(_validate(selected, val_loader, loss_fn, runtime, cfg))
+            export = _keep_best(state, metrics["val_macro_auroc"], epoch, cfg.patience)
+        else:  # no validation: the last epoch is the result
+            export = epoch + 1 == cfg.epochs
+        if export and runtime.is_main:
+            export_best(selected, cfg, data, metrics, run)
         state.history.append(metrics)
         state.epoch = epoch + 1
         if runtime.is_main:
@@ -610,6 +620,17 @@ def _fit(
     if writer is not None:
         writer.close()
     return run / BEST_DIR
+
+
+def _keep_best(state: Progress, score: float, epoch: int, patience: int) -> bool:
+    """Record this epoch's validation ``score``; True when it is the best so far (export
+    it), otherwise count it towards early stopping."""
+    if state.best_epoch < 0 or score > state.best:
+        state.best, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+        return True
+    state.bad_epochs += 1
+    state.stopped = state.bad_epochs >= patience
+    return False
 
 
 def _validate(
@@ -635,10 +656,14 @@ def _tensorboard(run: Path):
 
 
 def _log_epoch(metrics: dict[str, float], state: Progress, writer) -> None:
-    print(
-        f"epoch {metrics['epoch']}: train_loss {metrics['train_loss']:.4f} "
+    validation = (
         f"val_loss {metrics['val_loss']:.4f} val_macro_auroc {metrics['val_macro_auroc']:.4f} "
-        f"({metrics['train_images_per_s']:.1f} img/s; best {state.best:.4f} at epoch {state.best_epoch})",
+        if "val_macro_auroc" in metrics else "no validation "
+    )
+    best = f"; best {state.best:.4f} at epoch {state.best_epoch}" if state.best_epoch > 0 else ""
+    print(
+        f"epoch {metrics['epoch']}: train_loss {metrics['train_loss']:.4f} {validation}"
+        f"({metrics['train_images_per_s']:.1f} img/s{best})",
         flush=True,
     )
     if writer is not None:
