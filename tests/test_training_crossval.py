@@ -7,11 +7,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from tests.synthetic_xray import write_dataset
 from training.config import ConfigError, parse_config
 from training.crossval import (
     CURVE_FILE,
+    OOF_FILE,
+    REFIT_DIR,
     REPORT_FILE,
     cross_validate,
     fold_of_patients,
@@ -66,6 +69,9 @@ def test_fold_dealing_follows_the_seed_and_refuses_impossible_fold_counts():
         "expected another seed to deal other folds")
     with pytest.raises(ConfigError, match="--fold 3"):
         cross_validate(parse_config(["--pretrained", "none", "--cache", "unused"]), folds=2, seed=0, only=3)
+    with pytest.raises(ConfigError, match="--refit needs every fold"):
+        cross_validate(parse_config(["--pretrained", "none", "--cache", "unused"]), folds=2, seed=0, only=1,
+                       refit=True)
     for folds in (1, 41):
         with pytest.raises(ConfigError, match="folds"):
             fold_of_patients(patients, folds, seed=0)
@@ -114,3 +120,54 @@ def test_folds_trained_apart_then_reported_together_without_retraining(tmp_path,
     assert "epoch 1:" not in printed, f"expected finished folds not trained again:\n{printed}"
     assert [(out / f"fold_{k}" / "metrics.csv").read_text() for k in (1, 2)] == before, (
         "expected finished folds left as they were")
+
+
+def _pathology_auroc(frame: pd.DataFrame) -> float:
+    """Mean AUROC over the pathologies a predictions frame (with labels joined) can score."""
+    scores = []
+    for name in PATHOLOGIES:
+        truth = frame[FINDINGS].str.split("|").apply(lambda found, n=name: n in found)
+        if 0 < truth.sum() < len(truth):
+            scores.append(roc_auc_score(truth, frame[f"logit_{name}"]))
+    return float(np.mean(scores))
+
+
+@pytest.mark.slow
+def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold_predictions(tmp_path):
+    metadata, images = write_dataset(tmp_path / "data", count=60, size=64, seed=3, images_per_patient=2)
+    out = tmp_path / "cv"
+    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
+            "--lr", "1e-3", "--refit"]
+    assert main(argv) == 0, "expected exit 0"
+    refit = out / REFIT_DIR
+    pooled = pd.concat([pd.read_csv(out / f"fold_{k}" / "val.csv") for k in (1, 2)], ignore_index=True)
+    test = pd.read_csv(out / "fold_1" / "test.csv")
+
+    # out-of-fold: every pooled image once, scored by the last epoch of the fold that held it out
+    oof = pd.read_csv(out / OOF_FILE)
+    assert sorted(oof[IMAGE]) == sorted(pooled[IMAGE]), "expected each pooled image scored exactly once"
+    oof = oof.merge(pooled[[IMAGE, FINDINGS]], on=IMAGE)
+    for k in (1, 2):
+        fold_images = set(pd.read_csv(out / f"fold_{k}" / "val.csv")[IMAGE])
+        last = pd.read_csv(out / f"fold_{k}" / "metrics.csv").iloc[-1]
+        expected = last[[f"val_auroc_{n}" for n in PATHOLOGIES]].astype(float).mean(skipna=True)
+        assert _pathology_auroc(oof[oof[IMAGE].isin(fold_images)]) == pytest.approx(expected, abs=1e-4), (
+            f"expected fold {k}'s out-of-fold scores to be its last epoch's validation scores")
+
+    # the refit: all pooled images, no validation, every epoch, the last exported
+    assert sorted(pd.read_csv(refit / "train.csv")[IMAGE]) == sorted(pooled[IMAGE]), (
+        "expected the refit to train on all of train + val")
+    assert len(pd.read_csv(refit / "val.csv")) == 0, "expected no validation images in the refit"
+    assert not set(pd.read_csv(refit / "train.csv")[IMAGE]) & set(test[IMAGE]), "expected the test split untouched"
+    metrics = pd.read_csv(refit / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2], "expected every epoch run"
+    assert not any(c.startswith("val_") for c in metrics.columns), "expected no validation figures"
+    config = json.loads((refit / "best" / "config.json").read_text())
+    assert config["provenance"]["metrics"]["epoch"] == 2, "expected the last epoch exported"
+    fit = config["provenance"]["validation_fit"]
+    assert fit["predictions"] == str(out / OOF_FILE) and fit["n_images"] == len(pooled), (
+        "expected thresholds and calibration fitted on the out-of-fold predictions")
+    assert config["calibration"] is not None and len(config["thresholds"]) == 15
+    assert json.loads((out / REPORT_FILE).read_text())["refit"]["checkpoint"] == str(refit / "best")

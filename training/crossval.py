@@ -33,6 +33,15 @@ Command line (every ``training.train`` option is accepted and applies to every f
 ``--fold K`` trains that fold alone, so that several GPUs or processes can each take
 one (``CUDA_VISIBLE_DEVICES=K-1 ... --fold K``); once all have finished, the same
 command without ``--fold`` writes the report.
+
+``--refit`` then turns the recipe into a model: it trains it once more on all the
+pooled train + validation images (no validation, every epoch, the last exported to
+``OUT/refit/best``) and gives that model thresholds and calibration fitted on the
+*out-of-fold* predictions, ``OUT/oof_predictions.csv``: each pooled image scored by the
+last epoch of the fold model that never saw its patient.  Those are predictions of
+models of the same recipe on 1/K less data, not of the refitted model itself, so its
+thresholds and calibration are estimates borrowed from its siblings; the test split is
+still untouched and is what ``training.evaluate --split test`` should then measure.
 """
 
 from __future__ import annotations
@@ -48,9 +57,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from training.config import ConfigError, TrainConfig, parse_config
 from training.data import (
+    IMAGE,
     PATIENT,
     MetadataError,
     SplitLeakError,
@@ -58,12 +70,24 @@ from training.data import (
     check_patient_disjoint,
     write_splits,
 )
-from training.train import TrainingError, fit, load_data
-from xray_app.labels import PATHOLOGIES
-from xray_app.model import PretrainedWeightsUnavailable
+from training.evaluate import EvalConfig, EvaluationError, evaluate
+from training.predictions import Predictions, write_predictions
+from training.train import (
+    CHECKPOINT_FILE,
+    TrainingError,
+    WeightAverage,
+    fit,
+    load_data,
+    make_runtime,
+    predict,
+)
+from xray_app.labels import LABELS, PATHOLOGIES
+from xray_app.model import PretrainedWeightsUnavailable, build_model
 
 REPORT_FILE = "crossval.json"
 CURVE_FILE = "crossval_curve.csv"
+OOF_FILE = "oof_predictions.csv"
+REFIT_DIR = "refit"
 FitFunction = Callable[[TrainConfig], Path]
 
 
@@ -169,18 +193,23 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def cross_validate(
-    cfg: TrainConfig, *, folds: int, seed: int, only: int | None = None, fit_fn: FitFunction = fit
+    cfg: TrainConfig, *, folds: int, seed: int, only: int | None = None, refit: bool = False,
+    fit_fn: FitFunction = fit,
 ) -> dict[str, Any] | None:
     """Train ``cfg`` on each fold under ``cfg.out`` and write the report there.
 
     ``only=K`` trains fold K (from 1) alone and returns None, so that separate processes
     or GPUs can take one fold each; a later call without it trains whatever is left
-    (nothing, once every fold finished) and writes the report.
+    (nothing, once every fold finished) and writes the report.  ``refit`` then trains
+    the recipe on all pooled images and fits its thresholds out of fold (module docstring).
     """
     if only is not None and not 1 <= only <= folds:
         raise ConfigError(f"--fold {only}: folds are numbered 1 to {folds}")
+    if only is not None and refit:
+        raise ConfigError("--refit needs every fold: give it without --fold")
     root = Path(cfg.out)
-    parts = fold_splits(load_data(cfg).splits, folds, seed)
+    splits = load_data(cfg).splits
+    parts = fold_splits(splits, folds, seed)
     runs = [root / f"fold_{k + 1}" for k in range(folds)]
     for k, (part, run) in enumerate(zip(parts, runs, strict=True)):
         if only is not None and k + 1 != only:
@@ -195,8 +224,83 @@ def cross_validate(
     report = summarise(table, parts)
     report["train_config"] = cfg.to_dict()
     table.to_csv(root / CURVE_FILE, float_format="%.4f")
+    if refit:
+        oof = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
+        best = refit_recipe(cfg, splits, root, fit_fn)
+        oof_report = fit_thresholds_out_of_fold(cfg, best, oof)
+        report["refit"] = {
+            "checkpoint": str(best),
+            "trained_on": f"all {len(splits.train) + len(splits.val)} train + val images, "
+                          f"last of {cfg.epochs} epochs",
+            "thresholds_and_calibration": f"fitted on the out-of-fold predictions {oof}",
+            "out_of_fold_report": str(oof_report),
+        }
     (root / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+# --------------------------------------------------------------------------- refit
+def last_epoch_model(cfg: TrainConfig, run: Path) -> torch.nn.Module:
+    """The network of a run's last finished epoch (its weight average when it kept one),
+    from ``RUN/last.ckpt``."""
+    path = run / CHECKPOINT_FILE
+    if not path.is_file():
+        raise TrainingError(f"{path}: not found; train the fold first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(dropout=cfg.dropout, pretrained="none")
+    model.load_state_dict(saved["model"])
+    if "average" in saved:
+        average = WeightAverage(model, cfg.ema_decay or 0.5)
+        average.load_state_dict(saved["average"])
+        return average.module
+    return model
+
+
+def out_of_fold_predictions(cfg: TrainConfig, runs: Sequence[Path], path: Path) -> Path:
+    """Score every pooled image with the last epoch of the fold that validated on it and
+    write the logits to ``path`` (a predictions CSV, as :mod:`training.evaluate` reads)."""
+    images, patients, logits = [], [], []
+    for run in runs:
+        fold = fold_config(cfg, run)
+        data = load_data(fold)
+        runtime = make_runtime(dataclasses.replace(fold, device="cpu", channels_last=False))
+        loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.data.num_workers)
+        fold_logits, _ = predict(last_epoch_model(fold, run), loader, runtime)
+        images += data.splits.val[IMAGE].tolist()
+        patients += data.splits.val[PATIENT].tolist()
+        logits.append(fold_logits.double().numpy())
+    stacked = np.concatenate(logits)
+    predictions = Predictions(tuple(images), LABELS, stacked, 1 / (1 + np.exp(-stacked)))
+    return write_predictions(predictions, patients, path)
+
+
+def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFunction = fit) -> Path:
+    """Train the recipe on all pooled train + validation images (no validation; the last
+    epoch is exported) in ``ROOT/refit``; the test split is carried along untouched."""
+    pool = pd.concat([splits.train, splits.val], ignore_index=True)
+    part = Splits(train=pool, val=pool.iloc[:0], test=splits.test,
+                  method=f"{splits.method}; refit on train+val")
+    check_patient_disjoint(part)
+    run = root / REFIT_DIR
+    write_splits(part, run)
+    print(f"refit: train {len(pool)} images (train + val), no validation", flush=True)
+    return fit_fn(dataclasses.replace(fold_config(cfg, run), validate=False))
+
+
+def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path,
+                               calibration: str = "platt") -> Path:
+    """Thresholds (max F1) and calibration of the refitted model ``best``, fitted on the
+    out-of-fold predictions and written into its ``config.json`` by training.evaluate;
+    returns that evaluation's report (``RUN/oof_fit/report_val.json``)."""
+    out = best.parent / "oof_fit"
+    evaluate(EvalConfig(
+        split="val", out=out, checkpoint=best, predictions=oof,
+        split_csv=oof, metadata=Path(cfg.data.metadata), fit=calibration,
+        argv=("--checkpoint", str(best), "--predictions", str(oof), "--split-csv", str(oof),
+              "--split", "val", "--fit", calibration),
+    ))
+    return out / "report_val.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a call without --fold then writes the report")
     parser.add_argument("--fold-seed", type=int, default=0,
                         help="seed of the dealing of patients into folds (default 0)")
+    parser.add_argument("--refit", action="store_true",
+                        help="after the report, train the recipe on all train + val images and "
+                             "fit its thresholds and calibration on the out-of-fold predictions")
     return parser
 
 
@@ -223,15 +330,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_config(train_argv)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        report = cross_validate(cfg, folds=args.folds, seed=args.fold_seed, only=args.fold)
+        report = cross_validate(cfg, folds=args.folds, seed=args.fold_seed, only=args.fold,
+                                refit=args.refit)
     except (ConfigError, TrainingError, MetadataError, SplitLeakError,
-            PretrainedWeightsUnavailable) as error:
+            PretrainedWeightsUnavailable, EvaluationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if report is None:
         print(f"fold {args.fold} of {args.folds} done; run again without --fold for the report")
         return 0
     print(describe(report))
+    if "refit" in report:
+        print(f"refit on {report['refit']['trained_on']}: {report['refit']['checkpoint']} "
+              "(thresholds and calibration fitted out of fold); measure it with "
+              "python -m training.evaluate --split test")
     print(f"report: {Path(cfg.out) / REPORT_FILE}")
     return 0
 
