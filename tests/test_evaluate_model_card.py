@@ -112,3 +112,27 @@ def test_a_distilled_model_names_its_teacher_and_that_metrics_use_nih_labels(car
     assert f"`{REFERENCE}`" in text and "w = 0.7" in text, "expected the teacher file and weight named"
     assert "for 300 of 300 training images on 14 outputs" in text, "expected what the teacher covered"
     assert "against NIH labels alone" in text, "expected the card to say the metrics do not use the teacher"
+
+
+def test_a_refit_says_its_thresholds_came_from_out_of_fold_predictions_not_a_validation_split(card, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(card["checkpoint"], checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    note = "predictions of the 5 fold models, not predictions of this model"
+    config["provenance"]["validation_fit"]["out_of_fold"] = {"folds": 5, "note": note}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "README.md"
+    eval_dir = card["checkpoint"] / "eval"
+    assert model_card.main(["--checkpoint", str(checkpoint), "--report", str(eval_dir / "report_val.json"),
+                            "--report", str(eval_dir / "report_test.json"), "--out", str(out)]) == 0
+    text = out.read_text()
+    thresholds = text.split("## Thresholds", 1)[1].split("##", 1)[0]
+    assert "out-of-fold predictions" in thresholds and note in thresholds, (
+        "expected the thresholds' source to be the out-of-fold predictions")
+    assert "chosen on the validation split" not in text, "expected no claim of a validation split fit"
+    calibration = text.split("## Calibration", 1)[1].split("##", 1)[0]
+    assert "fitted on out-of-fold predictions" in calibration, "expected the calibration's source too"
+    assert "not of this model" in text.split("## Evaluation on the val split", 1)[1], (
+        "expected the val report labelled as the fold models' predictions")

@@ -169,5 +169,6 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     fit = config["provenance"]["validation_fit"]
     assert fit["predictions"] == str(out / OOF_FILE) and fit["n_images"] == len(pooled), (
         "expected thresholds and calibration fitted on the out-of-fold predictions")
+    assert fit["out_of_fold"]["folds"] == 2, "expected the record to say the predictions are out of fold"
     assert config["calibration"] is not None and len(config["thresholds"]) == 15
     assert json.loads((out / REPORT_FILE).read_text())["refit"]["checkpoint"] == str(refit / "best")

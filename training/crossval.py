@@ -82,7 +82,13 @@ from training.train import (
     predict,
 )
 from xray_app.labels import LABELS, PATHOLOGIES
-from xray_app.model import PretrainedWeightsUnavailable, build_model
+from xray_app.model import (
+    CONFIG_FILE,
+    PretrainedWeightsUnavailable,
+    build_model,
+    read_config,
+    write_config,
+)
 
 REPORT_FILE = "crossval.json"
 CURVE_FILE = "crossval_curve.csv"
@@ -227,7 +233,7 @@ def cross_validate(
     if refit:
         oof = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
         best = refit_recipe(cfg, splits, root, fit_fn)
-        oof_report = fit_thresholds_out_of_fold(cfg, best, oof)
+        oof_report = fit_thresholds_out_of_fold(cfg, best, oof, folds)
         report["refit"] = {
             "checkpoint": str(best),
             "trained_on": f"all {len(splits.train) + len(splits.val)} train + val images, "
@@ -288,11 +294,12 @@ def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFuncti
     return fit_fn(dataclasses.replace(fold_config(cfg, run), validate=False))
 
 
-def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path,
+def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path, folds: int,
                                calibration: str = "platt") -> Path:
     """Thresholds (max F1) and calibration of the refitted model ``best``, fitted on the
-    out-of-fold predictions and written into its ``config.json`` by training.evaluate;
-    returns that evaluation's report (``RUN/oof_fit/report_val.json``)."""
+    out-of-fold predictions and written into its ``config.json`` by training.evaluate
+    (whose record there is marked ``out_of_fold``); returns that evaluation's report
+    (``RUN/oof_fit/report_val.json``)."""
     out = best.parent / "oof_fit"
     evaluate(EvalConfig(
         split="val", out=out, checkpoint=best, predictions=oof,
@@ -300,6 +307,15 @@ def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path,
         argv=("--checkpoint", str(best), "--predictions", str(oof), "--split-csv", str(oof),
               "--split", "val", "--fit", calibration),
     ))
+    path = best / CONFIG_FILE
+    config = read_config(path)
+    record = {**config.provenance["validation_fit"], "out_of_fold": {
+        "folds": folds,
+        "note": f"predictions of the {folds} fold models (same recipe, each on {folds - 1}/{folds} "
+                "of these images), every image scored by the one that never saw its patient; "
+                "not predictions of this model, which trained on all of them",
+    }}
+    write_config(config.with_updates(provenance={**config.provenance, "validation_fit": record}), path)
     return out / "report_val.json"
 
 

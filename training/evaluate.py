@@ -266,8 +266,9 @@ def _thresholds_and_calibration(
         thresholds, th_notes = choose_thresholds(y_true, probs, cfg.threshold_method,
                                                  labels=labels)
         notes += th_notes
+        read_from = f", predictions read from {cfg.predictions}" if cfg.predictions else ""
         described = {
-            "source": f"chosen on this {cfg.split} split (max "
+            "source": f"chosen on this {cfg.split} split{read_from} (max "
             f"{'F1' if cfg.threshold_method == 'f1' else 'Youden J'}"
             f"{', on calibrated probabilities' if calibration else ''})",
             "method": cfg.threshold_method,

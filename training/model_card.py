@@ -150,7 +150,13 @@ def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[
     if any(abs(used[name] - shipped[name]) > 1e-9 for name in used if name in shipped):
         lines += ["**Note:** this report was made with thresholds that differ from the ones "
                   "shipped in `config.json`; re-run the evaluation to refresh it.", ""]
-    if split == "val":
+    fitted = config.get("provenance", {}).get("validation_fit") or {}
+    if split == "val" and fitted.get("out_of_fold"):
+        lines += ["These are the out-of-fold predictions of the cross-validation's fold models, "
+                  "not of this model (which trained on these images); thresholds and "
+                  "calibration were fitted on them, so the figures at the threshold are "
+                  "optimistic here.", ""]
+    elif split == "val":
         lines += ["Thresholds and calibration were fitted on this split, so the figures at the "
                   "threshold (precision, recall, F1) are optimistic here.", ""]
     lines += [f"Intervals: {metrics['bootstrap']['interval']}, {metrics['bootstrap']['n_resamples']} "
@@ -184,8 +190,7 @@ def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[
 def _thresholds_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
     fitted = config.get("provenance", {}).get("validation_fit")
     if fitted:
-        source = (f"chosen on the validation split ({fitted.get('n_images')} images, "
-                  f"{fitted.get('n_patients')} patients) by maximising "
+        source = (f"chosen on {_fit_source(fitted)} by maximising "
                   f"{'F1' if fitted.get('threshold_method') == 'f1' else 'Youden J'}, on "
                   "calibrated probabilities")
     else:
@@ -199,12 +204,25 @@ def _thresholds_section(config: dict[str, Any], reports: list[dict[str, Any]]) -
     return lines
 
 
+def _fit_source(fitted: dict[str, Any]) -> str:
+    """What thresholds and calibration were fitted on: the validation split, or
+    out-of-fold predictions (``training.crossval --refit``)."""
+    images = f"{fitted.get('n_images')} images, {fitted.get('n_patients')} patients"
+    out_of_fold = fitted.get("out_of_fold")
+    if out_of_fold:
+        return (f"out-of-fold predictions of the train + validation images ({images}): "
+                f"{out_of_fold.get('note')}")
+    return f"the validation split ({images})"
+
+
 def _calibration_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
     calibration = config.get("calibration")
     method = calibration["method"] if calibration else None
+    fitted = config.get("provenance", {}).get("validation_fit") or {}
+    where = "out-of-fold predictions" if fitted.get("out_of_fold") else "the validation split"
     lines = ["## Calibration", "",
              f"Method: **{method or 'none'}**"
-             + (" per class, p = sigmoid(scale x logit + bias), fitted on the validation split "
+             + (f" per class, p = sigmoid(scale x logit + bias), fitted on {where} "
                 "before the thresholds were chosen." if method else "."), ""]
     rows = []
     for report in reports:
