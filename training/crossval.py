@@ -269,7 +269,8 @@ def out_of_fold_predictions(cfg: TrainConfig, runs: Sequence[Path], path: Path) 
     for run in runs:
         fold = fold_config(cfg, run)
         data = load_data(fold)
-        runtime = make_runtime(dataclasses.replace(fold, device="cpu", channels_last=False))
+        # on the CPU in full precision, as the app scores images
+        runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
         loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
                             num_workers=cfg.data.num_workers)
         fold_logits, _ = predict(last_epoch_model(fold, run), loader, runtime)
