@@ -165,3 +165,30 @@ def test_cli_runs_the_model_on_real_images_through_the_shared_preprocessing(fitt
     report = json.loads((out / "report_val.json").read_text())
     undefined = [n for n, m in report["metrics"]["per_class"].items() if m["auroc"]["value"] is None]
     assert undefined, "with three images some classes have no positives: reported undefined"
+
+
+def test_a_class_whose_calibration_finds_no_relation_gets_no_max_f1_threshold(tmp_path, reference):
+    """Ranking slightly better than chance but a Platt slope pushed to its floor (a few
+    positives scored far below every negative) leaves one near-constant probability for every
+    image; the class gets 0.5, not a max-F1 cut through that constant, and a note says why."""
+    part = reference.iloc[:250]
+    path = _write_logits(part, tmp_path / "val_predictions.csv")
+    frame = pd.read_csv(path)
+    y = labels_of(part)[:, LABELS.index("Effusion")].astype(bool)
+    rng = np.random.default_rng(0)
+    score = 0.3 * y + rng.normal(0, 1, len(y))
+    score[np.flatnonzero(y)[:3]] = -40.0  # three positives scored far below everything
+    frame["logit_Effusion"] = score
+    frame.to_csv(path, index=False)
+    checkpoint = write_random_init(tmp_path / "checkpoint", input_size=64)
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--split", "val", "--fit", "platt",
+                          "--predictions", str(path), "--metadata", str(METADATA),
+                          "--out", str(tmp_path / "eval"), "--n-boot", "20"]) == 0
+    assert roc_auc_score(y, score) > 0.5, "the test needs a ranking above chance"
+    config = read_config(checkpoint / "config.json")
+    c = LABELS.index("Effusion")
+    assert config.calibration["scale"][c] <= 1.001e-3, "expected the fitted scale at its floor"
+    assert config.thresholds[c] == 0.5, f"expected the 0.5 fallback, got {config.thresholds[c]}"
+    assert config.thresholds[LABELS.index("Cardiomegaly")] != 0.5, "expected other classes fitted as usual"
+    notes = json.loads((tmp_path / "eval" / "report_val.json").read_text())["notes"]
+    assert any(note.startswith("Effusion: calibration found no positive relation") for note in notes), notes

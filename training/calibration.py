@@ -28,6 +28,16 @@ _SCALE_BOUNDS = (1e-3, 1e3)
 _BIAS_BOUNDS = (-50.0, 50.0)
 
 
+def uninformative_classes(calibration: dict[str, Any] | None) -> list[int]:
+    """Classes whose fitted scale sits at its lower bound: on the fitting data their score
+    showed no positive relation to the label, so their calibrated probability is (nearly)
+    the same for every image and a threshold on it would be arbitrary."""
+    if calibration is None:
+        return []
+    floor = _SCALE_BOUNDS[0] * (1 + 1e-6)
+    return [c for c, scale in enumerate(calibration["scale"]) if scale <= floor]
+
+
 def apply_calibration(logits: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
     """``(N, C)`` logits -> ``(N, C)`` probabilities, ``sigmoid(scale * logit + bias)``.
 

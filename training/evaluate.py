@@ -43,6 +43,7 @@ from training.calibration import (
     apply_calibration,
     calibration_summary,
     fit_calibration,
+    uninformative_classes,
 )
 from training.data import FINDINGS, IMAGE, PATIENT, MetadataError, find_images, read_metadata
 from training.eval_metrics import (
@@ -266,6 +267,13 @@ def _thresholds_and_calibration(
         thresholds, th_notes = choose_thresholds(y_true, probs, cfg.threshold_method,
                                                  labels=labels)
         notes += th_notes
+        for c in uninformative_classes(calibration):
+            if thresholds[c] != DEFAULT_THRESHOLD:
+                thresholds[c] = DEFAULT_THRESHOLD
+                notes.append(f"{labels[c]}: calibration found no positive relation between the "
+                             "score and the label (fitted scale at its floor), so every image "
+                             f"gets about the same probability; threshold set to {DEFAULT_THRESHOLD} "
+                             "instead of thresholding a near-constant")
         read_from = f", predictions read from {cfg.predictions}" if cfg.predictions else ""
         described = {
             "source": f"chosen on this {cfg.split} split{read_from} (max "
