@@ -134,5 +134,6 @@ def test_a_refit_says_its_thresholds_came_from_out_of_fold_predictions_not_a_val
     assert "chosen on the validation split" not in text, "expected no claim of a validation split fit"
     calibration = text.split("## Calibration", 1)[1].split("##", 1)[0]
     assert "fitted on out-of-fold predictions" in calibration, "expected the calibration's source too"
-    assert "not of this model" in text.split("## Evaluation on the val split", 1)[1], (
-        "expected the val report labelled as the fold models' predictions")
+    assert "## Evaluation on the val split" not in text, "expected no section claiming a validation split"
+    assert "not of this model" in text.split("## Out-of-fold evaluation", 1)[1], (
+        "expected the out-of-fold report labelled as the fold models' predictions")

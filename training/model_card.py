@@ -103,13 +103,25 @@ def _data_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list
     lines += ["", f"**How little data.** NIH ChestX-ray14 has {NIH_IMAGES:,} frontal radiographs "
               f"of {NIH_PATIENTS:,} patients; this model saw {scale}. Evaluation:"]
     for report in reports:
-        lines.append(f"- {report['split']} split: {report['metrics']['n_images']:,} images of "
+        lines.append(f"- {_report_name(report, config)}: {report['metrics']['n_images']:,} images of "
                      f"{report['metrics']['n_patients']:,} patients.")
     lines += ["", "Rare classes have only a handful of positive images in these sets, so their "
               "confidence intervals are wide; read the intervals, not just the point estimates.",
               "Labels are NIH's, mined from radiology reports by text processing: they are "
               "noisy, and the metrics are measured against them, not against radiologists."]
     return lines
+
+
+def _out_of_fold(report: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether ``report`` scored the out-of-fold predictions the thresholds were fitted on."""
+    fitted = config.get("provenance", {}).get("validation_fit") or {}
+    return report["split"] == "val" and bool(fitted.get("out_of_fold"))
+
+
+def _report_name(report: dict[str, Any], config: dict[str, Any]) -> str:
+    if _out_of_fold(report, config):
+        return "out-of-fold predictions on train + val (the fold models', not this model's)"
+    return f"{report['split']} split"
 
 
 def _distillation_lines(distillation: dict[str, Any] | None) -> list[str]:
@@ -144,14 +156,15 @@ def _training_section(config: dict[str, Any]) -> list[str]:
 def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[str]:
     split = report["split"]
     metrics = report["metrics"]
-    lines = [f"## Evaluation on the {split} split", "", headline_sentence(metrics), ""]
+    title = ("## Out-of-fold evaluation on train + val (cross-validation fold models)"
+             if _out_of_fold(report, config) else f"## Evaluation on the {split} split")
+    lines = [title, "", headline_sentence(metrics), ""]
     shipped = dict(zip(config["labels"], config["thresholds"], strict=True))
     used = report["thresholds"]["values"]
     if any(abs(used[name] - shipped[name]) > 1e-9 for name in used if name in shipped):
         lines += ["**Note:** this report was made with thresholds that differ from the ones "
                   "shipped in `config.json`; re-run the evaluation to refresh it.", ""]
-    fitted = config.get("provenance", {}).get("validation_fit") or {}
-    if split == "val" and fitted.get("out_of_fold"):
+    if _out_of_fold(report, config):
         lines += ["These are the out-of-fold predictions of the cross-validation's fold models, "
                   "not of this model (which trained on these images); thresholds and "
                   "calibration were fitted on them, so the figures at the threshold are "
@@ -210,8 +223,8 @@ def _fit_source(fitted: dict[str, Any]) -> str:
     images = f"{fitted.get('n_images')} images, {fitted.get('n_patients')} patients"
     out_of_fold = fitted.get("out_of_fold")
     if out_of_fold:
-        return (f"out-of-fold predictions of the train + validation images ({images}): "
-                f"{out_of_fold.get('note')}")
+        return (f"out-of-fold predictions of the train + validation images ({images}; "
+                f"{out_of_fold.get('note')})")
     return f"the validation split ({images})"
 
 
@@ -227,7 +240,8 @@ def _calibration_section(config: dict[str, Any], reports: list[dict[str, Any]]) 
     rows = []
     for report in reports:
         ece = report["calibration"]["ece"]
-        rows.append(f"| {report['split']} | {fmt(ece['pooled']['ece_before'])} | "
+        split = "out-of-fold (train + val)" if _out_of_fold(report, config) else report["split"]
+        rows.append(f"| {split} | {fmt(ece['pooled']['ece_before'])} | "
                     f"{fmt(ece['pooled']['ece_after'])} | "
                     f"{fmt(ece['mean_over_classes']['ece_before'])} | "
                     f"{fmt(ece['mean_over_classes']['ece_after'])} |")
