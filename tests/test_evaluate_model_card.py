@@ -94,40 +94,35 @@ def test_a_file_that_is_not_an_evaluation_report_is_refused(card, capsys):
     assert not (card["root"] / "never.md").exists(), "no card written on error"
 
 
-def test_a_distilled_model_names_its_teacher_and_that_metrics_use_nih_labels(card, tmp_path):
+def _card_with_provenance(card, tmp_path, edit) -> str:
+    """The card of a copy of the fixture's checkpoint whose provenance ``edit`` changed."""
     import shutil
 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(card["checkpoint"], checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
-    config["provenance"]["distillation"] = {
-        "teacher": str(REFERENCE), "weight": 0.7, "labels": list(PATHOLOGIES),
-        "train_images": 300, "softened_images": 300, "ignored_rows": 200}
+    edit(config["provenance"])
     (checkpoint / "config.json").write_text(json.dumps(config))
     out = tmp_path / "README.md"
     eval_dir = card["checkpoint"] / "eval"
     assert model_card.main(["--checkpoint", str(checkpoint), "--report", str(eval_dir / "report_val.json"),
                             "--report", str(eval_dir / "report_test.json"), "--out", str(out)]) == 0
-    text = out.read_text()
+    return out.read_text()
+
+
+def test_a_distilled_model_names_its_teacher_and_that_metrics_use_nih_labels(card, tmp_path):
+    distillation = {"teacher": str(REFERENCE), "weight": 0.7, "labels": list(PATHOLOGIES),
+                    "train_images": 300, "softened_images": 300, "ignored_rows": 200}
+    text = _card_with_provenance(card, tmp_path, lambda p: p.update(distillation=distillation))
     assert f"`{REFERENCE}`" in text and "w = 0.7" in text, "expected the teacher file and weight named"
     assert "for 300 of 300 training images on 14 outputs" in text, "expected what the teacher covered"
     assert "against NIH labels alone" in text, "expected the card to say the metrics do not use the teacher"
 
 
 def test_a_refit_says_its_thresholds_came_from_out_of_fold_predictions_not_a_validation_split(card, tmp_path):
-    import shutil
-
-    checkpoint = tmp_path / "checkpoint"
-    shutil.copytree(card["checkpoint"], checkpoint)
-    config = json.loads((checkpoint / "config.json").read_text())
     note = "predictions of the 5 fold models, not predictions of this model"
-    config["provenance"]["validation_fit"]["out_of_fold"] = {"folds": 5, "note": note}
-    (checkpoint / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "README.md"
-    eval_dir = card["checkpoint"] / "eval"
-    assert model_card.main(["--checkpoint", str(checkpoint), "--report", str(eval_dir / "report_val.json"),
-                            "--report", str(eval_dir / "report_test.json"), "--out", str(out)]) == 0
-    text = out.read_text()
+    text = _card_with_provenance(
+        card, tmp_path, lambda p: p["validation_fit"].update(out_of_fold={"folds": 5, "note": note}))
     thresholds = text.split("## Thresholds", 1)[1].split("##", 1)[0]
     assert "out-of-fold predictions" in thresholds and note in thresholds, (
         "expected the thresholds' source to be the out-of-fold predictions")
