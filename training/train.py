@@ -360,17 +360,17 @@ def predict(
     """``(logits, targets)`` of ``model`` over ``loader``, in its order, on the CPU."""
     model.eval()
     all_logits, all_targets = [], []
-    with torch.inference_mode():
-        for step, (images, targets) in enumerate(loader):
-            if limit_batches is not None and step >= limit_batches:
-                break
-            with _autocast(runtime):
-                logits = model(_to_device(images, runtime))
-            all_logits.append(logits.float().cpu())
-            all_targets.append(targets)
+    for step, (images, targets) in enumerate(loader):
+        if limit_batches is not None and step >= limit_batches:
+            break
+        with _autocast(runtime):
+            logits = model(_to_device(images, runtime))
+        all_logits.append(logits.float().cpu())
+        all_targets.append(targets)
     return torch.cat(all_logits), torch.cat(all_targets)
 
 
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
