@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from training.calibration import apply_calibration
 from training.config import ConfigError, TrainConfig, parse_config
 from training.data import (
     IMAGE,
@@ -256,7 +257,7 @@ def last_epoch_model(cfg: TrainConfig, run: Path) -> torch.nn.Module:
     model = build_model(dropout=cfg.dropout, pretrained="none")
     model.load_state_dict(saved["model"])
     if "average" in saved:
-        average = WeightAverage(model, cfg.ema_decay or 0.5)
+        average = WeightAverage(model, cfg.ema_decay)
         average.load_state_dict(saved["average"])
         return average.module
     return model
@@ -278,7 +279,7 @@ def out_of_fold_predictions(cfg: TrainConfig, runs: Sequence[Path], path: Path) 
         patients += data.splits.val[PATIENT].tolist()
         logits.append(fold_logits.double().numpy())
     stacked = np.concatenate(logits)
-    predictions = Predictions(tuple(images), LABELS, stacked, 1 / (1 + np.exp(-stacked)))
+    predictions = Predictions(tuple(images), LABELS, stacked, apply_calibration(stacked, None))
     return write_predictions(predictions, patients, path)
 
 

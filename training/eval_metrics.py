@@ -448,6 +448,7 @@ def choose_thresholds(
     method: str = "f1",
     *,
     labels: Sequence[str] | None = None,
+    uninformative: Sequence[int] = (),
 ) -> tuple[np.ndarray, list[str]]:
     """Per-class decision thresholds, to be chosen on the VALIDATION split only.
 
@@ -461,7 +462,11 @@ def choose_thresholds(
     :data:`DEFAULT_THRESHOLD` and a note saying so.  So does a class whose validation AUROC
     is at most 0.5: the model shows no signal for it, and maximising F1 would flag every
     image (recall 1 at precision = prevalence); 0.5 on a calibrated probability means
-    "more likely than not", which such a class will rarely reach.
+    "more likely than not", which such a class will rarely reach.  The same goes for the
+    classes in ``uninformative`` (from
+    :func:`training.calibration.uninformative_classes`): their calibration found no
+    positive relation between score and label, so every image gets about the same
+    probability and a max-F1 cut through it would be arbitrary.
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown threshold method {method!r}; expected one of {THRESHOLD_METHODS}")
@@ -487,6 +492,12 @@ def choose_thresholds(
         if auroc <= 0.5:
             notes.append(f"{names[c]}: validation AUROC {auroc:.3f} <= 0.5 (no signal); "
                          f"threshold set to {DEFAULT_THRESHOLD} instead of flagging every image")
+            continue
+        if c in uninformative:
+            notes.append(f"{names[c]}: calibration found no positive relation between the "
+                         "score and the label (fitted scale at its floor), so every image "
+                         f"gets about the same probability; threshold set to {DEFAULT_THRESHOLD} "
+                         "instead of thresholding a near-constant")
             continue
         if method == "f1":
             objective = 2 * tp / (2 * tp + fp + (n_pos - tp))

@@ -265,15 +265,9 @@ def _thresholds_and_calibration(
         probs = (apply_calibration(predictions.logits, calibration)
                  if calibration else predictions.probs)
         thresholds, th_notes = choose_thresholds(y_true, probs, cfg.threshold_method,
-                                                 labels=labels)
+                                                 labels=labels,
+                                                 uninformative=uninformative_classes(calibration))
         notes += th_notes
-        for c in uninformative_classes(calibration):
-            if thresholds[c] != DEFAULT_THRESHOLD:
-                thresholds[c] = DEFAULT_THRESHOLD
-                notes.append(f"{labels[c]}: calibration found no positive relation between the "
-                             "score and the label (fitted scale at its floor), so every image "
-                             f"gets about the same probability; threshold set to {DEFAULT_THRESHOLD} "
-                             "instead of thresholding a near-constant")
         read_from = f", predictions read from {cfg.predictions}" if cfg.predictions else ""
         described = {
             "source": f"chosen on this {cfg.split} split{read_from} (max "

@@ -112,10 +112,14 @@ def _data_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list
     return lines
 
 
+def _fitted(config: dict[str, Any]) -> dict[str, Any]:
+    """The record of the threshold and calibration fit (``training.evaluate --fit``), or {}."""
+    return config.get("provenance", {}).get("validation_fit") or {}
+
+
 def _out_of_fold(report: dict[str, Any], config: dict[str, Any]) -> bool:
     """Whether ``report`` scored the out-of-fold predictions the thresholds were fitted on."""
-    fitted = config.get("provenance", {}).get("validation_fit") or {}
-    return report["split"] == "val" and bool(fitted.get("out_of_fold"))
+    return report["split"] == "val" and bool(_fitted(config).get("out_of_fold"))
 
 
 def _report_name(report: dict[str, Any], config: dict[str, Any]) -> str:
@@ -201,7 +205,7 @@ def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[
 
 
 def _thresholds_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
-    fitted = config.get("provenance", {}).get("validation_fit")
+    fitted = _fitted(config)
     if fitted:
         source = (f"chosen on {_fit_source(fitted)} by maximising "
                   f"{'F1' if fitted.get('threshold_method') == 'f1' else 'Youden J'}, on "
@@ -231,8 +235,7 @@ def _fit_source(fitted: dict[str, Any]) -> str:
 def _calibration_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
     calibration = config.get("calibration")
     method = calibration["method"] if calibration else None
-    fitted = config.get("provenance", {}).get("validation_fit") or {}
-    where = "out-of-fold predictions" if fitted.get("out_of_fold") else "the validation split"
+    where = "out-of-fold predictions" if _fitted(config).get("out_of_fold") else "the validation split"
     lines = ["## Calibration", "",
              f"Method: **{method or 'none'}**"
              + (f" per class, p = sigmoid(scale x logit + bias), fitted on {where} "
