@@ -75,6 +75,8 @@ def test_fold_dealing_follows_the_seed_and_refuses_impossible_fold_counts():
     for folds in (1, 41):
         with pytest.raises(ConfigError, match="folds"):
             fold_of_patients(patients, folds, seed=0)
+    with pytest.raises(SystemExit):  # argparse's usage error: --fold takes a number or "refit"
+        main(["--fold", "last", "--pretrained", "none"])
 
 
 @pytest.mark.slow
@@ -139,9 +141,15 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
             "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
             "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
-            "--lr", "1e-3", "--refit"]
-    assert main(argv) == 0, "expected exit 0"
+            "--lr", "1e-3"]
     refit = out / REFIT_DIR
+    # the refit needs no fold's result, so it can be trained alone, beside the folds
+    assert main([*argv, "--fold", "refit"]) == 0, "expected exit 0 for the refit alone"
+    assert (refit / "best").is_dir() and not (out / "fold_1").exists(), (
+        "expected --fold refit to train the refit alone")
+    trained_alone = (refit / "metrics.csv").read_text()
+    assert main([*argv, "--refit"]) == 0, "expected exit 0"
+    assert (refit / "metrics.csv").read_text() == trained_alone, "expected the finished refit not trained again"
     pooled = pd.concat([pd.read_csv(out / f"fold_{k}" / "val.csv") for k in (1, 2)], ignore_index=True)
     test = pd.read_csv(out / "fold_1" / "test.csv")
 

@@ -42,6 +42,9 @@ last epoch of the fold model that never saw its patient.  Those are predictions 
 models of the same recipe on 1/K less data, not of the refitted model itself, so its
 thresholds and calibration are estimates borrowed from its siblings; the test split is
 still untouched and is what ``training.evaluate --split test`` should then measure.
+The refit does not depend on the folds' results, so ``--fold refit`` trains it alone,
+beside the folds on another GPU or process; the later ``--refit`` call then finds it
+finished and only scores the folds out of fold and fits the thresholds.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -96,6 +99,7 @@ CURVE_FILE = "crossval_curve.csv"
 OOF_FILE = "oof_predictions.csv"
 REFIT_DIR = "refit"
 FitFunction = Callable[[TrainConfig], Path]
+Part = int | Literal["refit"]  # what --fold trains alone: fold K (from 1), or the refit
 
 
 def fold_of_patients(patients: np.ndarray, folds: int, seed: int) -> dict[int, int]:
@@ -200,22 +204,26 @@ def describe(report: dict[str, Any]) -> str:
 
 
 def cross_validate(
-    cfg: TrainConfig, *, folds: int, seed: int, only: int | None = None, refit: bool = False,
+    cfg: TrainConfig, *, folds: int, seed: int, only: Part | None = None, refit: bool = False,
     fit_fn: FitFunction = fit,
 ) -> dict[str, Any] | None:
     """Train ``cfg`` on each fold under ``cfg.out`` and write the report there.
 
     ``only=K`` trains fold K (from 1) alone and returns None, so that separate processes
-    or GPUs can take one fold each; a later call without it trains whatever is left
-    (nothing, once every fold finished) and writes the report.  ``refit`` then trains
-    the recipe on all pooled images and fits its thresholds out of fold (module docstring).
+    or GPUs can take one fold each; ``only="refit"`` likewise trains the refit alone.  A
+    later call without it trains whatever is left (nothing, once every part finished)
+    and writes the report.  ``refit`` then trains the recipe on all pooled images and
+    fits its thresholds out of fold (module docstring).
     """
-    if only is not None and not 1 <= only <= folds:
+    if isinstance(only, int) and not 1 <= only <= folds:
         raise ConfigError(f"--fold {only}: folds are numbered 1 to {folds}")
     if only is not None and refit:
         raise ConfigError("--refit needs every fold: give it without --fold")
     root = Path(cfg.out)
     splits = load_data(cfg).splits
+    if only == "refit":
+        refit_recipe(cfg, splits, root, fit_fn)
+        return None
     parts = fold_splits(splits, folds, seed)
     runs = [root / f"fold_{k + 1}" for k in range(folds)]
     for k, (part, run) in enumerate(zip(parts, runs, strict=True)):
@@ -321,6 +329,16 @@ def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path, folds: i
     return out / "report_val.json"
 
 
+def fold_argument(text: str) -> Part:
+    """``--fold``: a fold number, or ``refit``."""
+    if text == "refit":
+        return "refit"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number or 'refit', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.crossval",
@@ -328,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(all training.train options are accepted).",
     )
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    parser.add_argument("--fold", type=int, default=None, metavar="K",
-                        help="train fold K only (one process or GPU per fold); "
+    parser.add_argument("--fold", type=fold_argument, default=None, metavar="K|refit",
+                        help="train fold K only, or the refit only (one process or GPU each); "
                              "a call without --fold then writes the report")
     parser.add_argument("--fold-seed", type=int, default=0,
                         help="seed of the dealing of patients into folds (default 0)")
@@ -355,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if report is None:
-        print(f"fold {args.fold} of {args.folds} done; run again without --fold for the report")
+        done = "the refit" if args.fold == "refit" else f"fold {args.fold} of {args.folds}"
+        print(f"{done} done; run again without --fold for the report")
         return 0
     print(describe(report))
     if "refit" in report:
