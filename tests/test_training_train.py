@@ -21,7 +21,15 @@ from training.config import from_dict, parse_config
 from training.data import labels_of
 from training.data import main as data_main
 from training.sampling import RepeatFactorSampler, repeat_factors
-from training.train import CHECKPOINT_FILE, TrainingError, WeightAverage, fit, mix_batch
+from training.train import (
+    CHECKPOINT_FILE,
+    TrainingError,
+    WeightAverage,
+    cpu_has_native,
+    fit,
+    make_runtime,
+    mix_batch,
+)
 from xray_app.labels import LABELS
 from xray_app.model import load_checkpoint
 
@@ -301,3 +309,30 @@ def test_resuming_without_a_saved_average_is_refused_rather_than_started_afresh(
     fit(parse_config([*flags, "--epochs", "1"]))
     with pytest.raises(TrainingError, match="no weight average"):
         fit(parse_config([*flags, "--ema-decay", "0.9", "--resume"]))
+
+
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's instruction sets from")
+    return {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+            for flag in line.split(":", 1)[1].split()}
+
+
+def test_the_bf16_probe_agrees_with_the_cpus_instruction_sets():
+    flags = _cpu_flags()
+    if not any(flag.startswith("avx512") for flag in flags):
+        assert not cpu_has_native("bf16"), "expected no native bf16 on a CPU without AVX-512"
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        assert cpu_has_native("bf16"), "expected native bf16 on a CPU with bf16 instructions"
+
+
+def test_cpu_bf16_without_native_instructions_is_refused_with_the_fix_named(monkeypatch):
+    cfg = parse_config(["--device", "cpu", "--amp", "bf16", "--pretrained", "none", "--cache", "unused"])
+    if cpu_has_native("bf16"):
+        assert make_runtime(cfg).amp_dtype == torch.bfloat16, "expected bf16 autocast where the CPU has it"
+        monkeypatch.setattr("training.train.cpu_has_native", lambda amp: False)  # the other kind of CPU
+    with pytest.raises(TrainingError, match="use --amp none"):
+        make_runtime(cfg)
+    auto = parse_config(["--device", "cpu", "--pretrained", "none", "--cache", "unused"])
+    assert make_runtime(auto).amp_dtype is None, "expected --amp auto to train in fp32 on any CPU"
