@@ -116,6 +116,14 @@ def test_a_trial_whose_worker_went_silent_is_failed_and_requeued_with_its_parame
     assert study.trials[rerun.number].state == TrialState.RUNNING, "expected the started retry left running"
 
 
+def test_a_search_without_validation_is_refused_before_any_trial(tmp_path: Path, capsys) -> None:
+    argv = ["--study-name", "s", "--out", str(tmp_path / "tune"), "--images", str(DATA / "images"),
+            "--no-validate"]
+    assert tune.main(argv) == 2, "expected a usage error"
+    assert "--no-validate" in capsys.readouterr().err, "expected the flag named in the message"
+    assert not (tmp_path / "tune").exists(), "expected no study started"
+
+
 def test_without_drops_single_valued_flags() -> None:
     argv = ["--workers", "2", "--storage=x", "--epochs", "3", "--worker-index", "1"]
     kept = tune._without(argv, {"--workers", "--worker-index", "--storage"})

@@ -485,6 +485,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     """Tune flags, the base training config (training.train's flags), and those flags."""
     args, train_argv = build_parser().parse_known_args(argv)
     base = parse_config(train_argv)
+    if not base.validate:
+        raise ConfigError("--no-validate: the search scores every trial on the validation split")
     return args, base, list(train_argv)
 
 
