@@ -123,17 +123,17 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
     if want == "cuda":
         want = f"cuda:{local_rank}"
     device = torch.device(want)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
     if device.type == "cpu" and amp != "none" and not cpu_has_native(amp):
         raise TrainingError(
             f"--amp {amp} on this CPU: oneDNN has no {amp} kernels for it (they need AVX-512 or AMX), "
             f"so PyTorch emulates {amp} and training is many times slower than in fp32 (bf16: 0.4 "
             "against 7.3 images/s at 128 px on a 2-core AVX2 CPU, benchmarks.bench_train); use --amp none")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     return Runtime(device, rank, world_size, local_rank, amp_dtype, channels_last)
