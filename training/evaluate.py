@@ -62,7 +62,14 @@ from training.predictions import (
     write_predictions,
 )
 from xray_app.labels import LABELS, label_matrix
-from xray_app.model import CONFIG_FILE, CheckpointError, load_checkpoint, read_config, write_config
+from xray_app.model import (
+    CONFIG_FILE,
+    CheckpointError,
+    load_checkpoint,
+    model_logits,
+    read_config,
+    write_config,
+)
 from xray_app.preprocess import ImageInputError, preprocess
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
@@ -127,15 +134,18 @@ def run_model(
 ) -> np.ndarray:
     """``(N, 15)`` float64 logits of the checkpoint's model for the images, in order.
 
-    Each image goes through the app's own preprocessing (:func:`xray_app.preprocess.preprocess`).
+    Each image goes through the app's own preprocessing (:func:`xray_app.preprocess.preprocess`),
+    and logits are made as the checkpoint's config says (``mirror_average``), as the app does.
     """
     loaded = load_checkpoint(checkpoint)
     config = loaded.config.preprocess
+    mirror = loaded.config.mirror_average
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(image_paths), batch_size):
             batch = [preprocess(p, config)[0] for p in image_paths[start : start + batch_size]]
-            outputs.append(loaded.model(torch.stack(batch)).double().numpy())
+            logits = model_logits(loaded.model, torch.stack(batch), mirror_average=mirror)
+            outputs.append(logits.double().numpy())
             done = start + len(batch)
             if done == len(image_paths) or (start // batch_size) % 50 == 49:
                 print(f"inference: {done}/{len(image_paths)} images", file=sys.stderr)

@@ -65,6 +65,8 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from xray_app.model import average_with_mirror
+
 FAST_METHOD = "Grad-CAM (fast, all classes)"
 
 # pytorch-grad-cam classes by display name; each takes (model=, target_layers=).
@@ -116,11 +118,16 @@ def _method_key(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- fast CAM
-def class_activation_maps(features: torch.Tensor, fc_weight: torch.Tensor, size: int) -> np.ndarray:
+def class_activation_maps(
+    features: torch.Tensor, fc_weight: torch.Tensor, size: int, *, mirror_average: bool = False
+) -> np.ndarray:
     """Grad-CAM of every class at once from layer4 features: ``(N, C, size, size)`` float32.
 
     ``features``: ``(N, 2048, h, w)`` layer4 activations (any device, any float dtype; the
     maps are computed in float32).  ``fc_weight``: ``(C, 2048)`` weights of the linear head.
+    ``mirror_average``: ``features`` are ``(2N, ...)``, of the images then of their mirror
+    images (:func:`xray_app.model.with_mirror_images`), and each map is Grad-CAM of the
+    averaged logit: the two raw maps, the mirror's flipped back, averaged before the ReLU.
     Each map is normalised per class like pytorch-grad-cam: ReLU, min-max to [0, 1],
     ``cv2.resize`` (bilinear) to ``size`` x ``size``, min-max again.  Values lie in [0, 1];
     a map with no positive evidence anywhere is all zeros.  Features on a GPU are
@@ -137,6 +144,8 @@ def class_activation_maps(features: torch.Tensor, fc_weight: torch.Tensor, size:
     # Grad-CAM's channel weights are fc_weight / (h*w); keeping the factor makes the
     # library's 1e-7 guard in the min-max act on the same magnitudes.
     raw = torch.einsum("ck,nkhw->nchw", weight, features.detach().float()) / (height * width)
+    if mirror_average:
+        raw = average_with_mirror(raw, spatial=True)
     raw = raw.clamp_min(0)
     if raw.device.type == "cpu":
         return normalise_maps(raw.numpy(), size)

@@ -8,8 +8,10 @@ Grad-CAM exact: the gradient of logit ``c`` w.r.t. the last block's activations 
 
 A checkpoint is two files.  ``model.safetensors`` holds tensors only (never a pickle);
 ``config.json`` holds what the numbers mean: architecture, label names in logit order,
-input size, normalisation, per-class thresholds and calibration, the out-of-distribution
-statistics' description and provenance (data, split, commit, date, metrics).
+input size, normalisation, whether scores average each image with its mirror image,
+per-class thresholds and calibration (fitted on scores made the same way), the
+out-of-distribution statistics' description and provenance (data, split, commit, date,
+metrics).
 
 ``python -m xray_app.model --random-init DIR`` writes an untrained checkpoint for tests.
 """
@@ -46,7 +48,7 @@ ARCHITECTURE = "resnet50"
 FEATURE_DIM = 2048
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mirror_average
 OOD_TENSOR_PREFIX = "ood."  # extra (non-parameter) tensors stored in model.safetensors
 
 
@@ -98,6 +100,32 @@ class ChestXrayResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------- mirror average
+def with_mirror_images(batch: torch.Tensor) -> torch.Tensor:
+    """``(N, ...)`` images -> ``(2N, ...)``: the images, then their left-right mirror images."""
+    return torch.cat([batch, batch.flip(-1)])
+
+
+def average_with_mirror(outputs: torch.Tensor, *, spatial: bool = False) -> torch.Tensor:
+    """``(2N, ...)`` outputs for :func:`with_mirror_images`'s batch -> ``(N, ...)`` means.
+
+    ``spatial=True``: the last axis is image width (maps), so the mirror images' maps are
+    flipped back before averaging and both halves describe the same side of the patient.
+    """
+    if outputs.shape[0] % 2:
+        raise ValueError(f"expected an even batch (images, then mirrors), got {outputs.shape[0]}")
+    plain, mirrored = outputs.chunk(2)
+    return (plain + (mirrored.flip(-1) if spatial else mirrored)) / 2
+
+
+def model_logits(model: nn.Module, batch: torch.Tensor, *, mirror_average: bool) -> torch.Tensor:
+    """Logits as a checkpoint defines them: ``model(batch)``, or with ``mirror_average``
+    the mean of the logits of each image and of its mirror image (one forward pass)."""
+    if not mirror_average:
+        return model(batch)
+    return average_with_mirror(model(with_mirror_images(batch)))
 
 
 def build_model(
@@ -178,6 +206,9 @@ class ModelConfig:
     probability.  ``calibration`` is ``None`` or ``{"method": "platt"|"temperature",
     "scale": [C], "bias": [C]}`` meaning ``p = sigmoid(scale * logit + bias)``.
     ``trained`` is False for random-init checkpoints: every output made with one says so.
+    ``mirror_average``: a logit is the mean of the logits of the image and of its
+    left-right mirror image (:func:`model_logits`); thresholds and calibration are fitted on
+    logits made this way.
     """
 
     architecture: str = ARCHITECTURE
@@ -186,6 +217,7 @@ class ModelConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     dropout: float = 0.0
+    mirror_average: bool = False
     thresholds: tuple[float, ...] = (0.5,) * NUM_LABELS
     calibration: dict[str, Any] | None = None
     trained: bool = False
@@ -203,6 +235,8 @@ class ModelConfig:
                 f"checkpoint format version {self.format_version} is newer than this code "
                 f"understands ({FORMAT_VERSION}); update the app"
             )
+        if not isinstance(self.mirror_average, bool):
+            raise CheckpointError(f"mirror_average must be true or false, got {self.mirror_average!r}")
         if len(self.thresholds) != len(self.labels):
             raise CheckpointError(
                 f"{len(self.thresholds)} thresholds for {len(self.labels)} labels"
@@ -257,8 +291,10 @@ def read_config(path: Path) -> ModelConfig:
 
 
 def write_config(config: ModelConfig, path: Path) -> None:
-    """Write ``config.json`` atomically (write a temporary file, then rename)."""
-    _atomic_write_text(Path(path), json.dumps(config.to_dict(), indent=2) + "\n")
+    """Write ``config.json`` atomically (write a temporary file, then rename), in this
+    code's format version whatever version the config was read from."""
+    current = config.with_updates(format_version=FORMAT_VERSION)
+    _atomic_write_text(Path(path), json.dumps(current.to_dict(), indent=2) + "\n")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -42,7 +42,12 @@ import torch
 from xray_app import explain
 from xray_app.compute import run_on_compute_thread
 from xray_app.labels import DISPLAY_NAMES, LABELS, NUM_LABELS
-from xray_app.model import LoadedCheckpoint, ModelConfig
+from xray_app.model import (
+    LoadedCheckpoint,
+    ModelConfig,
+    average_with_mirror,
+    with_mirror_images,
+)
 from xray_app.ood import OodGate, OodResult, OutOfDistributionError
 from xray_app.preprocess import DecodedImage, ImageInputError, Source, preprocess, to_model_input
 from xray_app.weights import resolve_weights
@@ -276,28 +281,38 @@ class Predictor:
         Returns ``(N, 15)`` float32 logits, ``(N, 15)`` float32 (calibrated) probabilities,
         ``(N, 15, S, S)`` float32 heatmaps in [0, 1], all from one forward pass, and the
         out-of-distribution verdict per image (``None`` when the checkpoint has no gate).
+        When the config asks for ``mirror_average`` that pass holds each image and its
+        mirror image; logits are their mean and each heatmap is Grad-CAM of that mean.
         """
         return run_on_compute_thread(self._infer, batch)
 
     def _infer(self, batch: torch.Tensor) -> BatchOutput:
+        mirror = self.config.mirror_average
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
+            if mirror:
+                x = with_mirror_images(x)
             if self._cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self._autocast_dtype, enabled=self._cuda):
                 features = self._model.forward_features(x)
             features = features.float()
             logits = self._model.forward_head(features)
+            if mirror:
+                logits = average_with_mirror(logits)
             if self._calibration is not None:
                 scale, bias = self._calibration
                 probabilities = torch.sigmoid(scale * logits + bias)
             else:
                 probabilities = torch.sigmoid(logits)
-            cams = explain.class_activation_maps(features, self._fc_weight, x.shape[-1])
+            cams = explain.class_activation_maps(features, self._fc_weight, x.shape[-1],
+                                                 mirror_average=mirror)
+            # the gate's statistics describe the images as given, never their mirrors
+            as_given = features[: batch.shape[0]]
             if self._ood is not None:
-                ood = self._ood.assess(self._model.pool(features))
+                ood = self._ood.assess(self._model.pool(as_given))
             else:
-                ood = [None] * features.shape[0]
+                ood = [None] * as_given.shape[0]
             return BatchOutput(
                 logits.cpu().numpy().astype(np.float32),
                 probabilities.cpu().numpy().astype(np.float32),
@@ -398,7 +413,8 @@ class Predictor:
 
         Returns ``(S, S)`` float32 in [0, 1] at the model input size.  The fast method
         returns ``prediction.cams[class_index]`` at no cost; the others run pytorch-grad-cam
-        on the prediction's image, one call at a time (a lock), each in its own ``with``
+        on the prediction's image as given (never its mirror image, even when the
+        probabilities average both), one call at a time (a lock), each in its own ``with``
         block.  Raises ``ValueError`` for an unknown method or class index.
         """
         method = explain.resolve_method(method)
