@@ -141,7 +141,7 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
             "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
             "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
-            "--lr", "1e-3"]
+            "--lr", "1e-3", "--mirror-average"]
     refit = out / REFIT_DIR
     # the refit needs no fold's result, so it can be trained alone, beside the folds
     assert main([*argv, "--fold", "refit"]) == 0, "expected exit 0 for the refit alone"
@@ -153,16 +153,23 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     pooled = pd.concat([pd.read_csv(out / f"fold_{k}" / "val.csv") for k in (1, 2)], ignore_index=True)
     test = pd.read_csv(out / "fold_1" / "test.csv")
 
-    # out-of-fold: every pooled image once, scored by the last epoch of the fold that held it out
+    # out-of-fold: every pooled image once, scored by the last epoch of the fold that held it
+    # out, each averaged with its mirror image as the refit will score images (and as the
+    # folds' own validation did)
     oof = pd.read_csv(out / OOF_FILE)
     assert sorted(oof[IMAGE]) == sorted(pooled[IMAGE]), "expected each pooled image scored exactly once"
     oof = oof.merge(pooled[[IMAGE, FINDINGS]], on=IMAGE)
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["out_of_fold"]["mirror_average"] is True
     for k in (1, 2):
         fold_images = set(pd.read_csv(out / f"fold_{k}" / "val.csv")[IMAGE])
         last = pd.read_csv(out / f"fold_{k}" / "metrics.csv").iloc[-1]
         expected = last[[f"val_auroc_{n}" for n in PATHOLOGIES]].astype(float).mean(skipna=True)
-        assert _pathology_auroc(oof[oof[IMAGE].isin(fold_images)]) == pytest.approx(expected, abs=1e-4), (
+        scored = _pathology_auroc(oof[oof[IMAGE].isin(fold_images)])
+        assert scored == pytest.approx(expected, abs=1e-4), (
             f"expected fold {k}'s out-of-fold scores to be its last epoch's validation scores")
+        assert report["out_of_fold"]["folds"][k - 1] == pytest.approx(scored, abs=1e-4), (
+            f"expected the report's fold {k} figure to be its out-of-fold AUROC")
 
     # the refit: all pooled images, no validation, every epoch, the last exported
     assert sorted(pd.read_csv(refit / "train.csv")[IMAGE]) == sorted(pooled[IMAGE]), (
@@ -174,9 +181,11 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     assert not any(c.startswith("val_") for c in metrics.columns), "expected no validation figures"
     config = json.loads((refit / "best" / "config.json").read_text())
     assert config["provenance"]["metrics"]["epoch"] == 2, "expected the last epoch exported"
+    assert config["mirror_average"] is True, (
+        "expected the refit to score images as its out-of-fold thresholds were fitted")
     fit = config["provenance"]["validation_fit"]
     assert fit["predictions"] == str(out / OOF_FILE) and fit["n_images"] == len(pooled), (
         "expected thresholds and calibration fitted on the out-of-fold predictions")
     assert fit["out_of_fold"]["folds"] == 2, "expected the record to say the predictions are out of fold"
     assert config["calibration"] is not None and len(config["thresholds"]) == 15
-    assert json.loads((out / REPORT_FILE).read_text())["refit"]["checkpoint"] == str(refit / "best")
+    assert report["refit"]["checkpoint"] == str(refit / "best")

@@ -71,6 +71,8 @@ class TrainConfig:
     included); when above 0 the average, not the raw weights, is validated, selected and
     exported.  ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
     weight per batch, 0 = off.  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    ``mirror_average``: the exported checkpoint averages each image's logits with its
+    mirror image's (:func:`xray_app.model.model_logits`), and validation scores it so.
     ``validate``: False = no validation (a refit of a recipe chosen by cross-validation on
     all its images): the validation split is not used, every epoch runs and the last one
     is exported to ``OUT/best``.
@@ -97,6 +99,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     mixup_alpha: float = 0.0
     dropout: float = 0.0
+    mirror_average: bool = False
     pretrained: str = "imagenet"
     limit_batches: int | None = None
     patience: int = 5
@@ -202,6 +205,8 @@ _HELP = {
     "mixup_alpha": "mixup: blend each batch with a shuffled copy of itself, images and "
                    "targets alike, by a Beta(alpha, alpha) weight (0 = off; 0.2-0.4 is usual)",
     "strength": "augmentation strength (0 = none)",
+    "mirror_average": "the exported model averages each image's logits with its mirror "
+                      "image's (thresholds, calibration and validation use the same)",
     "validate": "--no-validate: no validation split; run every epoch and export the last "
                 "(refit of a cross-validated recipe, see training.crossval --refit)",
 }

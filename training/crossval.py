@@ -42,6 +42,12 @@ last epoch of the fold model that never saw its patient.  Those are predictions 
 models of the same recipe on 1/K less data, not of the refitted model itself, so its
 thresholds and calibration are estimates borrowed from its siblings; the test split is
 still untouched and is what ``training.evaluate --split test`` should then measure.
+With ``--mirror-average`` the out-of-fold logits average each image with its mirror
+image, the refit's ``config.json`` says so (the thresholds only hold for images scored
+that way), and the report's ``out_of_fold`` entry gives each fold's AUROC on those
+logits.  The weights do not depend on it (the folds run every epoch, the refit does
+not validate), so finished folds can be scored either way.
+
 The refit does not depend on the folds' results, so ``--fold refit`` trains it alone,
 beside the folds on another GPU or process; the later ``--refit`` call then finds it
 finished and only scores the folds out of fold and fits the thresholds.
@@ -75,6 +81,7 @@ from training.data import (
     write_splits,
 )
 from training.evaluate import EvalConfig, EvaluationError, evaluate
+from training.metrics import macro_auroc
 from training.predictions import Predictions, write_predictions
 from training.train import (
     CHECKPOINT_FILE,
@@ -200,7 +207,15 @@ def describe(report: dict[str, Any]) -> str:
         f"(folds {final['folds']})\n"
         f"  best epoch {best['epoch']} of the fold mean: {best['mean']:.3f} ± {best['sd']:.3f}  "
         "(chosen on these folds: optimistic)"
-    )
+    ) + _describe_out_of_fold(report.get("out_of_fold"))
+
+
+def _describe_out_of_fold(oof: dict[str, Any] | None) -> str:
+    if oof is None:
+        return ""
+    how = "each image averaged with its mirror image" if oof["mirror_average"] else "images as given"
+    return (f"\n  out-of-fold predictions ({how}; float32 on the CPU, as the app): "
+            f"{oof['mean']:.3f} ± {oof['sd']:.3f}  (folds {oof['folds']})")
 
 
 def cross_validate(
@@ -240,7 +255,17 @@ def cross_validate(
     report["train_config"] = cfg.to_dict()
     table.to_csv(root / CURVE_FILE, float_format="%.4f")
     if refit:
-        oof = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
+        oof, scores = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
+        report["out_of_fold"] = {
+            "metric": "AUROC over the 14 pathologies of each fold's last epoch on its own "
+                      "held-out patients, from the out-of-fold predictions: on the CPU in "
+                      "float32 as the app scores images, not in the training arithmetic of "
+                      "'final'",
+            "mirror_average": cfg.mirror_average,
+            "mean": float(np.mean(scores)),
+            "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan"),
+            "folds": [round(score, 4) for score in scores],
+        }
         best = refit_recipe(cfg, splits, root, fit_fn)
         oof_report = fit_thresholds_out_of_fold(cfg, best, oof, folds)
         report["refit"] = {
@@ -271,10 +296,21 @@ def last_epoch_model(cfg: TrainConfig, run: Path) -> torch.nn.Module:
     return model
 
 
-def out_of_fold_predictions(cfg: TrainConfig, runs: Sequence[Path], path: Path) -> Path:
-    """Score every pooled image with the last epoch of the fold that validated on it and
-    write the logits to ``path`` (a predictions CSV, as :mod:`training.evaluate` reads)."""
-    images, patients, logits = [], [], []
+def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
+    """AUROC averaged over the 14 pathologies that have both a positive and a negative."""
+    _, per_class = macro_auroc(targets, logits)
+    return float(np.nanmean([per_class[name] for name in PATHOLOGIES]))
+
+
+def out_of_fold_predictions(
+    cfg: TrainConfig, runs: Sequence[Path], path: Path
+) -> tuple[Path, list[float]]:
+    """Score every pooled image with the last epoch of the fold that validated on it, as
+    the refitted checkpoint will score images (``cfg.mirror_average``), and write the
+    logits to ``path`` (a predictions CSV, as :mod:`training.evaluate` reads).
+
+    Returns the path and each fold's AUROC over the 14 pathologies on those logits."""
+    images, patients, logits, scores = [], [], [], []
     for run in runs:
         fold = fold_config(cfg, run)
         data = load_data(fold)
@@ -282,13 +318,15 @@ def out_of_fold_predictions(cfg: TrainConfig, runs: Sequence[Path], path: Path) 
         runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
         loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
                             num_workers=cfg.data.num_workers)
-        fold_logits, _ = predict(last_epoch_model(fold, run), loader, runtime)
+        fold_logits, targets = predict(last_epoch_model(fold, run), loader, runtime,
+                                       mirror_average=cfg.mirror_average)
+        scores.append(pathology_mean_auroc(targets.numpy(), fold_logits.numpy()))
         images += data.splits.val[IMAGE].tolist()
         patients += data.splits.val[PATIENT].tolist()
         logits.append(fold_logits.double().numpy())
     stacked = np.concatenate(logits)
     predictions = Predictions(tuple(images), LABELS, stacked, apply_calibration(stacked, None))
-    return write_predictions(predictions, patients, path)
+    return write_predictions(predictions, patients, path), scores
 
 
 def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFunction = fit) -> Path:
@@ -309,15 +347,18 @@ def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path, folds: i
     """Thresholds (max F1) and calibration of the refitted model ``best``, fitted on the
     out-of-fold predictions and written into its ``config.json`` by training.evaluate
     (whose record there is marked ``out_of_fold``); returns that evaluation's report
-    (``RUN/oof_fit/report_val.json``)."""
+    (``RUN/oof_fit/report_val.json``).  The config's ``mirror_average`` is set to
+    ``cfg.mirror_average`` first: the out-of-fold logits were made that way, so the
+    thresholds only hold for the model scoring images the same way."""
     out = best.parent / "oof_fit"
+    path = best / CONFIG_FILE
+    write_config(read_config(path).with_updates(mirror_average=cfg.mirror_average), path)
     evaluate(EvalConfig(
         split="val", out=out, checkpoint=best, predictions=oof,
         split_csv=oof, metadata=Path(cfg.data.metadata), fit=calibration,
         argv=("--checkpoint", str(best), "--predictions", str(oof), "--split-csv", str(oof),
               "--split", "val", "--fit", calibration),
     ))
-    path = best / CONFIG_FILE
     config = read_config(path)
     record = {**config.provenance["validation_fit"], "out_of_fold": {
         "folds": folds,

@@ -68,6 +68,7 @@ from xray_app.model import (
     PretrainedWeightsUnavailable,
     build_model,
     git_commit,
+    model_logits,
     save_checkpoint,
     utc_now,
 )
@@ -370,16 +371,23 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: DataLoader, runtime: Runtime, *, limit_batches: int | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    runtime: Runtime,
+    *,
+    mirror_average: bool = False,
+    limit_batches: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, targets)`` of ``model`` over ``loader``, in its order, on the CPU."""
+    """``(logits, targets)`` of ``model`` over ``loader``, in its order, on the CPU;
+    ``mirror_average``: each logit averages the image and its mirror image, as the app
+    does for a checkpoint whose config asks for it."""
     model.eval()
     all_logits, all_targets = [], []
     for step, (images, targets) in enumerate(loader):
         if limit_batches is not None and step >= limit_batches:
             break
         with _autocast(runtime):
-            logits = model(_to_device(images, runtime))
+            logits = model_logits(model, _to_device(images, runtime), mirror_average=mirror_average)
         all_logits.append(logits.float().cpu())
         all_targets.append(targets)
     return torch.cat(all_logits), torch.cat(all_targets)
@@ -392,14 +400,17 @@ def evaluate(
     loss_fn: nn.Module,
     runtime: Runtime,
     *,
+    mirror_average: bool = False,
     limit_batches: int | None = None,
 ) -> dict[str, float]:
-    """Validation loss, macro-AUROC and per-class AUROC (``val_auroc_<label>``).
+    """Validation loss, macro-AUROC and per-class AUROC (``val_auroc_<label>``), on logits
+    made as the exported checkpoint will make them (``mirror_average``).
 
     Macro-AUROC averages the classes that have both a positive and a negative image in
     the evaluated set (NaN when none has).
     """
-    logits, targets = predict(model, loader, runtime, limit_batches=limit_batches)
+    logits, targets = predict(model, loader, runtime, mirror_average=mirror_average,
+                              limit_batches=limit_batches)
     macro, per_class = macro_auroc(targets.numpy(), torch.sigmoid(logits).numpy())
     metrics = {"val_loss": float(loss_fn(logits, targets)), "val_macro_auroc": macro}
     metrics.update({f"val_auroc_{name}": value for name, value in per_class.items()})
@@ -481,6 +492,7 @@ def export_best(
     config = ModelConfig(
         input_size=cfg.data.input_size,
         dropout=cfg.dropout,
+        mirror_average=cfg.mirror_average,
         trained=True,
         provenance=provenance,
     )
@@ -654,7 +666,8 @@ def _validate(
     """Validation on the main process; under torchrun the result is broadcast to all ranks."""
     metrics = {}
     if runtime.is_main:
-        metrics = evaluate(model, loader, loss_fn, runtime, limit_batches=cfg.limit_batches)
+        metrics = evaluate(model, loader, loss_fn, runtime,
+                           mirror_average=cfg.mirror_average, limit_batches=cfg.limit_batches)
     if runtime.distributed:
         box = [metrics]
         dist.broadcast_object_list(box, src=0)
