@@ -3,8 +3,10 @@
 ``python -m benchmarks.bench_inference [--device cuda] [--weights DIR]`` measures, in one
 run and on the shared NIH radiographs at the model's input size:
 
-1. the bare forward pass (``model(x)`` under ``inference_mode``; on CUDA with the same
-   ``channels_last`` + autocast as the predictor);
+1. the bare forward pass the checkpoint asks for (``model(x)`` under ``inference_mode``;
+   on CUDA with the same ``channels_last`` + autocast as the predictor), over each image
+   and its mirror image when its config says ``mirror_average`` (then the forward of the
+   images alone is timed too and printed beside it);
 2. the predictor's fast path (:meth:`~xray_app.predictor.Predictor.infer`): calibrated
    probabilities and the Grad-CAM maps of all 15 classes, as numpy arrays on the host;
 3. pytorch-grad-cam's per-class loop for the same 15 maps (``GradCAM`` on ``layer4`` with
@@ -43,7 +45,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from xray_app.compute import run_on_compute_thread
 from xray_app.explain import class_activation_maps
 from xray_app.labels import NUM_LABELS
-from xray_app.model import load_checkpoint, write_random_init
+from xray_app.model import load_checkpoint, model_logits, with_mirror_images, write_random_init
 from xray_app.predictor import Predictor
 from xray_app.preprocess import preprocess
 
@@ -120,10 +122,12 @@ def _run(args: argparse.Namespace) -> int:
         x = x.contiguous(memory_format=torch.channels_last)
     use_autocast = device.type == "cuda"
 
-    def bare_forward() -> None:
+    mirror = config.mirror_average
+
+    def bare_forward(*, mirror_average: bool = mirror) -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=use_autocast):
-            predictor._model(x)
+            model_logits(predictor._model, x, mirror_average=mirror_average)
 
     def fast_path() -> None:
         predictor.infer(batch)
@@ -140,6 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"device: {device} ({name}); torch {torch.__version__}; input {config.input_size} px, "
           f"batch {len(batch)}")
     print(f"weights: {weights_note}")
+    print("scores: each image averaged with its mirror image (the forward pass holds both)"
+          if mirror else "scores: images as given")
 
     for _ in range(args.warmup):
         bare_forward()
@@ -158,13 +164,18 @@ def _run(args: argparse.Namespace) -> int:
     ratio = statistics.median(p / f for p, f in zip(predictor_s, forward_s, strict=True))
     ratio_of_medians = predictor_ms / forward_ms
     ratio_min = min(predictor_s) / min(forward_s)
+    single_ms = _median_ms([_time(lambda: bare_forward(mirror_average=False), device)
+                            for _ in range(args.repeats)])
     with torch.inference_mode():
-        features = predictor._model.forward_features(x).float()
-    cam_s = [_time(lambda: class_activation_maps(features, predictor._fc_weight, config.input_size),
+        features = predictor._model.forward_features(with_mirror_images(x) if mirror else x).float()
+    cam_s = [_time(lambda: class_activation_maps(features, predictor._fc_weight, config.input_size,
+                                                 mirror_average=mirror),
                    device) for _ in range(args.repeats)]
     cam_ms = _median_ms(cam_s)
     print(f"bare forward                          : {forward_ms:9.1f} ms  (median of {args.repeats}; "
           f"min {1000 * min(forward_s):.1f})")
+    if mirror:
+        print(f"  the images alone, without mirrors   : {single_ms:9.1f} ms")
     print(f"predictor: probabilities + 15 heatmaps: {predictor_ms:9.1f} ms  (median of {args.repeats}; "
           f"min {1000 * min(predictor_s):.1f})")
     print(f"heatmaps_vs_forward                   : {ratio:9.2f}x  (median of the {args.repeats} paired "
@@ -195,7 +206,9 @@ def _run(args: argparse.Namespace) -> int:
         "batch_size": len(batch),
         "repeats": args.repeats,
         "weights": "random-init (untrained)" if args.weights is None else str(args.weights),
+        "mirror_average": mirror,
         "forward_ms": round(forward_ms, 2),
+        "forward_without_mirrors_ms": round(single_ms, 2),
         "predictor_ms": round(predictor_ms, 2),
         "gradcam_loop_ms": round(loop_ms, 2),
         "heatmaps_vs_forward": round(ratio, 3),

@@ -96,12 +96,17 @@ def test_a_file_that_is_not_an_evaluation_report_is_refused(card, capsys):
 
 def _card_with_provenance(card, tmp_path, edit) -> str:
     """The card of a copy of the fixture's checkpoint whose provenance ``edit`` changed."""
+    return _card_with_config(card, tmp_path, lambda config: edit(config["provenance"]))
+
+
+def _card_with_config(card, tmp_path, edit) -> str:
+    """The card of a copy of the fixture's checkpoint whose config ``edit`` changed."""
     import shutil
 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(card["checkpoint"], checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
-    edit(config["provenance"])
+    edit(config)
     (checkpoint / "config.json").write_text(json.dumps(config))
     out = tmp_path / "README.md"
     eval_dir = card["checkpoint"] / "eval"
@@ -132,3 +137,11 @@ def test_a_refit_says_its_thresholds_came_from_out_of_fold_predictions_not_a_val
     assert "## Evaluation on the val split" not in text, "expected no section claiming a validation split"
     assert "not of this model" in text.split("## Out-of-fold evaluation", 1)[1], (
         "expected the out-of-fold report labelled as the fold models' predictions")
+
+
+def test_the_card_says_how_a_radiograph_is_scored(card, tmp_path):
+    assert "- Scoring: each radiograph as given" in card["text"]
+    text = _card_with_config(card, tmp_path, lambda config: config.update(mirror_average=True))
+    scoring = text.split("- Scoring:", 1)[1].split("\n", 1)[0]
+    assert "mirror image" in scoring and "thresholds, calibration and the metrics" in scoring, (
+        "expected a mirror-averaging model's card to say its thresholds and metrics assume it")

@@ -270,6 +270,7 @@ def test_banner_is_loud_for_untrained_and_names_the_training_data(predictor):
 def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):
     missing = ui.model_card_markdown(predictor, [tmp_path / "README.md"])
     assert "No model card found" in missing, missing
+    assert "**Scoring:** the radiograph as uploaded" in missing, "expected how images are scored"
     card = tmp_path / "README.md"
     card.write_text("---\nlicense: mit\n---\n# Model card\n\n| AUROC | 0.81 |\n")
     shown = ui.model_card_markdown(predictor, [card])

@@ -140,6 +140,15 @@ def _distillation_lines(distillation: dict[str, Any] | None) -> list[str]:
             "calibration, thresholds and every metric below are against NIH labels alone."]
 
 
+def _scoring_line(config: dict[str, Any]) -> str:
+    if config.get("mirror_average"):
+        return ("- Scoring: each radiograph's logits are the mean of its own and its left-right "
+                "mirror image's (one forward pass of both); thresholds, calibration and the metrics "
+                "below were computed on logits made that way, and each fast Grad-CAM "
+                "heatmap explains that mean (the mirror image's map flipped back).")
+    return "- Scoring: each radiograph as given (no test-time augmentation)."
+
+
 def _training_section(config: dict[str, Any]) -> list[str]:
     provenance = config.get("provenance", {})
     lines = ["## Model and training configuration", "",
@@ -147,6 +156,7 @@ def _training_section(config: dict[str, Any]) -> list[str]:
              f"{len(config['labels'])} sigmoid outputs; input {config['input_size']} px, "
              f"normalised with mean {config['mean']} and std {config['std']}.",
              f"- Outputs, in logit order: {', '.join(config['labels'])}.",
+             _scoring_line(config),
              f"- Code commit: `{provenance.get('commit')}`; exported {provenance.get('date')}."]
     train_config = provenance.get("train_config")
     if train_config:

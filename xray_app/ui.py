@@ -171,6 +171,9 @@ def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str
         f"**Trained:** {'yes' if config.trained else '**NO: random initialisation (UNTRAINED WEIGHTS)**'}",
         f"**Training data:** {_md_escape(predictor.model_info['data'])}",
         f"**Input size:** {config.input_size} px",
+        "**Scoring:** " + ("each probability averages the radiograph and its left-right mirror "
+                           "image; the heatmaps explain that average"
+                           if config.mirror_average else "the radiograph as uploaded"),
         f"**sha256:** `{predictor.model_info.get('sha256', '')}`",
     ]
     metrics = provenance.get("metrics")
