@@ -160,7 +160,7 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     assert sorted(oof[IMAGE]) == sorted(pooled[IMAGE]), "expected each pooled image scored exactly once"
     oof = oof.merge(pooled[[IMAGE, FINDINGS]], on=IMAGE)
     report = json.loads((out / REPORT_FILE).read_text())
-    assert report["out_of_fold"]["mirror_average"] is True
+    assert report["out_of_fold"]["written_predictions"] == "mirror_average"
     for k in (1, 2):
         fold_images = set(pd.read_csv(out / f"fold_{k}" / "val.csv")[IMAGE])
         last = pd.read_csv(out / f"fold_{k}" / "metrics.csv").iloc[-1]
@@ -168,8 +168,10 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
         scored = _pathology_auroc(oof[oof[IMAGE].isin(fold_images)])
         assert scored == pytest.approx(expected, abs=1e-4), (
             f"expected fold {k}'s out-of-fold scores to be its last epoch's validation scores")
-        assert report["out_of_fold"]["folds"][k - 1] == pytest.approx(scored, abs=1e-4), (
+        assert report["out_of_fold"]["mirror_average"]["folds"][k - 1] == pytest.approx(scored, abs=1e-4), (
             f"expected the report's fold {k} figure to be its out-of-fold AUROC")
+    assert len(report["out_of_fold"]["as_given"]["folds"]) == 2, (
+        "expected the images-as-given figures beside the mirror-averaged ones")
 
     # the refit: all pooled images, no validation, every epoch, the last exported
     assert sorted(pd.read_csv(refit / "train.csv")[IMAGE]) == sorted(pooled[IMAGE]), (

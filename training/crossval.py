@@ -45,7 +45,8 @@ still untouched and is what ``training.evaluate --split test`` should then measu
 With ``--mirror-average`` the out-of-fold logits average each image with its mirror
 image, the refit's ``config.json`` says so (the thresholds only hold for images scored
 that way), and the report's ``out_of_fold`` entry gives each fold's AUROC on those
-logits.  The weights do not depend on it (the folds run every epoch, the refit does
+logits and on the images as given.  ``--out-of-fold`` writes that entry without a
+refit.  The weights do not depend on it (the folds run every epoch, the refit does
 not validate), so finished folds can be scored either way.
 
 The refit does not depend on the folds' results, so ``--fold refit`` trains it alone,
@@ -213,22 +214,27 @@ def describe(report: dict[str, Any]) -> str:
 def _describe_out_of_fold(oof: dict[str, Any] | None) -> str:
     if oof is None:
         return ""
-    how = "each image averaged with its mirror image" if oof["mirror_average"] else "images as given"
-    return (f"\n  out-of-fold predictions ({how}; float32 on the CPU, as the app): "
-            f"{oof['mean']:.3f} ± {oof['sd']:.3f}  (folds {oof['folds']})")
+    lines = ["", "  out-of-fold predictions, last epoch (float32 on the CPU, as the app):"]
+    for key, how in (("as_given", "images as given"),
+                     ("mirror_average", "each image averaged with its mirror image")):
+        if key in oof:
+            lines.append(f"    {how}: {oof[key]['mean']:.3f} ± {oof[key]['sd']:.3f}  "
+                         f"(folds {oof[key]['folds']})")
+    return "\n".join(lines)
 
 
 def cross_validate(
     cfg: TrainConfig, *, folds: int, seed: int, only: Part | None = None, refit: bool = False,
-    fit_fn: FitFunction = fit,
+    score_out_of_fold: bool = False, fit_fn: FitFunction = fit,
 ) -> dict[str, Any] | None:
     """Train ``cfg`` on each fold under ``cfg.out`` and write the report there.
 
     ``only=K`` trains fold K (from 1) alone and returns None, so that separate processes
     or GPUs can take one fold each; ``only="refit"`` likewise trains the refit alone.  A
     later call without it trains whatever is left (nothing, once every part finished)
-    and writes the report.  ``refit`` then trains the recipe on all pooled images and
-    fits its thresholds out of fold (module docstring).
+    and writes the report.  ``score_out_of_fold`` adds the out-of-fold predictions and
+    their per-fold AUROC to it; ``refit`` does too, then trains the recipe on all pooled
+    images and fits its thresholds out of fold (module docstring).
     """
     if isinstance(only, int) and not 1 <= only <= folds:
         raise ConfigError(f"--fold {only}: folds are numbered 1 to {folds}")
@@ -254,18 +260,10 @@ def cross_validate(
     report = summarise(table, parts)
     report["train_config"] = cfg.to_dict()
     table.to_csv(root / CURVE_FILE, float_format="%.4f")
-    if refit:
+    if refit or score_out_of_fold:
         oof, scores = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
-        report["out_of_fold"] = {
-            "metric": "AUROC over the 14 pathologies of each fold's last epoch on its own "
-                      "held-out patients, from the out-of-fold predictions: on the CPU in "
-                      "float32 as the app scores images, not in the training arithmetic of "
-                      "'final'",
-            "mirror_average": cfg.mirror_average,
-            "mean": float(np.mean(scores)),
-            "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan"),
-            "folds": [round(score, 4) for score in scores],
-        }
+        report["out_of_fold"] = out_of_fold_summary(scores, cfg.mirror_average)
+    if refit:
         best = refit_recipe(cfg, splits, root, fit_fn)
         oof_report = fit_thresholds_out_of_fold(cfg, best, oof, folds)
         report["refit"] = {
@@ -296,6 +294,22 @@ def last_epoch_model(cfg: TrainConfig, run: Path) -> torch.nn.Module:
     return model
 
 
+def out_of_fold_summary(scores: dict[str, list[float]], mirror_average: bool) -> dict[str, Any]:
+    """The report's ``out_of_fold`` entry: mean, sd and per-fold AUROC of each scoring."""
+    def spread(values: list[float]) -> dict[str, Any]:
+        return {"mean": float(np.mean(values)),
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+                "folds": [round(value, 4) for value in values]}
+
+    return {
+        "metric": "AUROC over the 14 pathologies of each fold's last epoch on its own held-out "
+                  "patients, from the out-of-fold predictions: on the CPU in float32 as the app "
+                  "scores images, not in the training arithmetic of 'final'",
+        "written_predictions": "mirror_average" if mirror_average else "as_given",
+        **{name: spread(values) for name, values in scores.items()},
+    }
+
+
 def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
     """AUROC averaged over the 14 pathologies that have both a positive and a negative."""
     _, per_class = macro_auroc(targets, logits)
@@ -304,13 +318,15 @@ def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
 
 def out_of_fold_predictions(
     cfg: TrainConfig, runs: Sequence[Path], path: Path
-) -> tuple[Path, list[float]]:
+) -> tuple[Path, dict[str, list[float]]]:
     """Score every pooled image with the last epoch of the fold that validated on it, as
     the refitted checkpoint will score images (``cfg.mirror_average``), and write the
     logits to ``path`` (a predictions CSV, as :mod:`training.evaluate` reads).
 
-    Returns the path and each fold's AUROC over the 14 pathologies on those logits."""
-    images, patients, logits, scores = [], [], [], []
+    Returns the path and each fold's AUROC over the 14 pathologies: ``{"as_given": [...]}``,
+    plus ``"mirror_average"`` (the written logits) when ``cfg.mirror_average``."""
+    images, patients, logits = [], [], []
+    scores: dict[str, list[float]] = {"as_given": []}
     for run in runs:
         fold = fold_config(cfg, run)
         data = load_data(fold)
@@ -318,9 +334,13 @@ def out_of_fold_predictions(
         runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
         loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
                             num_workers=cfg.data.num_workers)
-        fold_logits, targets = predict(last_epoch_model(fold, run), loader, runtime,
-                                       mirror_average=cfg.mirror_average)
-        scores.append(pathology_mean_auroc(targets.numpy(), fold_logits.numpy()))
+        model = last_epoch_model(fold, run)
+        fold_logits, targets = predict(model, loader, runtime)
+        scores["as_given"].append(pathology_mean_auroc(targets.numpy(), fold_logits.numpy()))
+        if cfg.mirror_average:
+            fold_logits, _ = predict(model, loader, runtime, mirror_average=True)
+            scores.setdefault("mirror_average", []).append(
+                pathology_mean_auroc(targets.numpy(), fold_logits.numpy()))
         images += data.splits.val[IMAGE].tolist()
         patients += data.splits.val[PATIENT].tolist()
         logits.append(fold_logits.double().numpy())
@@ -385,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training.crossval",
         description="K-fold cross-validation by patient of one training recipe "
                     "(all training.train options are accepted).",
+        allow_abbrev=False,  # training.train's --out must not be read as --out-of-fold
     )
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     parser.add_argument("--fold", type=fold_argument, default=None, metavar="K|refit",
@@ -392,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "a call without --fold then writes the report")
     parser.add_argument("--fold-seed", type=int, default=0,
                         help="seed of the dealing of patients into folds (default 0)")
+    parser.add_argument("--out-of-fold", action="store_true",
+                        help="score each fold's last epoch on its held-out patients: write "
+                             f"{OOF_FILE} and each fold's AUROC into the report, images as "
+                             "given and, with --mirror-average, averaged with their mirror "
+                             "images too (--refit does this as well)")
     parser.add_argument("--refit", action="store_true",
                         help="after the report, train the recipe on all train + val images and "
                              "fit its thresholds and calibration on the out-of-fold predictions")
@@ -408,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_config(train_argv)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         report = cross_validate(cfg, folds=args.folds, seed=args.fold_seed, only=args.fold,
-                                refit=args.refit)
+                                refit=args.refit, score_out_of_fold=args.out_of_fold)
     except (ConfigError, TrainingError, MetadataError, SplitLeakError,
             PretrainedWeightsUnavailable, EvaluationError) as error:
         print(f"error: {error}", file=sys.stderr)
