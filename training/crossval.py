@@ -97,8 +97,10 @@ from xray_app.labels import LABELS, PATHOLOGIES
 from xray_app.model import (
     CONFIG_FILE,
     PretrainedWeightsUnavailable,
+    average_with_mirror,
     build_model,
     read_config,
+    with_mirror_images,
     write_config,
 )
 
@@ -316,6 +318,17 @@ def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
     return float(np.nanmean([per_class[name] for name in PATHOLOGIES]))
 
 
+class _ImagesThenMirrors(torch.nn.Module):
+    """``(N, ...)`` images -> ``(N, 2C)``: each image's logits, then its mirror image's."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.model(with_mirror_images(batch)).chunk(2), dim=1)
+
+
 def out_of_fold_predictions(
     cfg: TrainConfig, runs: Sequence[Path], path: Path
 ) -> tuple[Path, dict[str, list[float]]]:
@@ -335,12 +348,16 @@ def out_of_fold_predictions(
         loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
                             num_workers=cfg.data.num_workers)
         model = last_epoch_model(fold, run)
-        fold_logits, targets = predict(model, loader, runtime)
-        scores["as_given"].append(pathology_mean_auroc(targets.numpy(), fold_logits.numpy()))
-        if cfg.mirror_average:
-            fold_logits, _ = predict(model, loader, runtime, mirror_average=True)
+        if cfg.mirror_average:  # one pass over images and mirrors gives both scorings
+            paired, targets = predict(_ImagesThenMirrors(model), loader, runtime)
+            as_given, mirrored = paired.chunk(2, dim=1)
+            fold_logits = average_with_mirror(torch.cat([as_given, mirrored]))
             scores.setdefault("mirror_average", []).append(
                 pathology_mean_auroc(targets.numpy(), fold_logits.numpy()))
+        else:
+            as_given, targets = predict(model, loader, runtime)
+            fold_logits = as_given
+        scores["as_given"].append(pathology_mean_auroc(targets.numpy(), as_given.numpy()))
         images += data.splits.val[IMAGE].tolist()
         patients += data.splits.val[PATIENT].tolist()
         logits.append(fold_logits.double().numpy())
