@@ -69,7 +69,12 @@ class TrainConfig:
     on the training images (:mod:`training.distill`).  ``ema_decay``: keep an exponential
     moving average of the weights (updated after every optimiser step, batch-norm buffers
     included); when above 0 the average, not the raw weights, is validated, selected and
-    exported.  ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
+    exported.  ``swa_epochs``: stochastic weight averaging (Izmailov et al. 2018): the last
+    ``swa_epochs`` of the ``epochs`` hold the learning rate at ``swa_lr`` (default a quarter
+    of ``lr``; the cosine decay runs over the epochs before them) and the weights are
+    averaged at the end of each; the average, its batch-norm statistics recomputed on the
+    training images, is what is validated, selected and exported from the first of them on.
+    ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
     weight per batch, 0 = off.  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     ``mirror_average``: the exported checkpoint averages each image's logits with its
     mirror image's (:func:`xray_app.model.model_logits`), and validation scores it so.
@@ -97,6 +102,8 @@ class TrainConfig:
     teacher: str | None = None
     distill_weight: float = 0.5
     ema_decay: float = 0.0
+    swa_epochs: int = 0
+    swa_lr: float | None = None
     mixup_alpha: float = 0.0
     dropout: float = 0.0
     mirror_average: bool = False
@@ -125,6 +132,8 @@ class TrainConfig:
             "max_repeat": self.max_repeat >= 1,
             "distill_weight": 0 <= self.distill_weight <= 1,
             "ema_decay": 0 <= self.ema_decay < 1,
+            "swa_epochs": 0 <= self.swa_epochs <= self.epochs,
+            "swa_lr": self.swa_lr is None or self.swa_lr > 0,
             "mixup_alpha": self.mixup_alpha >= 0,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
             "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
@@ -132,6 +141,8 @@ class TrainConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid {bad[0]}: {getattr(self, bad[0])!r}")
+        if self.ema_decay > 0 and self.swa_epochs > 0:
+            raise ConfigError("--ema-decay and --swa-epochs are two ways of averaging weights: give one")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -189,7 +200,8 @@ _HELP = {
     "splits": "directory with train.csv/val.csv/test.csv from python -m training.data",
     "split_lists": "directory of NIH or CheXNet split lists (default: patient-random split)",
     "out": "run directory",
-    "pretrained": "imagenet, none, or a local state dict PATH",
+    "pretrained": "imagenet, none, or a local state dict PATH (a training run's last.ckpt: "
+                  "its weights, to continue from them under a new schedule)",
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "auto (bf16 on CUDA), bf16, fp16 or none",
     "limit_batches": "at most this many train and validation batches per epoch",
@@ -202,6 +214,10 @@ _HELP = {
     "distill_weight": "share of the teacher's probability in a soft target, 0..1",
     "ema_decay": "weight of the running average per optimiser step, e.g. 0.99 "
                  "(0 = off): validate and export the moving average of the weights",
+    "swa_epochs": "stochastic weight averaging over the last SWA_EPOCHS of the epochs, at a "
+                  "constant --swa-lr: validate and export the average (batch-norm statistics "
+                  "recomputed on the training images)",
+    "swa_lr": "learning rate held during the --swa-epochs (default a quarter of --lr)",
     "mixup_alpha": "mixup: blend each batch with a shuffled copy of itself, images and "
                    "targets alike, by a Beta(alpha, alpha) weight (0 = off; 0.2-0.4 is usual)",
     "strength": "augmentation strength (0 = none)",

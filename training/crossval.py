@@ -19,7 +19,10 @@ the validation AUROC averaged over the 14 pathologies (No Finding left out, as i
 
 Start every fold from weights that never saw these images (``--pretrained none`` or
 ImageNet): a checkpoint trained on the same sample would have seen each held-out fold.
-A ``--teacher`` is used on each fold's training images only.
+A second stage of training (say ``--swa-epochs`` after a finished recipe) is
+cross-validated with ``--continue-from CV_DIR``: fold K starts from the last epoch of
+fold K of that earlier run, whose held-out patients are the same, and the refit from
+its refit.  A ``--teacher`` is used on each fold's training images only.
 
 Folds live in ``OUT/fold_K`` (each a normal training run with its own ``best/``,
 ``metrics.csv`` and split files), and the command resumes: a fold that finished is not
@@ -155,6 +158,28 @@ def fold_config(cfg: TrainConfig, run: Path) -> TrainConfig:
     )
 
 
+def continued_from(cfg: TrainConfig, earlier: Path, part: Splits) -> TrainConfig:
+    """``cfg`` starting from the last epoch of the same part (fold or refit) of an earlier
+    cross-validation, ``earlier`` (its ``fold_K`` or ``refit`` folder).
+
+    A second training stage is then cross-validated as honestly as the first: fold K's
+    starting weights never saw fold K's held-out patients.  Refused when the earlier run
+    trained on any image this part validates or tests on (other folds, say)."""
+    checkpoint = earlier / CHECKPOINT_FILE
+    listing = earlier / "train.csv"
+    if not checkpoint.is_file() or not listing.is_file():
+        raise ConfigError(f"--continue-from: {earlier} holds no finished run ({CHECKPOINT_FILE} "
+                          "and train.csv)")
+    seen = set(pd.read_csv(listing)[IMAGE])
+    leaked = seen & (set(part.val[IMAGE]) | set(part.test[IMAGE]))
+    if leaked:
+        raise ConfigError(
+            f"--continue-from: {earlier} trained on {len(leaked)} image(s) that {earlier.name} "
+            f"validates or tests on here (first: {sorted(leaked)[0]}); were its folds dealt "
+            "with the same --folds, --fold-seed and splits?")
+    return dataclasses.replace(cfg, pretrained=str(checkpoint))
+
+
 def pathology_auroc(metrics: pd.DataFrame) -> pd.Series:
     """Per epoch: mean validation AUROC over the 14 pathologies that could be scored
     (a class with no positive in a fold has a NaN AUROC and is left out of the mean)."""
@@ -227,14 +252,16 @@ def _describe_out_of_fold(oof: dict[str, Any] | None) -> str:
 
 def cross_validate(
     cfg: TrainConfig, *, folds: int, seed: int, only: Part | None = None, refit: bool = False,
-    score_out_of_fold: bool = False, fit_fn: FitFunction = fit,
+    score_out_of_fold: bool = False, continue_from: Path | None = None, fit_fn: FitFunction = fit,
 ) -> dict[str, Any] | None:
     """Train ``cfg`` on each fold under ``cfg.out`` and write the report there.
 
     ``only=K`` trains fold K (from 1) alone and returns None, so that separate processes
     or GPUs can take one fold each; ``only="refit"`` likewise trains the refit alone.  A
     later call without it trains whatever is left (nothing, once every part finished)
-    and writes the report.  ``score_out_of_fold`` adds the out-of-fold predictions and
+    and writes the report.  ``continue_from``: each part starts from the last epoch of
+    the same part of that earlier cross-validation (:func:`continued_from`).
+    ``score_out_of_fold`` adds the out-of-fold predictions and
     their per-fold AUROC to it; ``refit`` does too, then trains the recipe on all pooled
     images and fits its thresholds out of fold (module docstring).
     """
@@ -245,7 +272,7 @@ def cross_validate(
     root = Path(cfg.out)
     splits = load_data(cfg).splits
     if only == "refit":
-        refit_recipe(cfg, splits, root, fit_fn)
+        refit_recipe(cfg, splits, root, fit_fn, continue_from)
         return None
     parts = fold_splits(splits, folds, seed)
     runs = [root / f"fold_{k + 1}" for k in range(folds)]
@@ -255,7 +282,10 @@ def cross_validate(
         write_splits(part, run)  # the fold's train.csv/val.csv/test.csv, read back by fit
         print(f"fold {k + 1}/{folds}: train {len(part.train)} images, validate {len(part.val)}",
               flush=True)
-        fit_fn(fold_config(cfg, run))
+        fold_cfg = fold_config(cfg, run)
+        if continue_from is not None:
+            fold_cfg = continued_from(fold_cfg, continue_from / run.name, part)
+        fit_fn(fold_cfg)
     if only is not None:
         return None
     table = curve(runs)
@@ -266,7 +296,7 @@ def cross_validate(
         oof, scores = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
         report["out_of_fold"] = out_of_fold_summary(scores, cfg.mirror_average)
     if refit:
-        best = refit_recipe(cfg, splits, root, fit_fn)
+        best = refit_recipe(cfg, splits, root, fit_fn, continue_from)
         oof_report = fit_thresholds_out_of_fold(cfg, best, oof, folds)
         report["refit"] = {
             "checkpoint": str(best),
@@ -281,13 +311,16 @@ def cross_validate(
 
 # --------------------------------------------------------------------------- refit
 def last_epoch_model(cfg: TrainConfig, run: Path) -> torch.nn.Module:
-    """The network of a run's last finished epoch (its weight average when it kept one),
-    from ``RUN/last.ckpt``."""
+    """The network of a run's last finished epoch (its weight average when it kept one:
+    exponential or stochastic), from ``RUN/last.ckpt``."""
     path = run / CHECKPOINT_FILE
     if not path.is_file():
         raise TrainingError(f"{path}: not found; train the fold first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(dropout=cfg.dropout, pretrained="none")
+    if "swa_model" in saved:  # the stochastic weight average, batch-norm statistics recomputed
+        model.load_state_dict(saved["swa_model"])
+        return model
     model.load_state_dict(saved["model"])
     if "average" in saved:
         average = WeightAverage(model, cfg.ema_decay)
@@ -366,9 +399,11 @@ def out_of_fold_predictions(
     return write_predictions(predictions, patients, path), scores
 
 
-def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFunction = fit) -> Path:
+def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFunction = fit,
+                 continue_from: Path | None = None) -> Path:
     """Train the recipe on all pooled train + validation images (no validation; the last
-    epoch is exported) in ``ROOT/refit``; the test split is carried along untouched."""
+    epoch is exported) in ``ROOT/refit``; the test split is carried along untouched.
+    ``continue_from``: start from the last epoch of that cross-validation's refit."""
     pool = pd.concat([splits.train, splits.val], ignore_index=True)
     part = Splits(train=pool, val=pool.iloc[:0], test=splits.test,
                   method=f"{splits.method}; refit on train+val")
@@ -376,7 +411,10 @@ def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFuncti
     run = root / REFIT_DIR
     write_splits(part, run)
     print(f"refit: train {len(pool)} images (train + val), no validation", flush=True)
-    return fit_fn(dataclasses.replace(fold_config(cfg, run), validate=False))
+    refit_cfg = dataclasses.replace(fold_config(cfg, run), validate=False)
+    if continue_from is not None:
+        refit_cfg = continued_from(refit_cfg, continue_from / REFIT_DIR, part)
+    return fit_fn(refit_cfg)
 
 
 def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path, folds: int,
@@ -435,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{OOF_FILE} and each fold's AUROC into the report, images as "
                              "given and, with --mirror-average, averaged with their mirror "
                              "images too (--refit does this as well)")
+    parser.add_argument("--continue-from", type=Path, default=None, metavar="CV_DIR",
+                        help="a second training stage: start each fold (and the refit) from "
+                             "the last epoch of the same fold of the earlier cross-validation "
+                             "CV_DIR (same --folds, --fold-seed and splits), e.g. with "
+                             "--swa-epochs; --pretrained is then ignored")
     parser.add_argument("--refit", action="store_true",
                         help="after the report, train the recipe on all train + val images and "
                              "fit its thresholds and calibration on the out-of-fold predictions")
@@ -451,7 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_config(train_argv)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         report = cross_validate(cfg, folds=args.folds, seed=args.fold_seed, only=args.fold,
-                                refit=args.refit, score_out_of_fold=args.out_of_fold)
+                                refit=args.refit, score_out_of_fold=args.out_of_fold,
+                                continue_from=args.continue_from)
     except (ConfigError, TrainingError, MetadataError, SplitLeakError,
             PretrainedWeightsUnavailable, EvaluationError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ middle of an epoch and resumed with ``--resume`` ends exactly as an uninterrupte
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -34,7 +35,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -234,16 +235,28 @@ def make_model(cfg: TrainConfig, runtime: Runtime) -> ChestXrayResNet:
     return model
 
 
+def swa_lr(cfg: TrainConfig) -> float:
+    """The learning rate held during the weight-averaging epochs."""
+    return cfg.swa_lr if cfg.swa_lr is not None else cfg.lr / 4
+
+
 def make_schedule(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_epochs``, then cosine decay to ``min_lr_ratio * lr``."""
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to ``min_lr_ratio * lr``
+    over the epochs before the last ``swa_epochs``, which hold ``swa_lr`` (a warm-up that
+    reaches into them ramps up to it)."""
     warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
-    total = max(warmup + 1, cfg.epochs * steps_per_epoch)
+    decay_steps = (cfg.epochs - cfg.swa_epochs) * steps_per_epoch
+    total = max(warmup + 1, decay_steps)
+    swa_from = decay_steps if cfg.swa_epochs > 0 else math.inf
+    swa_factor = swa_lr(cfg) / cfg.lr
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + 1) / warmup * (swa_factor if step >= swa_from else 1.0)
+        if step >= swa_from:
+            return swa_factor
         progress = min(1.0, (step - warmup) / (total - warmup))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -268,6 +281,39 @@ class WeightAverage:
 
     def update(self) -> None:
         self.average.update_parameters(self.source)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average.load_state_dict(state)
+
+
+class StochasticWeightAverage:
+    """Equal-weight average of a model's weights taken at epoch ends (SWA, Izmailov et
+    al. 2018).  Batch-norm statistics are not averaged: :meth:`network` recomputes them
+    for the averaged weights with one pass over ``loader`` (the training images), since
+    statistics gathered under other weights do not fit it.
+    """
+
+    def __init__(self, model: ChestXrayResNet) -> None:
+        self.source = model
+        self.average = AveragedModel(model)
+
+    @property
+    def count(self) -> int:
+        return int(self.average.n_averaged.item())
+
+    def update(self) -> None:
+        self.average.update_parameters(self.source)
+
+    def network(self, loader: DataLoader, runtime: Runtime) -> ChestXrayResNet:
+        """A copy of the averaged network with its batch-norm statistics recomputed."""
+        network = copy.deepcopy(self.average.module)
+        with torch.no_grad(), _autocast(runtime):
+            update_bn((_to_device(images, runtime) for images, _ in loader), network)
+        network.eval()
+        return network
 
     def state_dict(self) -> dict[str, Any]:
         return self.average.state_dict()
@@ -583,6 +629,7 @@ def _fit(
     scheduler = make_schedule(optimizer, cfg, steps)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    swa = StochasticWeightAverage(model) if cfg.swa_epochs > 0 else None
     # the network that is validated, selected and exported
     selected: ChestXrayResNet = average.module if average is not None else model
     state = Progress()
@@ -598,6 +645,10 @@ def _fit(
             if "average" not in saved:
                 raise TrainingError(f"--resume {checkpoint}: this run had no weight average (ema_decay 0)")
             average.load_state_dict(saved["average"])
+        if swa is not None:
+            if "swa" not in saved:
+                raise TrainingError(f"--resume {checkpoint}: this run kept no stochastic weight average")
+            swa.load_state_dict(saved["swa"])
         restore_rng_state(saved["rng"])
         state = Progress(**saved["progress"])
         if runtime.is_main:
@@ -620,6 +671,10 @@ def _fit(
                 mixup_alpha=cfg.mixup_alpha,
             )
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **metrics}
+        if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
+            swa.update()
+            selected = swa.network(_batch_norm_loader(cfg, data), runtime)
+            metrics["swa_models"] = swa.count
         if cfg.validate:
             metrics.update(_validate(selected, val_loader, loss_fn, runtime, cfg))
             export = _keep_best(state, metrics["val_macro_auroc"], epoch, cfg.patience)
@@ -637,6 +692,8 @@ def _fit(
                 sampler=sampler.state_dict(), rng=rng_state(),
                 progress=state.__dict__, config=cfg.to_dict(),
                 **({"average": average.state_dict()} if average is not None else {}),
+                **({"swa": swa.state_dict()} if swa is not None else {}),
+                **({"swa_model": selected.state_dict()} if swa is not None and swa.count else {}),
             )
             write_metrics(state.history, run / "metrics.csv")
             _log_epoch(metrics, state, writer)
@@ -647,6 +704,14 @@ def _fit(
     if writer is not None:
         writer.close()
     return run / BEST_DIR
+
+
+def _batch_norm_loader(cfg: TrainConfig, data: RunData) -> DataLoader:
+    """The training images once each, without augmentation: batch-norm statistics of a
+    weight average are recomputed on them."""
+    plain = copy.copy(data.train)
+    plain.augment = None
+    return DataLoader(plain, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
 
 
 def _keep_best(state: Progress, score: float, epoch: int, patience: int) -> bool:

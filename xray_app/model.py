@@ -136,7 +136,8 @@ def build_model(
     ``pretrained``: ``None``/``"none"`` = random initialisation; ``"imagenet"`` =
     torchvision's IMAGENET1K_V2 trunk (downloaded once into torch's cache; offline
     without a cached copy raises :class:`PretrainedWeightsUnavailable`); a path = a local
-    state dict (``.safetensors``, or a torchvision ``.pth`` read with ``weights_only``).
+    state dict (``.safetensors``, or a torchvision ``.pth`` read with ``weights_only``), or a
+    training run's ``last.ckpt`` (its raw weights: to continue training under a new schedule).
     The classification head is always freshly initialised unless the file holds one of
     the right shape.
     """
@@ -179,6 +180,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
+    if isinstance(state, Mapping) and "model" in state and "optimizer" in state:
+        state = state["model"]  # a training run's last.ckpt: its (raw) weights
     if not isinstance(state, Mapping):
         raise PretrainedWeightsUnavailable(f"{path} does not hold a state dict")
     return dict(state)
