@@ -10,18 +10,20 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tests.synthetic_xray import write_dataset
-from training.config import ConfigError, parse_config
+from training.config import ConfigError, from_dict, parse_config
 from training.crossval import (
     CURVE_FILE,
     OOF_FILE,
     REFIT_DIR,
     REPORT_FILE,
+    continued_from,
     cross_validate,
     fold_of_patients,
     fold_splits,
     main,
 )
 from training.data import FINDINGS, IMAGE, PATIENT, Splits
+from training.train import CHECKPOINT_FILE
 from xray_app.labels import PATHOLOGIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -191,3 +193,50 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     assert fit["out_of_fold"]["folds"] == 2, "expected the record to say the predictions are out of fold"
     assert config["calibration"] is not None and len(config["thresholds"]) == 15
     assert report["refit"]["checkpoint"] == str(refit / "best")
+
+
+def test_a_second_stage_starts_each_fold_from_the_same_fold_and_refuses_one_that_saw_its_patients(tmp_path):
+    pool = _rows(range(10), 2)
+    splits = Splits(train=pool.iloc[:14], val=pool.iloc[14:], test=_rows(range(50, 52), 1), method="test")
+    parts = fold_splits(splits, 2, seed=0)
+    earlier = tmp_path / "cv"
+    for k, part in enumerate(parts):  # an earlier cross-validation's fold folders
+        folder = earlier / f"fold_{k + 1}"
+        folder.mkdir(parents=True)
+        part.train.to_csv(folder / "train.csv", index=False)
+        (folder / CHECKPOINT_FILE).write_bytes(b"")
+    cfg = from_dict({"data": {"images": "unused"}, "pretrained": "none"})
+    continued = continued_from(cfg, earlier / "fold_1", parts[0])
+    assert continued.pretrained == str(earlier / "fold_1" / CHECKPOINT_FILE), (
+        "expected fold 1 to start from the earlier fold 1's last epoch")
+    with pytest.raises(ConfigError, match="validates or tests on"):
+        continued_from(cfg, earlier / "fold_2", parts[0])  # fold 2 trained on fold 1's held-out patients
+    with pytest.raises(ConfigError, match="no finished run"):
+        continued_from(cfg, tmp_path / "nothing", parts[0])
+
+
+@pytest.mark.slow
+def test_a_cross_validated_second_stage_scores_each_folds_weight_average_out_of_fold(tmp_path):
+    metadata, images = write_dataset(tmp_path / "data", count=40, size=64, seed=4, images_per_patient=2)
+    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images),
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--lr", "1e-3"]
+    first, second = tmp_path / "cv", tmp_path / "cv_swa"
+    assert main([*argv, "--out", str(first), "--epochs", "1"]) == 0, "expected the first stage to run"
+    assert main([*argv, "--out", str(second), "--epochs", "2", "--swa-epochs", "2",
+                 "--continue-from", str(first), "--out-of-fold"]) == 0, "expected the second stage to run"
+    report = json.loads((second / REPORT_FILE).read_text())
+    oof = pd.read_csv(second / OOF_FILE)
+    for k in (1, 2):
+        config = parse_config(["--config", str(second / f"fold_{k}" / "config.yaml")])
+        assert config.pretrained == str(first / f"fold_{k}" / CHECKPOINT_FILE), (
+            f"expected fold {k} continued from the first stage's fold {k}")
+        last = pd.read_csv(second / f"fold_{k}" / "metrics.csv").iloc[-1]
+        assert last["swa_models"] == 2, "expected both epochs of the second stage averaged"
+        expected = last[[f"val_auroc_{n}" for n in PATHOLOGIES]].astype(float).mean(skipna=True)
+        fold_images = set(pd.read_csv(second / f"fold_{k}" / "val.csv")[IMAGE])
+        labelled = oof[oof[IMAGE].isin(fold_images)].merge(
+            pd.read_csv(second / f"fold_{k}" / "val.csv")[[IMAGE, FINDINGS]], on=IMAGE)
+        assert _pathology_auroc(labelled) == pytest.approx(expected, abs=1e-4), (
+            f"expected fold {k} scored out of fold by the weight average it validated")
+        assert report["out_of_fold"]["as_given"]["folds"][k - 1] == pytest.approx(expected, abs=1e-4)

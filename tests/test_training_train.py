@@ -17,21 +17,24 @@ from safetensors.torch import load_file
 
 from tests.synthetic_xray import write_dataset
 from training import prepare
-from training.config import from_dict, parse_config
+from training.config import ConfigError, from_dict, parse_config
 from training.data import labels_of
 from training.data import main as data_main
 from training.sampling import RepeatFactorSampler, repeat_factors
 from training.train import (
     CHECKPOINT_FILE,
+    Runtime,
+    StochasticWeightAverage,
     TrainingError,
     WeightAverage,
     cpu_has_native,
     fit,
     make_runtime,
+    make_schedule,
     mix_batch,
 )
 from xray_app.labels import LABELS
-from xray_app.model import load_checkpoint
+from xray_app.model import build_model, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "nih"
@@ -309,6 +312,97 @@ def test_resuming_without_a_saved_average_is_refused_rather_than_started_afresh(
     fit(parse_config([*flags, "--epochs", "1"]))
     with pytest.raises(TrainingError, match="no weight average"):
         fit(parse_config([*flags, "--ema-decay", "0.9", "--resume"]))
+
+
+def _learning_rates(epochs: int, swa_epochs: int, steps_per_epoch: int, warmup_epochs: float) -> list[float]:
+    cfg = from_dict({"data": {"images": "unused"}, "epochs": epochs, "swa_epochs": swa_epochs,
+                     "lr": 1e-3, "swa_lr": 2e-4, "warmup_epochs": warmup_epochs, "min_lr_ratio": 0.01})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch)
+    rates = []
+    for _ in range(epochs * steps_per_epoch):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_with_weight_averaging_the_cosine_ends_before_the_averaged_epochs_which_hold_the_swa_rate():
+    rates = _learning_rates(epochs=10, swa_epochs=4, steps_per_epoch=5, warmup_epochs=1)
+    decay, held = rates[5:30], rates[30:]
+    assert rates[:5] == pytest.approx([1e-3 * (k + 1) / 5 for k in range(5)]), "expected the warm-up ramp"
+    assert all(a > b for a, b in zip(decay, decay[1:])), "expected the cosine to decay over epochs 2-6"
+    assert decay[-1] < 1e-3 * 0.02, f"expected the cosine near its floor by the end of epoch 6, got {decay[-1]}"
+    assert held == pytest.approx([2e-4] * 20), "expected the rate held at --swa-lr in the 4 averaged epochs"
+    continued = _learning_rates(epochs=3, swa_epochs=3, steps_per_epoch=5, warmup_epochs=0)
+    assert continued == pytest.approx([2e-4] * 15), (
+        "expected a run that only averages (a second stage) to hold --swa-lr from its first step")
+
+
+def test_stochastic_weight_average_is_the_mean_of_the_snapshots_with_batch_norm_recomputed_for_it():
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    average = StochasticWeightAverage(model)
+    for value in (1.0, 3.0, 8.0):
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+        average.update()
+    inputs = torch.tensor([[1.0], [2.0], [3.0], [6.0]])
+    network = average.network([(inputs[:2], None), (inputs[2:], None)], Runtime(torch.device("cpu")))
+    assert average.count == 3, "expected three snapshots counted"
+    assert network[0].weight.item() == pytest.approx(4.0), "expected the equal-weight mean of 1, 3 and 8"
+    assert network[1].running_mean.item() == pytest.approx(4.0 * inputs.mean().item()), (
+        "expected batch-norm means recomputed on the inputs under the averaged weights")
+    assert model[1].running_mean.item() == 0.0 and model[0].weight.item() == 8.0, (
+        "expected the trained network itself left untouched")
+
+
+def test_weight_averages_are_one_or_the_other_and_cover_at_most_every_epoch():
+    with pytest.raises(ConfigError, match="give one"):
+        from_dict({"data": {"images": "x"}, "epochs": 4, "swa_epochs": 2, "ema_decay": 0.9})
+    with pytest.raises(ConfigError, match="swa_epochs"):
+        from_dict({"data": {"images": "x"}, "epochs": 4, "swa_epochs": 5})
+
+
+def test_with_swa_the_average_of_the_last_epochs_is_exported_and_a_resumed_run_keeps_it(synthetic, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash_after_second_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise Crash
+
+    metadata, images = synthetic
+
+    def flags(name: str) -> list[str]:
+        return _tiny_flags(metadata, images, tmp_path / name, "--epochs", "3", "--swa-epochs", "2",
+                           "--limit-batches", "2", "--lr", "1e-3", "--no-validate")
+
+    fit(parse_config(flags("straight")))
+    metrics = pd.read_csv(tmp_path / "straight" / "metrics.csv")
+    assert metrics["swa_models"].fillna(0).tolist() == [0, 1, 2], "expected the last two epochs averaged"
+    assert metrics["lr"].iloc[1:].tolist() == pytest.approx([2.5e-4] * 2), "expected a quarter of --lr held"
+    saved = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)
+    exported = load_file(str(tmp_path / "straight" / "best" / "model.safetensors"))
+    differ = [k for k in exported if not torch.allclose(exported[k].float(), saved["swa_model"][k].float(),
+                                                         atol=2e-3, rtol=2e-3)]
+    assert not differ, f"expected the export to be the average (in fp16); differing: {differ[:3]}"
+    assert not torch.allclose(saved["swa_model"]["fc.weight"], saved["model"]["fc.weight"]), (
+        "expected the average to differ from the last raw weights")
+    assert torch.allclose(saved["swa_model"]["fc.weight"], saved["swa"]["module.fc.weight"]), (
+        "expected the exported weights to be the running average's")
+
+    with pytest.raises(Crash):
+        fit(parse_config(flags("crashed")), on_epoch_end=crash_after_second_epoch)
+    fit(parse_config([*flags("crashed"), "--resume"]))
+    resumed = torch.load(tmp_path / "crashed" / CHECKPOINT_FILE, weights_only=True)
+    differ = [k for k in saved["swa_model"]
+              if not torch.allclose(saved["swa_model"][k].float(), resumed["swa_model"][k].float(),
+                                    rtol=1e-4, atol=1e-6)]
+    assert not differ, f"expected the same average after a resume; differing: {differ[:3]}"
+
+    continued = build_model(pretrained=tmp_path / "straight" / CHECKPOINT_FILE)
+    assert all(torch.equal(value, saved["model"][key]) for key, value in continued.state_dict().items()), (
+        "expected --pretrained RUN/last.ckpt to start from that run's raw weights, head included")
 
 
 def _cpu_flags() -> set[str]:
