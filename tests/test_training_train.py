@@ -331,7 +331,7 @@ def test_with_weight_averaging_the_cosine_ends_before_the_averaged_epochs_which_
     rates = _learning_rates(epochs=10, swa_epochs=4, steps_per_epoch=5, warmup_epochs=1)
     decay, held = rates[5:30], rates[30:]
     assert rates[:5] == pytest.approx([1e-3 * (k + 1) / 5 for k in range(5)]), "expected the warm-up ramp"
-    assert all(a > b for a, b in zip(decay, decay[1:])), "expected the cosine to decay over epochs 2-6"
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False)), "expected the cosine to decay over epochs 2-6"
     assert decay[-1] < 1e-3 * 0.02, f"expected the cosine near its floor by the end of epoch 6, got {decay[-1]}"
     assert held == pytest.approx([2e-4] * 20), "expected the rate held at --swa-lr in the 4 averaged epochs"
     continued = _learning_rates(epochs=3, swa_epochs=3, steps_per_epoch=5, warmup_epochs=0)
