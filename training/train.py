@@ -630,6 +630,7 @@ def _fit(
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     swa = StochasticWeightAverage(model) if cfg.swa_epochs > 0 else None
+    swa_loader = _batch_norm_loader(cfg, data) if swa is not None else None
     # the network that is validated, selected and exported
     selected: ChestXrayResNet = average.module if average is not None else model
     state = Progress()
@@ -671,10 +672,13 @@ def _fit(
                 mixup_alpha=cfg.mixup_alpha,
             )
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **metrics}
+        averaged = None  # the weight average made usable (batch-norm recomputed), when needed
         if swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             swa.update()
-            selected = swa.network(_batch_norm_loader(cfg, data), runtime)
             metrics["swa_models"] = swa.count
+            # without validation only the last epoch's average is exported: one batch-norm pass
+            if cfg.validate or epoch + 1 == cfg.epochs:
+                averaged = selected = swa.network(swa_loader, runtime)
         if cfg.validate:
             metrics.update(_validate(selected, val_loader, loss_fn, runtime, cfg))
             export = _keep_best(state, metrics["val_macro_auroc"], epoch, cfg.patience)
@@ -693,7 +697,7 @@ def _fit(
                 progress=state.__dict__, config=cfg.to_dict(),
                 **({"average": average.state_dict()} if average is not None else {}),
                 **({"swa": swa.state_dict()} if swa is not None else {}),
-                **({"swa_model": selected.state_dict()} if swa is not None and swa.count else {}),
+                **({"swa_model": averaged.state_dict()} if averaged is not None else {}),
             )
             write_metrics(state.history, run / "metrics.csv")
             _log_epoch(metrics, state, writer)
