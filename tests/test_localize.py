@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from training import localize
+from training import crossval, localize
 from training.localize import Box, box_mask, iobb, pointing_hit
 from xray_app.model import write_random_init
 
@@ -109,3 +110,40 @@ def test_cli_on_the_shared_boxed_radiographs(tmp_path: Path, capsys) -> None:
     text = (out / "loc.md").read_text()
     assert "9 boxes on 9 images" in text and "| Cardiomegaly | 2 (2) |" in text, text
     assert "UNTRAINED" in text, "a random-init checkpoint is flagged in the report"
+
+
+def test_out_of_fold_maps_each_boxed_image_with_the_fold_that_held_its_patient_out(tmp_path: Path, capsys) -> None:
+    boxed = sorted({box.image for box in localize.read_boxes(DATA / "BBox_List_2017.csv")}
+                   & {p.name for p in (DATA / "images").glob("*.png")})
+    others = sorted(p.name for p in (DATA / "images").glob("*.png") if p.name not in boxed)[:15]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in boxed + others:
+        (folder / name).symlink_to((DATA / "images" / name).resolve())
+    cv = tmp_path / "cv"
+    assert crossval.main([
+        "--folds", "3", "--metadata", str(DATA / "Data_Entry_2017_v2020.csv.gz"), "--images",
+        str(folder), "--out", str(cv), "--input-size", "32", "--batch-size", "8", "--epochs", "1",
+        "--pretrained", "none", "--num-workers", "0", "--no-progress", "--val-fraction", "0.2",
+        "--test-fraction", "0", "--lr", "1e-3",
+    ]) == 0, "expected a tiny cross-validation over the boxed radiographs to run"
+    out = tmp_path / "loc"
+    code = localize.main(["--folds", str(cv), "--images", str(folder), "--bboxes",
+                          str(DATA / "BBox_List_2017.csv"), "--out", str(out), "--random-draws", "2"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "loc.json").read_text())
+    assert (report["boxes"], report["images"]) == (9, 9), "every boxed image is held out by one fold"
+    for box in report["per_box"]:
+        fold = cv / box["scored_by"]
+        assert box["image"] in set(pd.read_csv(fold / "val.csv")["Image Index"]), (
+            f"{box['image']} scored by {fold.name}, which did not hold it out")
+        assert box["image"] not in set(pd.read_csv(fold / "train.csv")["Image Index"]), (
+            f"{box['image']} scored by {fold.name}, which trained on it")
+    assert sum(len(images) for images in report["out_of_fold"].values()) == 9, report["out_of_fold"]
+    assert "Out of fold" in (out / "loc.md").read_text()
+
+
+def test_out_of_fold_refuses_a_folder_without_folds(tmp_path: Path, capsys) -> None:
+    code = localize.main(["--folds", str(tmp_path), "--images", str(DATA / "images"), "--bboxes",
+                          str(DATA / "BBox_List_2017.csv"), "--out", str(tmp_path / "loc")])
+    assert code == 2 and "no fold_K folder" in capsys.readouterr().err

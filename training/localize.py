@@ -1,7 +1,7 @@
 """Heatmap localisation against NIH's radiologist boxes (``BBox_List_2017.csv``).
 
-    python -m training.localize --checkpoint DIR --images DIR --bboxes CSV --out DIR
-        [--threshold 0.5] [--random-draws 100] [--seed 0] [--box-space 1024]
+    python -m training.localize (--checkpoint DIR | --folds CV_DIR) --images DIR --bboxes CSV
+        --out DIR [--threshold 0.5] [--random-draws 100] [--seed 0] [--box-space 1024]
 
 For every box whose image is in ``--images``, the heatmap of the box's class (the
 Predictor's Grad-CAM, :attr:`xray_app.predictor.Prediction.cams`, computed at the model's
@@ -28,6 +28,13 @@ Baselines on the same boxes: **centre** = an isotropic Gaussian centred on the i
 native resolution (input size / 32, e.g. 7 x 7) and resized the same way; its figures
 are means over ``--random-draws`` seeded draws.
 
+**Out of fold** (``--folds CV_DIR``, a :mod:`training.crossval` folder): each boxed image
+is scored by the last epoch of the one fold that held its patient out (as that
+cross-validation's out-of-fold predictions were made), so no heatmap comes from a
+network that trained on its image.  A checkpoint refitted on every image (the bundled
+model) has seen all the boxed ones; its own maps would measure recall of its training
+images, so its localisation figures come from its recipe's folds.
+
 Writes ``loc.json`` (run description and counts at the top level, ``per_class`` with
 flat ``<metric>_<method>`` entries, ``per_box``) and ``loc.md``; every figure is reported with its box and image
 counts, measured from the images actually present (with the 500 shared radiographs:
@@ -37,6 +44,7 @@ counts, measured from the images actually present (with the 500 shared radiograp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +57,8 @@ import numpy as np
 import pandas as pd
 
 from xray_app.labels import LABEL_INDEX
+from xray_app.model import LoadedCheckpoint
+from xray_app.predictor import Predictor
 
 BOX_COLUMNS = ("Image Index", "Finding Label", "Bbox [x", "y", "w", "h]")
 BOX_LABEL_NAMES = {"Infiltrate": "Infiltration"}  # BBox_List spelling -> our label
@@ -245,6 +255,11 @@ def markdown_report(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> s
             cells.append(" / ".join(_percent(row[m][metric]) for m in METHODS))
         cells.append(" / ".join(f"{row[m]['iobb']:.2f}" for m in METHODS))
         lines.append(f"| {name} | {row['boxes']} ({row['images']}) | " + " | ".join(cells) + " |")
+    if meta.get("out_of_fold"):
+        lines += ["", "Out of fold: each image's map comes from the cross-validation fold that "
+                  "held its patient out (" + "; ".join(
+                      f"{name}: {len(held)}" for name, held in meta["out_of_fold"].items())
+                  + " boxed images), never from a network that trained on it."]
     if meta.get("absent_classes"):
         lines += ["", "No box available here for: " + ", ".join(meta["absent_classes"]) + "."]
     if not meta.get("trained", True):
@@ -257,10 +272,87 @@ def boxes_present(boxes: Iterable[Box], images: dict[str, Path]) -> list[Box]:
     return [box for box in boxes if box.image in images]
 
 
+class HeatmapScorer:
+    """Grad-CAM maps of boxed images, each from the checkpoint ``owner(box)`` names (one
+    Predictor per checkpoint, built on first use; one prediction per image)."""
+
+    def __init__(self, checkpoints: dict[str, LoadedCheckpoint], owner: Callable[[Box], str],
+                 images: dict[str, Path]) -> None:
+        self.checkpoints, self.owner, self.images = checkpoints, owner, images
+        self._predictors: dict[str, Predictor] = {}
+        self._cams: dict[str, np.ndarray] = {}
+
+    def heatmap_of(self, box: Box) -> np.ndarray:
+        if box.image not in self._cams:
+            name = self.owner(box)
+            if name not in self._predictors:
+                self._predictors[name] = Predictor(self.checkpoints[name], device="cpu")
+            self._cams[box.image] = self._predictors[name].predict(self.images[box.image]).cams
+        return self._cams[box.image][LABEL_INDEX[box.label]]
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    """One cross-validation fold: its last epoch and the images it held out and trained on."""
+
+    name: str
+    checkpoint: LoadedCheckpoint
+    held_out: frozenset[str]
+    trained_on: frozenset[str]
+
+
+def fold_models(cv_dir: Path) -> list[FoldModel]:
+    """Every ``CV_DIR/fold_K`` as its last finished epoch (its weight average when it kept
+    one, as :func:`training.crossval.last_epoch_model` gives it to the out-of-fold
+    predictions), in the exported checkpoint's preprocessing, scoring images as the fold's
+    recipe did (``mirror_average``)."""
+    from training.config import parse_config
+    from training.crossval import last_epoch_model
+    from xray_app.model import load_checkpoint
+
+    runs = sorted((p for p in cv_dir.glob("fold_*") if p.name.removeprefix("fold_").isdigit()),
+                  key=lambda p: int(p.name.removeprefix("fold_")))
+    if not runs:
+        raise BoxFileError(f"--folds {cv_dir}: no fold_K folder (a training.crossval output?)")
+    folds = []
+    for run in runs:
+        recipe = parse_config(["--config", str(run / "config.yaml")])
+        exported = load_checkpoint(run / "best")
+        exported.model.load_state_dict(last_epoch_model(recipe, run).state_dict())
+        config = exported.config.with_updates(mirror_average=recipe.mirror_average)
+        listed = {part: frozenset(pd.read_csv(run / f"{part}.csv")["Image Index"])
+                  for part in ("val", "train")}
+        folds.append(FoldModel(run.name, dataclasses.replace(exported, config=config),
+                               listed["val"], listed["train"]))
+    return folds
+
+
+def out_of_fold_scorer(
+    boxes: Sequence[Box], folds: Sequence[FoldModel], images: dict[str, Path]
+) -> tuple[list[Box], HeatmapScorer]:
+    """The boxes whose image some fold held out, and a scorer that maps each with that
+    fold.  Refuses a fold listed as training on an image it holds out."""
+    owner: dict[str, str] = {}
+    for fold in folds:
+        leaked = fold.held_out & fold.trained_on
+        if leaked:
+            raise BoxFileError(f"{fold.name} both trains on and holds out {sorted(leaked)[0]}")
+        owner.update(dict.fromkeys(fold.held_out, fold.name))
+    kept = [box for box in boxes if box.image in owner]
+    if not kept:
+        raise BoxFileError("no boxed image is held out by any fold")
+    checkpoints = {fold.name: fold.checkpoint for fold in folds}
+    return kept, HeatmapScorer(checkpoints, lambda box: owner[box.image], images)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.localize",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint directory")
+    source.add_argument("--folds", type=Path, metavar="CV_DIR",
+                        help="a training.crossval folder: score each boxed image with the last "
+                             "epoch of the fold that held its patient out (out of fold)")
     parser.add_argument("--images", required=True, type=Path, help="image folder (recursive)")
     parser.add_argument("--bboxes", required=True, type=Path, help="BBox_List_2017.csv")
     parser.add_argument("--out", required=True, type=Path)
@@ -272,9 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="side of the square the box coordinates refer to")
     args = parser.parse_args(argv)
 
+    from training.config import ConfigError
     from training.data import MetadataError, find_images
+    from training.train import TrainingError
     from xray_app.model import CheckpointError, load_checkpoint
-    from xray_app.predictor import Predictor
     from xray_app.preprocess import ImageInputError
 
     try:
@@ -283,29 +376,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         boxes = boxes_present(all_boxes, images)
         if not boxes:
             raise BoxFileError(f"none of the {len(all_boxes)} boxed images is in {args.images}")
-        checkpoint = load_checkpoint(args.checkpoint)
-        predictor = Predictor(checkpoint, device="cpu")
-        cache: dict[str, np.ndarray] = {}
-
-        def heatmap_of(box: Box) -> np.ndarray:
-            if box.image not in cache:
-                cache[box.image] = predictor.predict(images[box.image]).cams
-            return cache[box.image][LABEL_INDEX[box.label]]
-
+        if args.folds is not None:
+            folds = fold_models(args.folds)
+            boxes, scorer = out_of_fold_scorer(boxes, folds, images)
+            checkpoint = folds[0].checkpoint
+            described = {
+                "checkpoint": f"{args.folds} (out of fold)",
+                "model": f"last epochs of the {len(folds)} folds of {args.folds} "
+                         f"({checkpoint.config.name}), each box scored by the fold that held its "
+                         f"patient out; input {checkpoint.config.input_size} px",
+                "out_of_fold": {f.name: sorted({b.image for b in boxes} & f.held_out)
+                                for f in folds},
+            }
+        else:
+            checkpoint = load_checkpoint(args.checkpoint)
+            scorer = HeatmapScorer({"checkpoint": checkpoint}, lambda box: "checkpoint", images)
+            described = {
+                "checkpoint": str(args.checkpoint),
+                "model": f"{checkpoint.config.name}, sha256 {checkpoint.sha256[:12]}, "
+                         f"input {checkpoint.config.input_size} px",
+            }
         native = max(1, checkpoint.config.input_size // 32)
         scores = evaluate_localisation(
-            boxes, heatmap_of, native_resolution=native, threshold=args.threshold,
+            boxes, scorer.heatmap_of, native_resolution=native, threshold=args.threshold,
             random_draws=args.random_draws, seed=args.seed, box_space=args.box_space,
         )
-    except (BoxFileError, MetadataError, CheckpointError, ImageInputError) as error:
+    except (BoxFileError, MetadataError, CheckpointError, ImageInputError, ConfigError,
+            TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     table = summarise(boxes, scores)
     box_classes = sorted({b.label for b in all_boxes})
     meta = {
-        "checkpoint": str(args.checkpoint),
-        "model": f"{checkpoint.config.name}, sha256 {checkpoint.sha256[:12]}, "
-                 f"input {checkpoint.config.input_size} px",
+        **described,
         "trained": bool(checkpoint.config.trained),
         "images_dir": str(args.images),
         "boxes": len(boxes),
@@ -319,8 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "absent_classes": [c for c in box_classes if c not in table],
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    per_box = [{**asdict(box), **{m: asdict(scores[m][i]) for m in METHODS}}
-               for i, box in enumerate(boxes)]
+    per_box = [{**asdict(box), "scored_by": scorer.owner(box),
+                **{m: asdict(scores[m][i]) for m in METHODS}} for i, box in enumerate(boxes)]
     (args.out / "loc.json").write_text(json.dumps(
         {**meta, "per_class": flat_table(table), "per_box": per_box}, indent=2) + "\n")
     text = markdown_report(table, meta)
