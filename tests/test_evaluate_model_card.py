@@ -139,6 +139,33 @@ def test_a_refit_says_its_thresholds_came_from_out_of_fold_predictions_not_a_val
         "expected the out-of-fold report labelled as the fold models' predictions")
 
 
+def test_a_model_without_a_test_split_says_its_unseen_patient_estimate_is_out_of_fold(card, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(card["checkpoint"], checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["provenance"]["validation_fit"]["out_of_fold"] = {"folds": 5, "note": "fold models"}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    val = ["--report", str(card["checkpoint"] / "eval" / "report_val.json")]
+    test = ["--report", str(card["checkpoint"] / "eval" / "report_test.json")]
+    texts = {}
+    for name, reports in (("out of fold only", val), ("with test", [*val, *test])):
+        out = tmp_path / f"{name}.md"
+        assert model_card.main(["--checkpoint", str(checkpoint), *reports, "--out", str(out)]) == 0
+        texts[name] = out.read_text()
+    assert "No test split of its own" in texts["out of fold only"], (
+        "expected a card without a test report to say the out-of-fold figures stand in for one")
+    assert "No test split of its own" not in texts["with test"], "expected no such note with a test report"
+
+    config["provenance"]["validation_fit"].pop("out_of_fold")
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "validation only.md"
+    assert model_card.main(["--checkpoint", str(checkpoint), *val, "--out", str(out)]) == 0
+    assert "No test split scored" in out.read_text(), (
+        "expected a card scored only on its own fit split to call its figures optimistic")
+
+
 def test_the_card_says_how_a_radiograph_is_scored(card, tmp_path):
     assert "- Scoring: each radiograph as given" in card["text"]
     text = _card_with_config(card, tmp_path, lambda config: config.update(mirror_average=True))

@@ -105,11 +105,28 @@ def _data_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list
     for report in reports:
         lines.append(f"- {_report_name(report, config)}: {report['metrics']['n_images']:,} images of "
                      f"{report['metrics']['n_patients']:,} patients.")
+    lines += _held_out_lines(config, reports)
     lines += ["", "Rare classes have only a handful of positive images in these sets, so their "
               "confidence intervals are wide; read the intervals, not just the point estimates.",
               "Labels are NIH's, mined from radiology reports by text processing: they are "
               "noisy, and the metrics are measured against them, not against radiologists."]
     return lines
+
+
+def _held_out_lines(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
+    """What stands for patients the model never saw when no test split was scored: the
+    out-of-fold figures of its recipe, or nothing at all (said plainly)."""
+    if any(report["split"] == "test" for report in reports):
+        return []
+    if any(_out_of_fold(report, config) for report in reports):
+        return ["", "**No test split of its own.** This model trained on every image of its "
+                "split files; none was kept back to test it. The estimate of how it does on "
+                "patients it never saw is the out-of-fold evaluation below: the same recipe "
+                "trained once per fold on the other folds' patients, every image scored by the "
+                "fold model that never saw its patient. Those fold models trained on fewer "
+                "images than this one."]
+    return ["", "**No test split scored.** The figures below are on the split that chose the "
+            "thresholds and the calibration (and usually the epoch): read them as optimistic."]
 
 
 def _fitted(config: dict[str, Any]) -> dict[str, Any]:
