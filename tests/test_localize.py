@@ -143,7 +143,11 @@ def test_out_of_fold_maps_each_boxed_image_with_the_fold_that_held_its_patient_o
     assert "Out of fold" in (out / "loc.md").read_text()
 
 
-def test_out_of_fold_refuses_a_folder_without_folds(tmp_path: Path, capsys) -> None:
-    code = localize.main(["--folds", str(tmp_path), "--images", str(DATA / "images"), "--bboxes",
-                          str(DATA / "BBox_List_2017.csv"), "--out", str(tmp_path / "loc")])
-    assert code == 2 and "no fold_K folder" in capsys.readouterr().err
+def test_out_of_fold_refuses_a_folder_without_finished_folds(tmp_path: Path, capsys) -> None:
+    argv = ["--folds", str(tmp_path), "--images", str(DATA / "images"), "--bboxes",
+            str(DATA / "BBox_List_2017.csv"), "--out", str(tmp_path / "loc")]
+    assert localize.main(argv) == 2 and "no fold_K folder" in capsys.readouterr().err
+    (tmp_path / "fold_1").mkdir()
+    (tmp_path / "fold_1" / "val.csv").write_text("Image Index\n00000075_000.png\n")
+    assert localize.main(argv) == 2, "expected an unfinished fold refused with a message"
+    assert "is the fold finished?" in capsys.readouterr().err

@@ -31,9 +31,9 @@ are means over ``--random-draws`` seeded draws.
 **Out of fold** (``--folds CV_DIR``, a :mod:`training.crossval` folder): each boxed image
 is scored by the last epoch of the one fold that held its patient out (as that
 cross-validation's out-of-fold predictions were made), so no heatmap comes from a
-network that trained on its image.  A checkpoint refitted on every image (the bundled
-model) has seen all the boxed ones; its own maps would measure recall of its training
-images, so its localisation figures come from its recipe's folds.
+network that trained on its image.  A checkpoint refitted on every image has seen all the
+boxed ones, so its own maps would be scored on its training images; its localisation
+figures come from its recipe's folds instead.
 
 Writes ``loc.json`` (run description and counts at the top level, ``per_class`` with
 flat ``<metric>_<method>`` entries, ``per_box``) and ``loc.md``; every figure is reported with its box and image
@@ -316,6 +316,10 @@ def fold_models(cv_dir: Path) -> list[FoldModel]:
         raise BoxFileError(f"--folds {cv_dir}: no fold_K folder (a training.crossval output?)")
     folds = []
     for run in runs:
+        missing = [name for name in ("config.yaml", "train.csv", "val.csv", "last.ckpt", "best")
+                   if not (run / name).exists()]
+        if missing:
+            raise BoxFileError(f"{run}: no {', '.join(missing)}; is the fold finished?")
         recipe = parse_config(["--config", str(run / "config.yaml")])
         exported = load_checkpoint(run / "best")
         exported.model.load_state_dict(last_epoch_model(recipe, run).state_dict())
