@@ -5,10 +5,22 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from xray_app.serve import predictor_from_command_line, server_address  # noqa: E402
-from xray_app.ui import build_demo, launch_options  # noqa: E402
+from xray_app.serve import (  # noqa: E402  (imports no gradio)
+    default_cache_folder,
+    predictor_from_command_line,
+    purge_stale_cache,
+    server_address,
+)
+
+os.environ.setdefault("GRADIO_TEMP_DIR", str(default_cache_folder()))  # before gradio is imported
+
+from xray_app.ui import DELETE_CACHE, build_demo, launch_options  # noqa: E402
 
 if __name__ == "__main__":
     predictor = predictor_from_command_line()  # once; a missing checkpoint exits with a message
+    # what an earlier server that crashed or was killed left in the cache, uploads included
+    stale = purge_stale_cache(os.environ["GRADIO_TEMP_DIR"], older_than_s=DELETE_CACHE[1])
+    if stale:
+        print(f"removed {stale} cached files left by an earlier run", flush=True)
     demo = build_demo(predictor, examples_dir=os.environ.get("XRAY_EXAMPLES_DIR"))
     demo.launch(**server_address(), **launch_options())

@@ -6,6 +6,7 @@ session's random-init CPU predictor.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -151,18 +152,15 @@ def test_app_without_weights_prints_how_to_provide_them_and_exits_1(tmp_path):
     assert "Traceback" not in done.stderr, "a missing checkpoint is a message, not a traceback"
 
 
-def test_app_serves_on_the_configured_port_with_examples_from_the_environment(random_init_checkpoint):
+@contextlib.contextmanager
+def _serving_app(**env: str):
+    """``python app.py`` on a free loopback port with ``env``; yields (port, its /config)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = _app_env(
-        XRAY_WEIGHTS=str(random_init_checkpoint),
-        XRAY_EXAMPLES_DIR=str(NIH_IMAGES),
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-    )
     server = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
+        [sys.executable, "app.py"], cwd=REPO_ROOT,
+        env=_app_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), **env),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -175,13 +173,31 @@ def test_app_serves_on_the_configured_port_with_examples_from_the_environment(ra
             except OSError:
                 time.sleep(0.5)
         assert config is not None, f"app.py did not serve on port {port} (exit status {server.poll()})"
+        yield port, config
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_app_serves_on_the_configured_port_with_examples_from_the_environment(random_init_checkpoint):
+    with _serving_app(XRAY_WEIGHTS=str(random_init_checkpoint), XRAY_EXAMPLES_DIR=str(NIH_IMAGES)) as (_, config):
         text = json.dumps(config)
         shown = ui.example_files(NIH_IMAGES)
         assert all(Path(p).name in text for p in shown), "examples must come from XRAY_EXAMPLES_DIR"
         assert "UNTRAINED WEIGHTS" in text, "the random-init weights must get the untrained banner"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+
+def test_app_removes_at_start_what_a_crashed_server_left_in_its_own_cache(random_init_checkpoint, tmp_path):
+    hour_ago = time.time() - 3600
+    left_behind = tmp_path / "xray-app" / "0f3a" / "00000075_000.png"  # <TMPDIR>/xray-app: the default
+    other_app = tmp_path / "gradio" / "5c1d" / "photo.png"  # Gradio's shared folder: not ours
+    for path in (left_behind, other_app):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(NIH_PNG.read_bytes())
+        os.utime(path, (hour_ago, hour_ago))
+    with _serving_app(XRAY_WEIGHTS=str(random_init_checkpoint), TMPDIR=str(tmp_path)):
+        assert not left_behind.exists(), "an upload a crashed server left must be gone once the app serves"
+        assert other_app.exists(), "another Gradio app's cached file is not the app's to delete"
 
 
 def test_the_app_listens_on_all_interfaces_port_7860_unless_the_environment_says_otherwise(monkeypatch):

@@ -5,14 +5,24 @@
 (:func:`xray_app.weights.resolve_weights`).  The server listens on
 ``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT``, by default 0.0.0.0:7860 (all interfaces:
 a Hugging Face Space or a container must be reachable from outside).
+
+Gradio's cache (uploads, heatmaps, reports) is ``GRADIO_TEMP_DIR``, which ``app.py`` sets,
+unless it is set already, to a folder of this app's own (:func:`default_cache_folder`).
+``delete_cache`` empties it at a clean shutdown but knows only the files of its own
+process, so a server that crashed or was killed leaves radiographs there;
+:func:`purge_stale_cache` removes them when the app next starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from xray_app.model import CheckpointError
@@ -21,6 +31,7 @@ from xray_app.weights import WeightsNotFoundError
 
 DEFAULT_SERVER_NAME = "0.0.0.0"
 DEFAULT_SERVER_PORT = 7860
+CACHE_FOLDER_NAME = "xray-app"
 
 
 def predictor_from_command_line(argv: Sequence[str] | None = None) -> Predictor:
@@ -45,3 +56,60 @@ def server_address() -> dict[str, Any]:
         "server_name": os.environ.get("GRADIO_SERVER_NAME", DEFAULT_SERVER_NAME),
         "server_port": int(os.environ.get("GRADIO_SERVER_PORT", str(DEFAULT_SERVER_PORT))),
     }
+
+
+def default_cache_folder() -> Path:
+    """This app's own Gradio cache, ``<temp dir>/xray-app``: not the ``gradio`` folder that
+    every Gradio app of the user shares, so that a purge touches no other app's files."""
+    return Path(tempfile.gettempdir()) / CACHE_FOLDER_NAME
+
+
+def purge_stale_cache(folder: str | Path, older_than_s: float, now: float | None = None) -> int:
+    """Delete the files under ``folder`` last modified more than ``older_than_s`` seconds
+    ago, and the folders that leaves empty; return how many files went.
+
+    For files left by an earlier server that did not shut down cleanly.  A file younger
+    than the age, which a running server's own ``delete_cache`` still tracks, is kept, and
+    so is a young empty folder (one being filled).  Links are removed, never followed;
+    ``folder`` itself stays.  Files that vanish or cannot be removed meanwhile are skipped.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - older_than_s
+    removed = 0
+    cleared: set[Path] = set()  # folders from which something stale was removed
+    for directory, subdirs, files in os.walk(root, topdown=False):
+        here = Path(directory)
+        links = [name for name in subdirs if Path(here, name).is_symlink()]
+        for name in [*files, *links]:
+            if _unlink_if_stale(here / name, cutoff):
+                removed += name in files
+                cleared.add(here)
+        if here != root and _rmdir_if_empty(here, cutoff, here in cleared):
+            cleared.add(here.parent)
+    return removed
+
+
+def _unlink_if_stale(path: Path, cutoff: float) -> bool:
+    try:
+        if path.lstat().st_mtime < cutoff:
+            path.unlink()
+            return True
+    except OSError:
+        pass
+    return False
+
+
+def _rmdir_if_empty(directory: Path, cutoff: float, cleared: bool) -> bool:
+    """Remove an empty folder that held stale files, or is itself older than the cutoff."""
+    try:
+        info = directory.lstat()
+        if not stat.S_ISDIR(info.st_mode) or any(directory.iterdir()):
+            return False
+        if cleared or info.st_mtime < cutoff:
+            directory.rmdir()
+            return True
+    except OSError:
+        pass
+    return False
