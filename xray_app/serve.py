@@ -81,10 +81,12 @@ def purge_stale_cache(folder: str | Path, older_than_s: float, now: float | None
     cleared: set[Path] = set()  # folders from which something stale was removed
     for directory, subdirs, files in os.walk(root, topdown=False):
         here = Path(directory)
-        links = [name for name in subdirs if Path(here, name).is_symlink()]
-        for name in [*files, *links]:
+        for name in files:  # os.walk lists links to files here, and links to folders below
             if _unlink_if_stale(here / name, cutoff):
-                removed += name in files
+                removed += 1
+                cleared.add(here)
+        for name in subdirs:
+            if (here / name).is_symlink() and _unlink_if_stale(here / name, cutoff):
                 cleared.add(here)
         if here != root and _rmdir_if_empty(here, cutoff, here in cleared):
             cleared.add(here.parent)
