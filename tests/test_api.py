@@ -179,8 +179,10 @@ def _serving_app(**env: str):
         server.wait(timeout=30)
 
 
-def test_app_serves_on_the_configured_port_with_examples_from_the_environment(random_init_checkpoint):
-    with _serving_app(XRAY_WEIGHTS=str(random_init_checkpoint), XRAY_EXAMPLES_DIR=str(NIH_IMAGES)) as (_, config):
+def test_app_serves_on_the_configured_port_with_examples_from_the_environment(random_init_checkpoint, tmp_path):
+    env = {"XRAY_WEIGHTS": str(random_init_checkpoint), "XRAY_EXAMPLES_DIR": str(NIH_IMAGES),
+           "TMPDIR": str(tmp_path)}  # its cache in the test's folder, not the real <temp dir>/xray-app
+    with _serving_app(**env) as (_, config):
         text = json.dumps(config)
         shown = ui.example_files(NIH_IMAGES)
         assert all(Path(p).name in text for p in shown), "examples must come from XRAY_EXAMPLES_DIR"
