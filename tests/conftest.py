@@ -5,11 +5,22 @@ Paths to the shared real data live in :mod:`tests.paths`.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.paths import SHARED_DATA
+
+# Gradio's cache for the whole run (read when gradio is first imported, after this file):
+# a folder of the run's own, removed at exit, so the demos the tests launch neither leave
+# radiographs in the machine's shared cache nor meet a real app's files there.
+_GRADIO_CACHE = tempfile.mkdtemp(prefix="xray-tests-gradio-")
+os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE
+atexit.register(shutil.rmtree, _GRADIO_CACHE, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- threads
