@@ -154,7 +154,7 @@ def test_app_without_weights_prints_how_to_provide_them_and_exits_1(tmp_path):
 
 @contextlib.contextmanager
 def _serving_app(**env: str):
-    """``python app.py`` on a free loopback port with ``env``; yields (port, its /config)."""
+    """``python app.py`` on a free loopback port with ``env``; yields its /config once it serves."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -173,7 +173,7 @@ def _serving_app(**env: str):
             except OSError:
                 time.sleep(0.5)
         assert config is not None, f"app.py did not serve on port {port} (exit status {server.poll()})"
-        yield port, config
+        yield config
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -182,7 +182,7 @@ def _serving_app(**env: str):
 def test_app_serves_on_the_configured_port_with_examples_from_the_environment(random_init_checkpoint, tmp_path):
     env = {"XRAY_WEIGHTS": str(random_init_checkpoint), "XRAY_EXAMPLES_DIR": str(NIH_IMAGES),
            "TMPDIR": str(tmp_path)}  # its cache in the test's folder, not the real <temp dir>/xray-app
-    with _serving_app(**env) as (_, config):
+    with _serving_app(**env) as config:
         text = json.dumps(config)
         shown = ui.example_files(NIH_IMAGES)
         assert all(Path(p).name in text for p in shown), "examples must come from XRAY_EXAMPLES_DIR"
