@@ -13,6 +13,7 @@ from tests.synthetic_xray import write_dataset
 from training.config import ConfigError, from_dict, parse_config
 from training.crossval import (
     CURVE_FILE,
+    FOLD_SCORES_FILE,
     OOF_FILE,
     REFIT_DIR,
     REPORT_FILE,
@@ -193,6 +194,53 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     assert fit["out_of_fold"]["folds"] == 2, "expected the record to say the predictions are out of fold"
     assert config["calibration"] is not None and len(config["thresholds"]) == 15
     assert report["refit"]["checkpoint"] == str(refit / "best")
+
+
+@pytest.mark.slow
+def test_parts_trained_on_another_machine_are_reported_from_their_small_files_without_last_ckpt(
+    tmp_path, capsys
+):
+    metadata, images = write_dataset(tmp_path / "data", count=40, size=64, seed=5, images_per_patient=2)
+    out = tmp_path / "cv"
+    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
+            "--lr", "1e-3", "--mirror-average"]
+    for part in ("1", "2", "refit"):  # each as if on a machine of its own
+        assert main([*argv, "--fold", part]) == 0, f"expected exit 0 for part {part}"
+    fold_files = {}
+    for k in (1, 2):
+        fold = out / f"fold_{k}"
+        record = json.loads((fold / FOLD_SCORES_FILE).read_text())
+        assert record["epoch"] == 2 and record["written"] == "mirror_average", (
+            f"expected fold {k} scored at its last epoch as soon as it finished, got {record}")
+        fold_files[k] = pd.read_csv(fold / OOF_FILE)
+    # what comes back from the other machines: every part without its last.ckpt
+    for part in ("fold_1", "fold_2", REFIT_DIR):
+        (out / part / CHECKPOINT_FILE).unlink()
+    metrics = {part: (out / part / "metrics.csv").read_text() for part in ("fold_1", "fold_2", REFIT_DIR)}
+    capsys.readouterr()
+
+    assert main([*argv, "--refit"]) == 0, "expected the report from the copied-back folders"
+    printed = capsys.readouterr().out
+    assert "epoch 1:" not in printed, f"expected no part trained again:\n{printed}"
+    assert {part: (out / part / "metrics.csv").read_text() for part in metrics} == metrics, (
+        "expected every part left as it was")
+    pooled = pd.read_csv(out / OOF_FILE)
+    expected = pd.concat([fold_files[1], fold_files[2]], ignore_index=True)
+    pd.testing.assert_frame_equal(pooled, expected, check_exact=False, atol=1e-6)
+    report = json.loads((out / REPORT_FILE).read_text())
+    for k in (1, 2):
+        record = json.loads((out / f"fold_{k}" / FOLD_SCORES_FILE).read_text())
+        assert report["out_of_fold"]["mirror_average"]["folds"][k - 1] == pytest.approx(
+            record["auroc"]["mirror_average"], abs=1e-4), f"expected fold {k}'s own figure in the report"
+    fit = json.loads((out / REFIT_DIR / "best" / "config.json").read_text())["provenance"]["validation_fit"]
+    assert fit["n_images"] == len(pooled), "expected the refit's thresholds fitted on the pooled predictions"
+
+    # scored another way than the folds were, with nothing to score them again from: refused
+    without_mirror = [a for a in argv if a != "--mirror-average"]
+    assert main([*without_mirror, "--out-of-fold"]) == 2, "expected a refusal, not a silent re-use"
+    assert "no last.ckpt to score it again" in capsys.readouterr().err
 
 
 def test_a_second_stage_starts_each_fold_from_the_same_fold_and_refuses_one_that_saw_its_patients(tmp_path):

@@ -29,6 +29,13 @@ Folds live in ``OUT/fold_K`` (each a normal training run with its own ``best/``,
 trained again and one that crashed continues from its ``last.ckpt``.  Results go to
 ``OUT/crossval.json`` and ``OUT/crossval_curve.csv``.
 
+A fold, once trained, is scored on its held-out patients at once
+(``fold_K/oof_predictions.csv``, with ``fold_K/oof_scores.json`` saying which epoch and
+how), so a fold or the refit trained on another machine needs only its folder copied
+back, without its ``last.ckpt`` (about 280 MB for ResNet-50 with AdamW's state): the
+report call finds it finished from its ``metrics.csv`` and ``best/``, and uses the
+predictions in its folder.
+
 Command line (every ``training.train`` option is accepted and applies to every fold)::
 
     python -m training.crossval --folds 5 [--fold-seed S] [--fold K] --config RECIPE.yaml --out runs/cv
@@ -88,6 +95,7 @@ from training.evaluate import EvalConfig, EvaluationError, evaluate
 from training.metrics import macro_auroc
 from training.predictions import Predictions, write_predictions
 from training.train import (
+    BEST_DIR,
     CHECKPOINT_FILE,
     TrainingError,
     WeightAverage,
@@ -110,6 +118,7 @@ from xray_app.model import (
 REPORT_FILE = "crossval.json"
 CURVE_FILE = "crossval_curve.csv"
 OOF_FILE = "oof_predictions.csv"
+FOLD_SCORES_FILE = "oof_scores.json"  # beside a fold's own OOF_FILE: how and when it was scored
 REFIT_DIR = "refit"
 FitFunction = Callable[[TrainConfig], Path]
 Part = int | Literal["refit"]  # what --fold trains alone: fold K (from 1), or the refit
@@ -280,12 +289,15 @@ def cross_validate(
         if only is not None and k + 1 != only:
             continue
         write_splits(part, run)  # the fold's train.csv/val.csv/test.csv, read back by fit
-        print(f"fold {k + 1}/{folds}: train {len(part.train)} images, validate {len(part.val)}",
-              flush=True)
-        fold_cfg = fold_config(cfg, run)
-        if continue_from is not None:
-            fold_cfg = continued_from(fold_cfg, continue_from / run.name, part)
-        fit_fn(fold_cfg)
+        if not finished(run, cfg.epochs):
+            print(f"fold {k + 1}/{folds}: train {len(part.train)} images, validate {len(part.val)}",
+                  flush=True)
+            fold_cfg = fold_config(cfg, run)
+            if continue_from is not None:
+                fold_cfg = continued_from(fold_cfg, continue_from / run.name, part)
+            fit_fn(fold_cfg)
+        # scored at once, so that the fold's folder is complete without its last.ckpt
+        fold_out_of_fold(cfg, run)
     if only is not None:
         return None
     table = curve(runs)
@@ -307,6 +319,19 @@ def cross_validate(
         }
     (root / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+# --------------------------------------------------------------------------- parts
+def last_epoch(run: Path) -> int:
+    """The last epoch a run's ``metrics.csv`` records (0 before the first)."""
+    metrics = run / "metrics.csv"
+    return int(pd.read_csv(metrics)["epoch"].max()) if metrics.is_file() else 0
+
+
+def finished(run: Path, epochs: int) -> bool:
+    """Whether a fold or refit ran all its ``epochs``, here or on another machine: its
+    ``metrics.csv`` and exported ``best/`` say so, whether or not ``last.ckpt`` came along."""
+    return (run / BEST_DIR / CONFIG_FILE).is_file() and last_epoch(run) >= epochs
 
 
 # --------------------------------------------------------------------------- refit
@@ -362,41 +387,74 @@ class _ImagesThenMirrors(torch.nn.Module):
         return torch.cat(self.model(with_mirror_images(batch)).chunk(2), dim=1)
 
 
+def score_fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
+    """Score a fold's held-out images with its last epoch (:func:`last_epoch_model`), as
+    the refitted checkpoint will score images (``cfg.mirror_average``), on the CPU in
+    float32 as the app does.  Writes the logits to ``RUN/oof_predictions.csv`` and returns
+    the record also written to ``RUN/oof_scores.json``: the epoch scored, which logits were
+    written, and the fold's AUROC over the 14 pathologies for the images as given (and,
+    with mirror averaging, for the written averaged logits)."""
+    fold = fold_config(cfg, run)
+    data = load_data(fold)
+    runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
+    loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers)
+    model = last_epoch_model(fold, run)
+    auroc: dict[str, float] = {}
+    if cfg.mirror_average:  # one pass over images and mirrors gives both scorings
+        paired, targets = predict(_ImagesThenMirrors(model), loader, runtime)
+        as_given, mirrored = paired.chunk(2, dim=1)
+        logits = average_with_mirror(torch.cat([as_given, mirrored]))
+        auroc["as_given"] = pathology_mean_auroc(targets.numpy(), as_given.numpy())
+        auroc["mirror_average"] = pathology_mean_auroc(targets.numpy(), logits.numpy())
+    else:
+        logits, targets = predict(model, loader, runtime)
+        auroc["as_given"] = pathology_mean_auroc(targets.numpy(), logits.numpy())
+    values = logits.double().numpy()
+    write_predictions(Predictions(tuple(data.splits.val[IMAGE].tolist()), LABELS, values,
+                                  apply_calibration(values, None)),
+                      data.splits.val[PATIENT].tolist(), run / OOF_FILE)
+    record = {"epoch": last_epoch(run), "written": _written(cfg), "auroc": auroc}
+    (run / FOLD_SCORES_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _written(cfg: TrainConfig) -> str:
+    return "mirror_average" if cfg.mirror_average else "as_given"
+
+
+def fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
+    """A fold's out-of-fold record: the one in its folder when it scored the fold's last
+    epoch the way ``cfg`` asks, else a new scoring from ``last.ckpt``.  A fold trained on
+    another machine thus needs only its small files copied back, not its ``last.ckpt``."""
+    record_file, predictions = run / FOLD_SCORES_FILE, run / OOF_FILE
+    if record_file.is_file() and predictions.is_file():
+        record = json.loads(record_file.read_text())
+        if record["epoch"] == last_epoch(run) and record["written"] == _written(cfg):
+            return record
+    if not (run / CHECKPOINT_FILE).is_file():
+        raise TrainingError(
+            f"{run}: no out-of-fold predictions of its last epoch scored with "
+            f"mirror_average={cfg.mirror_average} ({FOLD_SCORES_FILE}), and no {CHECKPOINT_FILE} "
+            "to score it again: copy the fold's folder with its last.ckpt, or give the flags "
+            "it was trained with")
+    return score_fold_out_of_fold(cfg, run)
+
+
 def out_of_fold_predictions(
     cfg: TrainConfig, runs: Sequence[Path], path: Path
 ) -> tuple[Path, dict[str, list[float]]]:
-    """Score every pooled image with the last epoch of the fold that validated on it, as
-    the refitted checkpoint will score images (``cfg.mirror_average``), and write the
-    logits to ``path`` (a predictions CSV, as :mod:`training.evaluate` reads).
+    """Every pooled image scored by the last epoch of the fold that validated on it
+    (:func:`fold_out_of_fold`), the folds' logits written one after another to ``path``
+    (a predictions CSV, as :mod:`training.evaluate` reads).
 
     Returns the path and each fold's AUROC over the 14 pathologies: ``{"as_given": [...]}``,
     plus ``"mirror_average"`` (the written logits) when ``cfg.mirror_average``."""
-    images, patients, logits = [], [], []
-    scores: dict[str, list[float]] = {"as_given": []}
-    for run in runs:
-        fold = fold_config(cfg, run)
-        data = load_data(fold)
-        # on the CPU in full precision, as the app scores images
-        runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
-        loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=cfg.data.num_workers)
-        model = last_epoch_model(fold, run)
-        if cfg.mirror_average:  # one pass over images and mirrors gives both scorings
-            paired, targets = predict(_ImagesThenMirrors(model), loader, runtime)
-            as_given, mirrored = paired.chunk(2, dim=1)
-            fold_logits = average_with_mirror(torch.cat([as_given, mirrored]))
-            scores.setdefault("mirror_average", []).append(
-                pathology_mean_auroc(targets.numpy(), fold_logits.numpy()))
-        else:
-            as_given, targets = predict(model, loader, runtime)
-            fold_logits = as_given
-        scores["as_given"].append(pathology_mean_auroc(targets.numpy(), as_given.numpy()))
-        images += data.splits.val[IMAGE].tolist()
-        patients += data.splits.val[PATIENT].tolist()
-        logits.append(fold_logits.double().numpy())
-    stacked = np.concatenate(logits)
-    predictions = Predictions(tuple(images), LABELS, stacked, apply_calibration(stacked, None))
-    return write_predictions(predictions, patients, path), scores
+    records = [fold_out_of_fold(cfg, run) for run in runs]
+    frames = [pd.read_csv(run / OOF_FILE, dtype={IMAGE: str}) for run in runs]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False, float_format="%.6g")
+    return path, {key: [record["auroc"][key] for record in records] for key in records[0]["auroc"]}
 
 
 def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFunction = fit,
@@ -410,6 +468,8 @@ def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFuncti
     check_patient_disjoint(part)
     run = root / REFIT_DIR
     write_splits(part, run)
+    if finished(run, cfg.epochs):  # here, or on another machine and copied back
+        return run / BEST_DIR
     print(f"refit: train {len(pool)} images (train + val), no validation", flush=True)
     refit_cfg = dataclasses.replace(fold_config(cfg, run), validate=False)
     if continue_from is not None:
