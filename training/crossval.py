@@ -29,12 +29,12 @@ Folds live in ``OUT/fold_K`` (each a normal training run with its own ``best/``,
 trained again and one that crashed continues from its ``last.ckpt``.  Results go to
 ``OUT/crossval.json`` and ``OUT/crossval_curve.csv``.
 
-A fold, once trained, is scored on its held-out patients at once
-(``fold_K/oof_predictions.csv``, with ``fold_K/oof_scores.json`` saying which epoch and
-how), so a fold or the refit trained on another machine needs only its folder copied
-back, without its ``last.ckpt`` (about 280 MB for ResNet-50 with AdamW's state): the
-report call finds it finished from its ``metrics.csv`` and ``best/``, and uses the
-predictions in its folder.
+With ``--out-of-fold`` (or ``--refit``) each fold is scored on its held-out patients as
+soon as it is trained (``fold_K/oof_predictions.csv``, with ``fold_K/oof_scores.json``
+saying which epoch and how), ``--fold K --out-of-fold`` included, so a fold or the refit
+trained on another machine needs only its folder copied back, without its ``last.ckpt``
+(about 280 MB for ResNet-50 with AdamW's state): the report call finds it finished from
+its ``metrics.csv`` and ``best/``, and uses the predictions in its folder.
 
 Command line (every ``training.train`` option is accepted and applies to every fold)::
 
@@ -296,8 +296,8 @@ def cross_validate(
             if continue_from is not None:
                 fold_cfg = continued_from(fold_cfg, continue_from / run.name, part)
             fit_fn(fold_cfg)
-        # scored at once, so that the fold's folder is complete without its last.ckpt
-        fold_out_of_fold(cfg, run)
+        if score_out_of_fold or refit:  # at once, so the folder is complete without last.ckpt
+            fold_out_of_fold(cfg, run)
     if only is not None:
         return None
     table = curve(runs)
@@ -532,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score each fold's last epoch on its held-out patients: write "
                              f"{OOF_FILE} and each fold's AUROC into the report, images as "
                              "given and, with --mirror-average, averaged with their mirror "
-                             "images too (--refit does this as well)")
+                             "images too (--refit does this as well); with --fold K, score "
+                             "that fold as soon as it is trained, so that its folder is "
+                             "complete without its last.ckpt")
     parser.add_argument("--continue-from", type=Path, default=None, metavar="CV_DIR",
                         help="a second training stage: start each fold (and the refit) from "
                              "the last epoch of the same fold of the earlier cross-validation "
