@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,18 @@ def _rows(patients: range, images_each: int) -> pd.DataFrame:
         {IMAGE: f"{p:08d}_{i:03d}.png", PATIENT: p, FINDINGS: "No Finding"}
         for p in patients for i in range(images_each)
     ])
+
+
+def _small_cv(tmp_path: Path, *, count: int, seed: int) -> tuple[list[str], Path]:
+    """The argv of a 2-fold cross-validation of synthetic radiographs at 32 px, 2 epochs,
+    and its output folder."""
+    metadata, images = write_dataset(tmp_path / "data", count=count, size=64, seed=seed, images_per_patient=2)
+    out = tmp_path / "cv"
+    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
+            "--lr", "1e-3"]
+    return argv, out
 
 
 def _patients(frame: pd.DataFrame) -> set[int]:
@@ -84,12 +97,8 @@ def test_fold_dealing_follows_the_seed_and_refuses_impossible_fold_counts():
 
 @pytest.mark.slow
 def test_folds_trained_apart_then_reported_together_without_retraining(tmp_path, capsys):
-    metadata, images = write_dataset(tmp_path / "data", count=60, size=64, seed=2, images_per_patient=2)
-    out = tmp_path / "cv"
-    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
-            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
-            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
-            "--patience", "1", "--lr", "1e-3"]
+    argv, out = _small_cv(tmp_path, count=60, seed=2)
+    argv += ["--patience", "1"]
     assert main([*argv, "--fold", "2"]) == 0, "expected exit 0 for one fold"
     assert (out / "fold_2" / "best").is_dir() and not (out / "fold_1").exists(), (
         "expected --fold 2 to train fold 2 alone")
@@ -139,12 +148,8 @@ def _pathology_auroc(frame: pd.DataFrame) -> float:
 
 @pytest.mark.slow
 def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold_predictions(tmp_path):
-    metadata, images = write_dataset(tmp_path / "data", count=60, size=64, seed=3, images_per_patient=2)
-    out = tmp_path / "cv"
-    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
-            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
-            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
-            "--lr", "1e-3", "--mirror-average"]
+    argv, out = _small_cv(tmp_path, count=60, seed=3)
+    argv += ["--mirror-average"]
     refit = out / REFIT_DIR
     # the refit needs no fold's result, so it can be trained alone, beside the folds
     assert main([*argv, "--fold", "refit"]) == 0, "expected exit 0 for the refit alone"
@@ -200,12 +205,8 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
 def test_parts_trained_on_another_machine_are_reported_from_their_small_files_without_last_ckpt(
     tmp_path, capsys
 ):
-    metadata, images = write_dataset(tmp_path / "data", count=40, size=64, seed=5, images_per_patient=2)
-    out = tmp_path / "cv"
-    argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
-            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
-            "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
-            "--lr", "1e-3", "--mirror-average"]
+    argv, out = _small_cv(tmp_path, count=40, seed=5)
+    argv += ["--mirror-average"]
     for part in ("1", "2"):  # each as if on a machine of its own
         assert main([*argv, "--fold", part, "--out-of-fold"]) == 0, f"expected exit 0 for fold {part}"
     assert main([*argv, "--fold", "refit"]) == 0, "expected exit 0 for the refit"
