@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,13 @@ def test_parts_trained_on_another_machine_are_reported_from_their_small_files_wi
         assert record["epoch"] == 2 and record["written"] == "mirror_average", (
             f"expected fold {k} scored at its last epoch as soon as it finished, got {record}")
         fold_files[k] = pd.read_csv(fold / OOF_FILE)
+    # a last.ckpt newer than the fold's predictions (trained on after they were made) is
+    # scored again rather than trusted
+    fold_1 = out / "fold_1"
+    stamp = (fold_1 / OOF_FILE).stat().st_mtime
+    os.utime(fold_1 / CHECKPOINT_FILE, (stamp + 60, stamp + 60))
+    assert main([*argv, "--fold", "1", "--out-of-fold"]) == 0
+    assert (fold_1 / OOF_FILE).stat().st_mtime > stamp, "expected fold 1 scored again"
     # what comes back from the other machines: every part without its last.ckpt
     for part in ("fold_1", "fold_2", REFIT_DIR):
         (out / part / CHECKPOINT_FILE).unlink()

@@ -425,14 +425,17 @@ def _written(cfg: TrainConfig) -> str:
 
 def fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
     """A fold's out-of-fold record: the one in its folder when it scored the fold's last
-    epoch the way ``cfg`` asks, else a new scoring from ``last.ckpt``.  A fold trained on
-    another machine thus needs only its small files copied back, not its ``last.ckpt``."""
+    epoch the way ``cfg`` asks and no ``last.ckpt`` is newer, else a new scoring from
+    ``last.ckpt``.  A fold trained on another machine thus needs only its small files
+    copied back, not its ``last.ckpt``."""
     record_file, predictions = run / FOLD_SCORES_FILE, run / OOF_FILE
+    checkpoint = run / CHECKPOINT_FILE
     if record_file.is_file() and predictions.is_file():
         record = json.loads(record_file.read_text())
-        if record["epoch"] == last_epoch(run) and record["written"] == _written(cfg):
+        newer = checkpoint.is_file() and checkpoint.stat().st_mtime > predictions.stat().st_mtime
+        if record["epoch"] == last_epoch(run) and record["written"] == _written(cfg) and not newer:
             return record
-    if not (run / CHECKPOINT_FILE).is_file():
+    if not checkpoint.is_file():
         raise TrainingError(
             f"{run}: no out-of-fold predictions of its last epoch scored with "
             f"mirror_average={cfg.mirror_average} ({FOLD_SCORES_FILE}), and no {CHECKPOINT_FILE} "
