@@ -78,7 +78,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from training.calibration import apply_calibration
 from training.config import ConfigError, TrainConfig, parse_config
@@ -97,6 +97,8 @@ from training.predictions import Predictions, write_predictions
 from training.train import (
     BEST_DIR,
     CHECKPOINT_FILE,
+    RunData,
+    Runtime,
     TrainingError,
     WeightAverage,
     fit,
@@ -387,27 +389,44 @@ class _ImagesThenMirrors(torch.nn.Module):
         return torch.cat(self.model(with_mirror_images(batch)).chunk(2), dim=1)
 
 
-def score_fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
-    """Score a fold's held-out images with its last epoch (:func:`last_epoch_model`), as
-    the refitted checkpoint will score images (``cfg.mirror_average``), on the CPU in
-    float32 as the app does.  Writes the logits to ``RUN/oof_predictions.csv`` and returns
-    the record also written to ``RUN/oof_scores.json``: the epoch scored, which logits were
-    written, and the fold's AUROC over the 14 pathologies for the images as given (and,
-    with mirror averaging, for the written averaged logits)."""
+def held_out_scoring(cfg: TrainConfig, run: Path) -> tuple[torch.nn.Module, RunData, Runtime]:
+    """A fold's last epoch (:func:`last_epoch_model`) with its data (the held-out images
+    are ``data.val``) and a CPU float32 runtime: the parts to score held-out images as the
+    app scores images."""
     fold = fold_config(cfg, run)
-    data = load_data(fold)
     runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
-    loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
+    return last_epoch_model(fold, run), load_data(fold), runtime
+
+
+def mirror_pair_logits(
+    model: torch.nn.Module, dataset: Dataset, runtime: Runtime, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(as_given, mirrored, targets)``: logits of each image and of its mirror image,
+    from one pass over both."""
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers)
-    model = last_epoch_model(fold, run)
+    paired, targets = predict(_ImagesThenMirrors(model), loader, runtime)
+    as_given, mirrored = paired.chunk(2, dim=1)
+    return as_given, mirrored, targets
+
+
+def score_fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
+    """Score a fold's held-out images with its last epoch (:func:`held_out_scoring`), as
+    the refitted checkpoint will score images (``cfg.mirror_average``).  Writes the logits
+    to ``RUN/oof_predictions.csv`` and returns the record also written to
+    ``RUN/oof_scores.json``: the epoch scored, which logits were written, and the fold's
+    AUROC over the 14 pathologies for the images as given (and, with mirror averaging,
+    for the written averaged logits)."""
+    model, data, runtime = held_out_scoring(cfg, run)
     auroc: dict[str, float] = {}
-    if cfg.mirror_average:  # one pass over images and mirrors gives both scorings
-        paired, targets = predict(_ImagesThenMirrors(model), loader, runtime)
-        as_given, mirrored = paired.chunk(2, dim=1)
+    if cfg.mirror_average:
+        as_given, mirrored, targets = mirror_pair_logits(model, data.val, runtime, cfg)
         logits = average_with_mirror(torch.cat([as_given, mirrored]))
         auroc["as_given"] = pathology_mean_auroc(targets.numpy(), as_given.numpy())
         auroc["mirror_average"] = pathology_mean_auroc(targets.numpy(), logits.numpy())
     else:
+        loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.data.num_workers)
         logits, targets = predict(model, loader, runtime)
         auroc["as_given"] = pathology_mean_auroc(targets.numpy(), logits.numpy())
     values = logits.double().numpy()

@@ -15,7 +15,6 @@ Needs each fold's ``last.ckpt``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,20 +23,17 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from training.calibration import apply_calibration
 from training.config import TrainConfig, parse_config
 from training.crossval import (
-    _ImagesThenMirrors,
     build_parser,
-    fold_config,
-    last_epoch_model,
+    held_out_scoring,
+    mirror_pair_logits,
     pathology_mean_auroc,
 )
 from training.data import IMAGE, PATIENT
 from training.predictions import Predictions, write_predictions
-from training.train import load_data, make_runtime, predict
 from xray_app.labels import LABELS
 from xray_app.model import average_with_mirror
 
@@ -65,16 +61,12 @@ def score_fold(
     cfg: TrainConfig, run: Path
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list]:
     """Two-view and six-view logits of a fold's held-out images, their targets, images, patients."""
-    fold = fold_config(cfg, run)
-    data = load_data(fold)
-    runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
-    model = _ImagesThenMirrors(last_epoch_model(fold, run))
+    model, data, runtime = held_out_scoring(cfg, run)
     averaged = {}
     for angle in ANGLES:
         data.val.augment = rotation(angle)
-        loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
-        paired, targets = predict(model, loader, runtime)
-        averaged[angle] = average_with_mirror(torch.cat(paired.chunk(2, dim=1))).double().numpy()
+        as_given, mirrored, targets = mirror_pair_logits(model, data.val, runtime, cfg)
+        averaged[angle] = average_with_mirror(torch.cat([as_given, mirrored])).double().numpy()
     six = np.mean(list(averaged.values()), axis=0)
     return (
         averaged[0.0],
