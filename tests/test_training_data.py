@@ -137,3 +137,47 @@ def test_cli_writes_splits_and_prevalence_for_the_partial_download(tmp_path, cap
     prevalence = pd.read_csv(tmp_path / "prevalence.csv", index_col=0)
     assert list(prevalence.index) == [*LABELS, "images"], "expected one row per label + images"
     assert "111620 missing" in capsys.readouterr().out, "expected the missing images reported"
+
+
+def test_the_shared_folders_together_keep_patients_in_one_split(tmp_path):
+    """Both shared folders, named one by one: 1,753 images, and the 23 patients with
+    images in both folders still sit in one split each."""
+    code = data.main(["--metadata", str(METADATA), "--images", str(SHARED / "images"),
+                      str(SHARED / "images_extra"), "--seed", "0", "--out", str(tmp_path)])
+    assert code == 0, f"expected exit 0, got {code}"
+    splits = data.read_splits(tmp_path)  # refuses a patient in two splits
+    total = sum(len(part) for _, part in splits.items())
+    assert total == 1753, f"expected the 1,753 shared images across the splits, got {total}"
+    first = set(p.name for p in (SHARED / "images").glob("*.png"))
+    extra = set(p.name for p in (SHARED / "images_extra").glob("*.png"))
+    both = {int(n.split("_")[0]) for n in first} & {int(n.split("_")[0]) for n in extra}
+    assert len(both) == 23, f"expected 23 patients in both folders, got {len(both)}"
+    _assert_disjoint_and_complete(splits)
+
+
+def test_an_image_name_found_in_two_folders_is_refused_naming_both(tmp_path):
+    for folder in ("a", "b/nested"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "00000001_000.png").write_bytes(b"")
+    (tmp_path / "a" / "00000002_000.png").write_bytes(b"")
+    with pytest.raises(data.MetadataError, match="found twice") as raised:
+        data.find_images([tmp_path / "a", tmp_path / "b"])
+    message = str(raised.value)
+    assert str(tmp_path / "a" / "00000001_000.png") in message and \
+        str(tmp_path / "b" / "nested" / "00000001_000.png") in message, (
+        f"expected both copies named in the message, got {message!r}")
+
+
+def test_the_shared_parent_folder_is_refused_for_its_1024px_copies():
+    """nih/originals/ holds 1024 px copies of images in nih/images/: one parent folder
+    would find each of them twice."""
+    with pytest.raises(data.MetadataError, match="originals"):
+        data.find_images(SHARED)
+
+
+def test_several_folders_are_searched_recursively(tmp_path):
+    for folder, name in (("one/deep", "00000001_000.png"), ("two", "00000002_000.jpg")):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / name).write_bytes(b"")
+    found = data.find_images([str(tmp_path / "one"), tmp_path / "two"])
+    assert sorted(found) == ["00000001_000.png", "00000002_000.jpg"], f"expected both images, got {found}"

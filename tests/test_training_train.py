@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from tests.synthetic_xray import write_dataset
 from training import prepare
-from training.config import ConfigError, from_dict, parse_config
+from training.config import ConfigError, from_dict, parse_config, write_yaml
 from training.data import labels_of
 from training.data import main as data_main
 from training.sampling import RepeatFactorSampler, repeat_factors
@@ -38,7 +38,7 @@ from xray_app.model import build_model, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "nih"
-SCORE_COLUMNS = ["epoch", "lr", "train_loss", "train_images", "val_loss", "val_macro_auroc"]
+SCORE_COLUMNS = ["epoch", "lr", "train_loss", "train_images", "val_loss", "val_mean_auroc"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -69,13 +69,13 @@ def test_loop_learns_a_synthetic_pattern(synthetic, tmp_path):
                                    "--augment-strength", "0", "--warmup-epochs", "0.5",
                                    "--input-size", "48"))
     seen: list[tuple[int, float]] = []
-    best = fit(cfg, on_epoch_end=lambda epoch, m: seen.append((epoch, m["val_macro_auroc"])))
+    best = fit(cfg, on_epoch_end=lambda epoch, m: seen.append((epoch, m["val_mean_auroc"])))
     assert [e for e, _ in seen] == [0, 1, 2, 3], f"expected a callback per epoch, got {seen}"
     top = max(score for _, score in seen)
-    assert top >= 0.9, f"expected validation macro-AUROC >= 0.9 on a learnable pattern, got {seen}"
+    assert top >= 0.9, f"expected validation mean AUROC over the 14 pathologies >= 0.9 on a learnable pattern, got {seen}"
     loaded = load_checkpoint(best)
     assert loaded.config.trained and loaded.config.input_size == 48, "expected a trained 48 px export"
-    assert loaded.config.provenance["metrics"]["val_macro_auroc"] == pytest.approx(top), (
+    assert loaded.config.provenance["metrics"]["val_mean_auroc"] == pytest.approx(top), (
         "expected the export to be the best epoch and to record its metrics")
     assert loaded.config.thresholds == (0.5,) * len(LABELS), "expected default 0.5 thresholds"
 
@@ -85,7 +85,7 @@ def test_callback_can_stop_a_run_after_its_checkpoint(synthetic, tmp_path):
         pass
 
     def prune(epoch: int, metrics: dict[str, float]) -> None:
-        assert "val_macro_auroc" in metrics, f"expected val_macro_auroc in {sorted(metrics)}"
+        assert "val_mean_auroc" in metrics, f"expected val_mean_auroc in {sorted(metrics)}"
         raise Pruned
 
     metadata, images = synthetic
@@ -194,7 +194,7 @@ def test_torchrun_two_cpu_processes_share_one_balanced_epoch(synthetic, tmp_path
     history = pd.read_csv(out / "metrics.csv")
     assert history["train_images"].tolist() == [2.0 * per_rank], (
         f"expected both ranks' {per_rank} images counted, got {history['train_images'].tolist()}")
-    assert not math.isnan(history["val_macro_auroc"][0]), "expected a validation score from rank 0"
+    assert not math.isnan(history["val_mean_auroc"][0]), "expected a validation score from rank 0"
     assert load_checkpoint(out / "best").config.trained, "expected rank 0 to export the best checkpoint"
 
 
@@ -257,7 +257,7 @@ def _average_flags(synthetic, out: Path, epochs: int = 2, *extra: str) -> list[s
 def test_with_a_weight_average_the_average_is_validated_and_exported(synthetic, tmp_path):
     seen: list[float] = []
     fit(parse_config(_average_flags(synthetic, tmp_path / "run", epochs=1)),
-        on_epoch_end=lambda epoch, metrics: seen.append(metrics["val_macro_auroc"]))
+        on_epoch_end=lambda epoch, metrics: seen.append(metrics["val_mean_auroc"]))
     saved = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True)
     exported = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
     average = {k.removeprefix("module."): v.float() for k, v in saved["average"].items() if k != "n_averaged"}
@@ -266,7 +266,7 @@ def test_with_a_weight_average_the_average_is_validated_and_exported(synthetic, 
     differ = [k for k in exported if not torch.allclose(exported[k].float(), average[k], atol=2e-3, rtol=2e-3)]
     assert not differ, f"expected the export to be the average (in fp16); differing: {differ[:3]}"
     loaded = load_checkpoint(tmp_path / "run" / "best")
-    assert loaded.config.provenance["metrics"]["val_macro_auroc"] == pytest.approx(seen[0], nan_ok=True), (
+    assert loaded.config.provenance["metrics"]["val_mean_auroc"] == pytest.approx(seen[0], nan_ok=True), (
         "expected the exported metrics to be those of the validated average")
 
 
@@ -430,3 +430,14 @@ def test_cpu_bf16_without_native_instructions_is_refused_with_the_fix_named(monk
         make_runtime(cfg)
     auto = parse_config(["--device", "cpu", "--pretrained", "none", "--cache", "unused"])
     assert make_runtime(auto).amp_dtype is None, "expected --amp auto to train in fp32 on any CPU"
+
+
+def test_several_image_folders_are_one_tuple_from_flags_and_from_older_yaml(tmp_path):
+    cfg = parse_config(["--images", "a", "b/c", "--out", str(tmp_path / "run")])
+    assert cfg.data.images == ("a", "b/c"), f"expected both folders in order, got {cfg.data.images}"
+    write_yaml(cfg, tmp_path / "config.yaml")
+    again = parse_config(["--config", str(tmp_path / "config.yaml")])
+    assert again.data.images == ("a", "b/c"), f"expected the written YAML to read back, got {again.data.images}"
+    (tmp_path / "old.yaml").write_text("data: {images: one/folder}\n")
+    old = parse_config(["--config", str(tmp_path / "old.yaml")])
+    assert old.data.images == ("one/folder",), f"expected a single folder as a 1-tuple, got {old.data.images}"

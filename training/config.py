@@ -34,14 +34,14 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the images and labels come from and how they are split.
 
-    Exactly one of ``images`` (folder, searched recursively) and ``cache`` (built by
-    ``python -m training.prepare``).  ``splits`` reuses ``train.csv``/``val.csv``/
+    Exactly one of ``images`` (one or more folders, searched recursively; an image name
+    found twice is refused) and ``cache`` (built by ``python -m training.prepare``).  ``splits`` reuses ``train.csv``/``val.csv``/
     ``test.csv`` written by ``python -m training.data``; otherwise splits come from
     ``split_lists`` (list files) or a patient-random split with the given fractions.
     """
 
     metadata: str = DEFAULT_METADATA
-    images: str | None = None
+    images: tuple[str, ...] | None = None
     cache: str | None = None
     splits: str | None = None
     split_lists: str | None = None
@@ -51,6 +51,10 @@ class DataConfig:
     num_workers: int = 4
 
     def __post_init__(self) -> None:
+        if isinstance(self.images, str | Path):  # one folder, as older config files give it
+            object.__setattr__(self, "images", (str(self.images),))
+        elif self.images is not None:
+            object.__setattr__(self, "images", tuple(str(folder) for folder in self.images))
         if (self.images is None) == (self.cache is None):
             raise ConfigError("give exactly one of --images DIR and --cache DIR")
         if self.input_size < 32:
@@ -145,7 +149,11 @@ class TrainConfig:
             raise ConfigError("--ema-decay and --swa-epochs are two ways of averaging weights: give one")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """A plain nested mapping (lists, not tuples), as YAML and JSON write it."""
+        values = dataclasses.asdict(self)
+        if values["data"]["images"] is not None:
+            values["data"]["images"] = list(values["data"]["images"])
+        return values
 
 
 _SECTIONS = {"data": DataConfig, "augment": AugmentConfig}
@@ -195,7 +203,7 @@ def write_yaml(config: TrainConfig, path: str | Path) -> None:
 _TYPES = {"int": int, "float": float, "str": str}
 _HELP = {
     "metadata": "NIH Data_Entry_2017*.csv[.gz]",
-    "images": "image folder, searched recursively (or --cache)",
+    "images": "image folders, searched recursively (or --cache)",
     "cache": "cache directory from python -m training.prepare (or --images)",
     "splits": "directory with train.csv/val.csv/test.csv from python -m training.data",
     "split_lists": "directory of NIH or CheXNet split lists (default: patient-random split)",
@@ -239,6 +247,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, section: str | None)
         kind = str(f.type).split(" | ")[0]
         if kind == "bool":
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                                help=_HELP.get(f.name))
+        elif kind.startswith("tuple["):
+            parser.add_argument(flag, dest=dest, nargs="+", default=None, metavar="DIR",
                                 help=_HELP.get(f.name))
         else:
             default = "" if f.default is dataclasses.MISSING else f" (default {f.default})"

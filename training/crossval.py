@@ -92,7 +92,7 @@ from training.data import (
     write_splits,
 )
 from training.evaluate import EvalConfig, EvaluationError, evaluate
-from training.metrics import macro_auroc
+from training.metrics import mean_pathology_auroc, per_class_auroc
 from training.predictions import Predictions, write_predictions
 from training.train import (
     BEST_DIR,
@@ -373,9 +373,9 @@ def out_of_fold_summary(scores: dict[str, list[float]], mirror_average: bool) ->
 
 
 def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
-    """AUROC averaged over the 14 pathologies that have both a positive and a negative."""
-    _, per_class = macro_auroc(targets, logits)
-    return float(np.nanmean([per_class[name] for name in PATHOLOGIES]))
+    """The headline (:mod:`training.metrics`): AUROC averaged over the 14 pathologies
+    that have both a positive and a negative."""
+    return mean_pathology_auroc(per_class_auroc(targets, logits))
 
 
 class _ImagesThenMirrors(torch.nn.Module):

@@ -20,7 +20,7 @@ are counted and left out, never an error.
 
 Command line::
 
-    python -m training.data --metadata CSV [--images DIR] [--split-lists DIR]
+    python -m training.data --metadata CSV [--images DIR [DIR ...]] [--split-lists DIR]
         [--val-fraction F] [--test-fraction F] [--seed S] --out DIR
 """
 
@@ -100,21 +100,42 @@ def labels_of(frame: pd.DataFrame) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- images
-def find_images(root: str | Path) -> dict[str, Path]:
-    """Map image file name -> path for every image under ``root``, searched recursively.
+ImageRoots = str | Path | Sequence[str | Path]
 
-    NIH ships ``images_001/images/00000001_000.png`` ...; a flat folder works too.
+
+def image_roots(roots: ImageRoots) -> tuple[Path, ...]:
+    """``roots`` as a tuple of folders: one folder, or several (``--images A B``)."""
+    if isinstance(roots, str | Path):
+        return (Path(roots),)
+    return tuple(Path(root) for root in roots)
+
+
+def find_images(roots: ImageRoots) -> dict[str, Path]:
+    """Map image file name -> path for every image under ``roots``, searched recursively.
+
+    ``roots`` is one folder or several: NIH ships ``images_001/images/00000001_000.png``
+    ..., so its parent folder finds them all; a flat folder works too.  An image name is
+    the NIH ``Image Index`` its labels are looked up by, so one name found twice (in one
+    folder or in two) is refused: which copy to train on is the caller's choice, made by
+    naming the folders to use (the shared sample's ``originals/`` holds 1024 px copies
+    of images in ``images/``, so ``--images nih/images nih/images_extra``, not ``nih``).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise MetadataError(f"{root}: image folder not found")
+    folders = image_roots(roots)
+    if not folders:
+        raise MetadataError("no image folder given")
     found: dict[str, Path] = {}
-    for directory, _subdirs, files in os.walk(root, followlinks=True):
-        for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES):
+    for root in folders:
+        if not root.is_dir():
+            raise MetadataError(f"{root}: image folder not found")
+        for directory, _subdirs, files in os.walk(root, followlinks=True):
+            for name in sorted(files):
+                if not name.lower().endswith(IMAGE_SUFFIXES):
+                    continue
                 if name in found:
                     raise MetadataError(
-                        f"image name {name!r} found twice: {found[name]} and {directory}/{name}"
+                        f"image {name!r} found twice: {found[name]} and {Path(directory) / name}; "
+                        "name the image folders to use one by one (--images DIR [DIR ...]) so "
+                        "that each image is found once"
                     )
                 found[name] = Path(directory) / name
     return found
@@ -369,8 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m training.data", description="Write patient-wise splits and prevalence."
     )
     parser.add_argument("--metadata", required=True, type=Path, help="Data_Entry_2017*.csv[.gz]")
-    parser.add_argument("--images", type=Path, help="image folder (searched recursively); "
-                        "when given, rows without an image are left out")
+    parser.add_argument("--images", type=Path, nargs="+", metavar="DIR",
+                        help="image folders (searched recursively); when given, rows without "
+                        "an image are left out")
     parser.add_argument("--split-lists", type=Path, help="directory of split list files")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--test-fraction", type=float, default=0.2,

@@ -45,7 +45,15 @@ from training.calibration import (
     fit_calibration,
     uninformative_classes,
 )
-from training.data import FINDINGS, IMAGE, PATIENT, MetadataError, find_images, read_metadata
+from training.data import (
+    FINDINGS,
+    IMAGE,
+    PATIENT,
+    MetadataError,
+    find_images,
+    image_roots,
+    read_metadata,
+)
 from training.eval_metrics import (
     DEFAULT_THRESHOLD,
     THRESHOLD_METHODS,
@@ -90,7 +98,7 @@ class EvalConfig:
     checkpoint: Path | None = None
     predictions: Path | None = None
     split_csv: Path | None = None
-    images: Path | None = None
+    images: tuple[Path, ...] | None = None
     metadata: Path | None = None
     fit: str | None = None
     threshold_method: str = "f1"
@@ -197,7 +205,7 @@ def _locate(
                 break
     images = cfg.images
     if images is None and data_config.get("images"):
-        images = Path(data_config["images"])
+        images = image_roots(data_config["images"])
     metadata = cfg.metadata
     if metadata is None:
         metadata = Path(data_config.get("metadata") or DEFAULT_METADATA)
@@ -241,10 +249,10 @@ def _model_predictions(
         missing = [name for name in names if name not in found]
         if missing:
             raise EvaluationError(f"{len(missing)} of {len(names)} {cfg.split} images are not "
-                                  f"under {images_dir} (first: {missing[0]!r})")
+                                  f"under {', '.join(map(str, images_dir))} (first: {missing[0]!r})")
         logits = run_model(cfg.checkpoint, [found[n] for n in names], batch_size=cfg.batch_size)
         predictions = Predictions(tuple(names), LABELS, logits, apply_calibration(logits, None))
-        sources["images"] = str(images_dir)
+        sources["images"] = [str(folder) for folder in images_dir]
     if not predictions.images:
         raise EvaluationError(f"no images to evaluate for the {cfg.split} split")
     truth = truth_for(predictions.images, metadata, metadata_path)
@@ -498,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictions", type=Path,
                         help="evaluate this predictions CSV instead of running the model")
     parser.add_argument("--split-csv", type=Path, help="the split's CSV (Image Index column)")
-    parser.add_argument("--images", type=Path, help="folder searched recursively for the images")
+    parser.add_argument("--images", type=Path, nargs="+", metavar="DIR",
+                        help="folders searched recursively for the images")
     parser.add_argument("--metadata", type=Path,
                         help="NIH Data_Entry CSV with the labels (default: the one the "
                         f"checkpoint was trained with, else {DEFAULT_METADATA})")

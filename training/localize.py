@@ -237,7 +237,7 @@ def markdown_report(table: dict[str, dict[str, Any]], meta: dict[str, Any]) -> s
         "# Heatmap localisation against NIH boxes",
         "",
         f"Checkpoint `{meta['checkpoint']}` ({meta['model']}); {meta['boxes']} boxes on "
-        f"{meta['images']} images present in `{meta['images_dir']}` (of {meta['boxes_listed']} "
+        f"{meta['images']} images present (of {meta['boxes_listed']} "
         f"boxes listed). Heatmaps: {meta['heatmap']}. IoBB threshold: "
         f"{meta['threshold']} x the map's maximum; random baseline: mean of "
         f"{meta['random_draws']} draws at {meta['native_resolution']} x "
@@ -357,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--folds", type=Path, metavar="CV_DIR",
                         help="a training.crossval folder: score each boxed image with the last "
                              "epoch of the fold that held its patient out (out of fold)")
-    parser.add_argument("--images", required=True, type=Path, help="image folder (recursive)")
+    parser.add_argument("--images", required=True, type=Path, nargs="+", metavar="DIR",
+                        help="image folders (searched recursively)")
     parser.add_argument("--bboxes", required=True, type=Path, help="BBox_List_2017.csv")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--threshold", type=float, default=0.5,
@@ -379,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = find_images(args.images)
         boxes = boxes_present(all_boxes, images)
         if not boxes:
-            raise BoxFileError(f"none of the {len(all_boxes)} boxed images is in {args.images}")
+            raise BoxFileError(f"none of the {len(all_boxes)} boxed images is in "
+                                  f"{', '.join(map(str, args.images))}")
         if args.folds is not None:
             folds = fold_models(args.folds)
             boxes, scorer = out_of_fold_scorer(boxes, folds, images)
@@ -414,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         **described,
         "trained": bool(checkpoint.config.trained),
-        "images_dir": str(args.images),
+        "images_dirs": [str(folder) for folder in args.images],
         "boxes": len(boxes),
         "images": len({b.image for b in boxes}),
         "boxes_listed": len(all_boxes),

@@ -1,4 +1,12 @@
-"""Ranking metrics for multi-label outputs."""
+"""The headline metric, and the per-class AUROC it is made of.
+
+Every report leads with one number: the **mean AUROC over the 14 pathologies**
+(:data:`xray_app.labels.PATHOLOGIES`).  Epoch selection and early stopping
+(:mod:`training.train`), Optuna's pruning and objective (:mod:`training.tune`),
+cross-validation (:mod:`training.crossval`) and evaluation (:mod:`training.evaluate`)
+all use it.  "No Finding" is not a pathology: its AUROC is reported on its own line
+(``auroc_No Finding``) and never averaged in.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,18 @@ import math
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from xray_app.labels import LABELS
+from xray_app.labels import LABELS, NO_FINDING, PATHOLOGIES
+
+HEADLINE = "mean AUROC over the 14 pathologies"
+VAL_HEADLINE = "val_mean_auroc"  # the headline on the validation split: metrics.csv column
 
 
-def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float]]:
-    """Macro-AUROC over the classes with both a positive and a negative, and per class.
+def per_class_auroc(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """AUROC of each of the 15 outputs, by label; NaN for a class without both a
+    positive and a negative image.
 
-    ``targets`` ``(N, 15)`` 0/1, ``scores`` ``(N, 15)`` any monotone score.  Classes
-    without both kinds of example get NaN and are left out of the macro mean (NaN when
-    no class qualifies).
+    ``targets`` ``(N, 15)`` 0/1 in logit order, ``scores`` ``(N, 15)`` any monotone score
+    (logits or probabilities).
     """
     per_class: dict[str, float] = {}
     for c, name in enumerate(LABELS):
@@ -24,5 +35,17 @@ def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[st
             per_class[name] = float(roc_auc_score(column, scores[:, c]))
         else:
             per_class[name] = math.nan
-    defined = [v for v in per_class.values() if not math.isnan(v)]
-    return (float(np.mean(defined)) if defined else math.nan), per_class
+    return per_class
+
+
+def mean_pathology_auroc(per_class: dict[str, float]) -> float:
+    """The headline: mean AUROC over the pathologies whose AUROC is defined (NaN when
+    none is)."""
+    defined = [per_class[name] for name in PATHOLOGIES if not math.isnan(per_class[name])]
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def headline_auroc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, float, dict[str, float]]:
+    """``(mean over the 14 pathologies, "No Finding" AUROC, per-class AUROC)``."""
+    per_class = per_class_auroc(targets, scores)
+    return mean_pathology_auroc(per_class), per_class[NO_FINDING], per_class

@@ -401,7 +401,7 @@ def attach_ood_gate(
 
 
 # --------------------------------------------------------------------------- command line
-def _split_images(split_dir: Path, images: Path) -> tuple[list[Path], list[Path]]:
+def _split_images(split_dir: Path, images: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     from training.data import IMAGE, find_images, read_splits
 
     directory = split_dir if (split_dir / "train.csv").is_file() else split_dir / "splits"
@@ -423,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m training.ood", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
-    parser.add_argument("--images", required=True, type=Path, help="image folder (recursive)")
+    parser.add_argument("--images", required=True, type=Path, nargs="+", metavar="DIR",
+                        help="image folders (searched recursively)")
     parser.add_argument("--split-dir", required=True, type=Path,
                         help="folder with train.csv/val.csv/test.csv (or RUN/splits/)")
     parser.add_argument("--max-train", type=int, default=None, help="subsample training images")

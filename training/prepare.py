@@ -38,7 +38,7 @@ from training.cache import (
     CacheError,
     to_uint8,
 )
-from training.data import IMAGE, find_images, read_metadata
+from training.data import IMAGE, ImageRoots, find_images, read_metadata
 from xray_app.preprocess import ImageInputError, decode_image, resize_gray
 
 
@@ -91,7 +91,7 @@ def _open_or_create(out: Path, names: list[str], size: int, source: str) -> np.m
 
 
 def build_cache(
-    images: Path,
+    images: ImageRoots,
     out: Path,
     *,
     size: int,
@@ -151,7 +151,8 @@ def build_cache(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--images", required=True, type=Path, help="image folder (recursive)")
+    parser.add_argument("--images", required=True, type=Path, nargs="+", metavar="DIR",
+                        help="image folders (searched recursively)")
     parser.add_argument("--metadata", type=Path, help="cache only the images this CSV lists")
     parser.add_argument("--out", required=True, type=Path, help="cache directory")
     parser.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")

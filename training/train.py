@@ -6,8 +6,8 @@
 
 A run directory holds ``config.yaml``, ``train.csv``/``val.csv``/``test.csv``,
 ``prevalence.csv``, ``metrics.csv`` (one row per epoch), ``last.ckpt`` (full training
-state, rewritten atomically every epoch) and ``best/`` (the best epoch by validation
-macro-AUROC in the app's format: ``python app.py --weights RUN/best``; with
+state, rewritten atomically every epoch) and ``best/`` (the best epoch by the validation
+mean AUROC over the 14 pathologies, in the app's format: ``python app.py --weights RUN/best``; with
 ``--ema-decay`` the weight average is what is validated and exported).
 
 Determinism: an epoch's sampling, augmentation and dropout depend only on
@@ -59,7 +59,7 @@ from training.data import (
 from training.datasets import CachedImages, FileImages, XrayDataset
 from training.distill import DistillSummary, distill_targets
 from training.losses import FocalWeightedLoss, class_weights
-from training.metrics import macro_auroc
+from training.metrics import VAL_HEADLINE, headline_auroc
 from training.predictions import PredictionsFileError
 from training.sampling import RepeatFactorSampler, describe_mix, repeat_factors
 from xray_app.labels import LABELS
@@ -267,7 +267,7 @@ class WeightAverage:
     """Exponential moving average of a model's weights and batch-norm buffers.
 
     On a few hundred images the raw weights swing from one epoch to the next (and the
-    validation macro-AUROC with them); the average moves smoothly.  ``update()`` after
+    validation AUROC with them); the average moves smoothly.  ``update()`` after
     each optimiser step; ``module`` is the averaged network.
     """
 
@@ -449,16 +449,16 @@ def evaluate(
     mirror_average: bool = False,
     limit_batches: int | None = None,
 ) -> dict[str, float]:
-    """Validation loss, macro-AUROC and per-class AUROC (``val_auroc_<label>``), on logits
-    made as the exported checkpoint will make them (``mirror_average``).
-
-    Macro-AUROC averages the classes that have both a positive and a negative image in
-    the evaluated set (NaN when none has).
+    """Validation loss, the headline (``val_mean_auroc``: mean AUROC over the 14
+    pathologies, see :mod:`training.metrics`) and per-class AUROC (``val_auroc_<label>``,
+    "No Finding" included), on logits made as the exported checkpoint will make them
+    (``mirror_average``).  The mean leaves out pathologies without both a positive and a
+    negative image in the evaluated set (NaN when none has both).
     """
     logits, targets = predict(model, loader, runtime, mirror_average=mirror_average,
                               limit_batches=limit_batches)
-    macro, per_class = macro_auroc(targets.numpy(), torch.sigmoid(logits).numpy())
-    metrics = {"val_loss": float(loss_fn(logits, targets)), "val_macro_auroc": macro}
+    mean, _, per_class = headline_auroc(targets.numpy(), logits.numpy())
+    metrics = {"val_loss": float(loss_fn(logits, targets)), VAL_HEADLINE: mean}
     metrics.update({f"val_auroc_{name}": value for name, value in per_class.items()})
     return metrics
 
@@ -569,7 +569,8 @@ def fit(cfg: TrainConfig, *, on_epoch_end: EpochCallback | None = None) -> Path:
 
     ``on_epoch_end(epoch, metrics)`` is called on the main process after each epoch's
     checkpoint is written, with ``epoch`` counted from 0 and ``metrics`` holding
-    ``val_macro_auroc``, ``val_loss``, ``train_loss``, per-class ``val_auroc_<label>``...
+    ``val_mean_auroc`` (the headline), ``val_loss``, ``train_loss``, per-class
+    ``val_auroc_<label>``...
     It may raise (e.g. ``optuna.TrialPruned``) to stop the run; the exception propagates.
     """
     runtime = make_runtime(cfg)
@@ -681,7 +682,7 @@ def _fit(
                 averaged = selected = swa.network(swa_loader, runtime)
         if cfg.validate:
             metrics.update(_validate(selected, val_loader, loss_fn, runtime, cfg))
-            export = _keep_best(state, metrics["val_macro_auroc"], epoch, cfg.patience)
+            export = _keep_best(state, metrics[VAL_HEADLINE], epoch, cfg.patience)
         else:  # no validation: the last epoch is the result
             export = epoch + 1 == cfg.epochs
         if export and runtime.is_main:
@@ -754,8 +755,8 @@ def _tensorboard(run: Path):
 
 def _log_epoch(metrics: dict[str, float], state: Progress, writer) -> None:
     validation = (
-        f"val_loss {metrics['val_loss']:.4f} val_macro_auroc {metrics['val_macro_auroc']:.4f} "
-        if "val_macro_auroc" in metrics else "no validation "
+        f"val_loss {metrics['val_loss']:.4f} {VAL_HEADLINE} {metrics[VAL_HEADLINE]:.4f} "
+        if VAL_HEADLINE in metrics else "no validation "
     )
     best = f"; best {state.best:.4f} at epoch {state.best_epoch}" if state.best_epoch > 0 else ""
     print(

@@ -6,8 +6,9 @@
 
 Each trial maps its parameters into the same :class:`~training.config.TrainConfig`
 (:func:`apply_params`, a pure function) and calls the same ``fit``; ``fit`` reports the
-validation macro-AUROC after every epoch to :func:`report_and_maybe_prune`, which feeds
-Optuna's median pruner.  The objective value is the best epoch's validation macro-AUROC
+headline metric, the validation mean AUROC over the 14 pathologies
+(:mod:`training.metrics`), after every epoch to :func:`report_and_maybe_prune`, which
+feeds Optuna's median pruner.  The objective value is the best epoch's headline
 (threshold-free).  The test split is never read: ``fit`` uses train and validation only.
 
 Search space (:class:`SearchSpace`): learning rate (log-uniform), batch size
@@ -76,8 +77,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from training.config import ConfigError, TrainConfig, from_dict, load_yaml, parse_config
 from training.journal_heartbeat import HeartbeatJournalStorage
+from training.metrics import VAL_HEADLINE
 
-OBJECTIVE = "val_macro_auroc"
+OBJECTIVE = VAL_HEADLINE
 THRESHOLD = "threshold"
 SECONDARY = "val_macro_f1_at_threshold"
 TRIALS_DIR = "trials"
@@ -152,7 +154,7 @@ def apply_trial(trial: Trial, base: TrainConfig, space: SearchSpace, out_root: P
 
 # --------------------------------------------------------------------------- objective
 def report_and_maybe_prune(trial: Trial) -> Callable[[int, dict[str, float]], None]:
-    """``fit``'s ``on_epoch_end``: report validation macro-AUROC, raise ``TrialPruned``."""
+    """``fit``'s ``on_epoch_end``: report the validation headline, raise ``TrialPruned``."""
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         value = float(metrics[OBJECTIVE])
@@ -215,7 +217,8 @@ def objective(
     fit_fn: FitFunction | None = None,
     secondary: Secondary | None = val_macro_f1,
 ) -> float:
-    """Train one trial's config with ``fit``; return its best validation macro-AUROC."""
+    """Train one trial's config with ``fit``; return its best validation mean AUROC over
+    the 14 pathologies."""
     fit_fn = fit_fn or _default_fit()
     cfg = apply_trial(trial, base, space, out_root)
     run = Path(cfg.out)
@@ -233,7 +236,7 @@ def objective(
 
 
 def best_value(run: Path) -> float:
-    """Best validation macro-AUROC in ``fit``'s ``metrics.csv`` (all epochs, resumed or not)."""
+    """Best validation headline in ``fit``'s ``metrics.csv`` (all epochs, resumed or not)."""
     import pandas as pd
 
     path = run / "metrics.csv"
