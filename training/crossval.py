@@ -78,7 +78,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from training.calibration import apply_calibration
 from training.config import ConfigError, TrainConfig, parse_config
@@ -110,10 +110,8 @@ from xray_app.labels import LABELS, PATHOLOGIES
 from xray_app.model import (
     CONFIG_FILE,
     PretrainedWeightsUnavailable,
-    average_with_mirror,
     build_model,
     read_config,
-    with_mirror_images,
     write_config,
 )
 
@@ -378,17 +376,6 @@ def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
     return mean_pathology_auroc(per_class_auroc(targets, logits))
 
 
-class _ImagesThenMirrors(torch.nn.Module):
-    """``(N, ...)`` images -> ``(N, 2C)``: each image's logits, then its mirror image's."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self.model(with_mirror_images(batch)).chunk(2), dim=1)
-
-
 def held_out_scoring(cfg: TrainConfig, run: Path) -> tuple[torch.nn.Module, RunData, Runtime]:
     """A fold's last epoch (:func:`last_epoch_model`) with its data (the held-out images
     are ``data.val``) and a CPU float32 runtime: the parts to score held-out images as the
@@ -396,18 +383,6 @@ def held_out_scoring(cfg: TrainConfig, run: Path) -> tuple[torch.nn.Module, RunD
     fold = fold_config(cfg, run)
     runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
     return last_epoch_model(fold, run), load_data(fold), runtime
-
-
-def mirror_pair_logits(
-    model: torch.nn.Module, dataset: Dataset, runtime: Runtime, cfg: TrainConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(as_given, mirrored, targets)``: logits of each image and of its mirror image,
-    from one pass over both."""
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
-                        num_workers=cfg.data.num_workers)
-    paired, targets = predict(_ImagesThenMirrors(model), loader, runtime)
-    as_given, mirrored = paired.chunk(2, dim=1)
-    return as_given, mirrored, targets
 
 
 def score_fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
@@ -418,17 +393,12 @@ def score_fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
     AUROC over the 14 pathologies for the images as given (and, with mirror averaging,
     for the written averaged logits)."""
     model, data, runtime = held_out_scoring(cfg, run)
-    auroc: dict[str, float] = {}
+    loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers)
+    logits, targets, views = predict(model, loader, runtime, mirror_average=cfg.mirror_average)
+    auroc = {"as_given": pathology_mean_auroc(targets.numpy(), views[:, 0].numpy())}
     if cfg.mirror_average:
-        as_given, mirrored, targets = mirror_pair_logits(model, data.val, runtime, cfg)
-        logits = average_with_mirror(torch.cat([as_given, mirrored]))
-        auroc["as_given"] = pathology_mean_auroc(targets.numpy(), as_given.numpy())
         auroc["mirror_average"] = pathology_mean_auroc(targets.numpy(), logits.numpy())
-    else:
-        loader = DataLoader(data.val, batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=cfg.data.num_workers)
-        logits, targets = predict(model, loader, runtime)
-        auroc["as_given"] = pathology_mean_auroc(targets.numpy(), logits.numpy())
     values = logits.double().numpy()
     write_predictions(Predictions(tuple(data.splits.val[IMAGE].tolist()), LABELS, values,
                                   apply_calibration(values, None)),

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from training.calibration import (
     CALIBRATION_METHODS,
@@ -74,11 +73,11 @@ from xray_app.model import (
     CONFIG_FILE,
     CheckpointError,
     load_checkpoint,
-    model_logits,
     read_config,
     write_config,
 )
-from xray_app.preprocess import ImageInputError, preprocess
+from xray_app.preprocess import ImageInputError
+from xray_app.scoring import score_images
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
 SPLITS = ("val", "test")
@@ -140,26 +139,17 @@ def truth_for(images: Sequence[str], metadata: pd.DataFrame, source: Path) -> pd
 def run_model(
     checkpoint: Path, image_paths: Sequence[Path], *, batch_size: int = 16
 ) -> np.ndarray:
-    """``(N, 15)`` float64 logits of the checkpoint's model for the images, in order.
+    """``(N, 15)`` float64 logits of the checkpoint's model for the images, in order,
+    scored as the app scores them (:func:`xray_app.scoring.score_images`: the app's
+    preprocessing and the checkpoint's test-time policy)."""
 
-    Each image goes through the app's own preprocessing (:func:`xray_app.preprocess.preprocess`),
-    and logits are made as the checkpoint's config says (``mirror_average``), as the app does.
-    """
-    loaded = load_checkpoint(checkpoint)
-    config = loaded.config.preprocess
-    mirror = loaded.config.mirror_average
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(image_paths), batch_size):
-            batch = [preprocess(p, config)[0] for p in image_paths[start : start + batch_size]]
-            logits = model_logits(loaded.model, torch.stack(batch), mirror_average=mirror)
-            outputs.append(logits.double().numpy())
-            done = start + len(batch)
-            if done == len(image_paths) or (start // batch_size) % 50 == 49:
-                print(f"inference: {done}/{len(image_paths)} images", file=sys.stderr)
-        if not outputs:
-            return np.zeros((0, len(LABELS)))
-    return np.concatenate(outputs)
+    def progress(done: int, total: int) -> None:
+        if done == total or (done // batch_size) % 50 == 0:
+            print(f"inference: {done}/{total} images", file=sys.stderr)
+
+    scored = score_images(load_checkpoint(checkpoint), image_paths, batch_size=batch_size,
+                          on_batch=progress)
+    return scored.logits.astype(np.float64)
 
 
 # --------------------------------------------------------------------------- checkpoint config

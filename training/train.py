@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -69,10 +69,10 @@ from xray_app.model import (
     PretrainedWeightsUnavailable,
     build_model,
     git_commit,
-    model_logits,
     save_checkpoint,
     utc_now,
 )
+from xray_app.scoring import score_batch
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 CHECKPOINT_FILE = "last.ckpt"
@@ -415,28 +415,41 @@ def train_one_epoch(
     }
 
 
+class Predicted(NamedTuple):
+    """:func:`predict`'s result, in the loader's order, on the CPU: ``logits`` ``(N, 15)``
+    as the checkpoint defines them, ``targets`` ``(N, 15)``, and ``view_logits``
+    ``(N, V, 15)``, each view's own logits (V = 2 with mirror averaging: the image, then
+    its mirror image)."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    view_logits: torch.Tensor
+
+
 @torch.no_grad()
 def predict(
-    model: nn.Module,
+    model: ChestXrayResNet,
     loader: DataLoader,
     runtime: Runtime,
     *,
     mirror_average: bool = False,
     limit_batches: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, targets)`` of ``model`` over ``loader``, in its order, on the CPU;
-    ``mirror_average``: each logit averages the image and its mirror image, as the app
-    does for a checkpoint whose config asks for it."""
+) -> Predicted:
+    """``model`` over ``loader``, scored by :func:`xray_app.scoring.score_batch` as the app
+    scores (``mirror_average``: each logit averages the image and its mirror image, as a
+    checkpoint whose config asks for it does)."""
     model.eval()
-    all_logits, all_targets = [], []
-    for step, (images, targets) in enumerate(loader):
+    logits, targets, view_logits = [], [], []
+    for step, (images, labels) in enumerate(loader):
         if limit_batches is not None and step >= limit_batches:
             break
-        with _autocast(runtime):
-            logits = model_logits(model, _to_device(images, runtime), mirror_average=mirror_average)
-        all_logits.append(logits.float().cpu())
-        all_targets.append(targets)
-    return torch.cat(all_logits), torch.cat(all_targets)
+        scores = score_batch(model, images.to(runtime.device, non_blocking=True),
+                             mirror_average=mirror_average, autocast_dtype=runtime.amp_dtype,
+                             channels_last=runtime.channels_last)
+        logits.append(scores.logits.cpu())
+        view_logits.append(scores.view_logits.cpu())
+        targets.append(labels)
+    return Predicted(torch.cat(logits), torch.cat(targets), torch.cat(view_logits))
 
 
 @torch.no_grad()
@@ -455,8 +468,8 @@ def evaluate(
     (``mirror_average``).  The mean leaves out pathologies without both a positive and a
     negative image in the evaluated set (NaN when none has both).
     """
-    logits, targets = predict(model, loader, runtime, mirror_average=mirror_average,
-                              limit_batches=limit_batches)
+    logits, targets, _ = predict(model, loader, runtime, mirror_average=mirror_average,
+                                 limit_batches=limit_batches)
     mean, _, per_class = headline_auroc(targets.numpy(), logits.numpy())
     metrics = {"val_loss": float(loss_fn(logits, targets)), VAL_HEADLINE: mean}
     metrics.update({f"val_auroc_{name}": value for name, value in per_class.items()})

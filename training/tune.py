@@ -17,7 +17,8 @@ Search space (:class:`SearchSpace`): learning rate (log-uniform), batch size
 is *not* part of training and is *not* optimised: the per-class thresholds shipped with a
 model are chosen afterwards on validation by ``training.evaluate`` (max F1).  In the
 search it only defines a secondary figure, the validation macro-F1 of the trial's best
-model at that threshold, recorded as the user attribute ``val_macro_f1_at_threshold``.
+model at that threshold over the 14 pathologies (scored as the app scores, mirror
+averaging included), recorded as the user attribute ``val_macro_f1_at_threshold``.
 
 Storage: ``sqlite:///FILE`` (the default is ``OUT/study.db``), any SQLAlchemy URL
 (PostgreSQL/MySQL for many machines) or ``journal:PATH`` (an append-only journal file,
@@ -181,25 +182,26 @@ def macro_f1(targets: np.ndarray, probabilities: np.ndarray, threshold: float) -
 
 
 def val_macro_f1(best_dir: Path, cfg: TrainConfig, threshold: float) -> float:
-    """Validation macro-F1 at ``threshold`` of the exported model in ``best_dir``."""
+    """Validation macro-F1 over the 14 pathologies at ``threshold`` of the exported model
+    in ``best_dir``, scored as the app scores it (:func:`training.train.predict`, with the
+    checkpoint's own test-time policy)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from training.train import load_data
+    from training.train import Runtime, load_data, predict
+    from xray_app.labels import PATHOLOGIES
     from xray_app.model import load_checkpoint
 
     use_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
-    device = "cuda" if use_cuda else "cpu"
-    model = load_checkpoint(best_dir, device=device).model
+    runtime = Runtime(torch.device("cuda" if use_cuda else "cpu"))
+    loaded = load_checkpoint(best_dir, device=str(runtime.device))
     loader = DataLoader(load_data(cfg).val, batch_size=cfg.batch_size, shuffle=False)
-    probabilities, targets = [], []
-    with torch.inference_mode():
-        for step, (images, labels) in enumerate(loader):
-            if cfg.limit_batches is not None and step >= cfg.limit_batches:
-                break
-            probabilities.append(torch.sigmoid(model(images.to(device))).float().cpu().numpy())
-            targets.append(labels.numpy())
-    return macro_f1(np.concatenate(targets), np.concatenate(probabilities), threshold)
+    logits, targets, _ = predict(loaded.model, loader, runtime,
+                                 mirror_average=loaded.config.mirror_average,
+                                 limit_batches=cfg.limit_batches)
+    pathologies = slice(0, len(PATHOLOGIES))  # the first 14 outputs in logit order
+    return macro_f1(targets.numpy()[:, pathologies], torch.sigmoid(logits).numpy()[:, pathologies],
+                    threshold)
 
 
 def _default_fit() -> FitFunction:
