@@ -14,7 +14,7 @@ from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
 from tests.paths import SHARED_DATA
-from training import evaluate
+from training import calibrate, evaluate
 from training.data import labels_of, read_metadata
 from training.eval_metrics import per_class_metrics
 from xray_app.labels import LABELS, NO_FINDING, PATHOLOGIES
@@ -67,21 +67,33 @@ def _write_logits(frame: pd.DataFrame, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, reference):
-    """A random-init checkpoint whose thresholds and calibration were fitted by the CLI on
-    a 'validation' half of the images (predictions taken from the reference model)."""
+    """A random-init checkpoint calibrated by ``training.calibrate`` on a 'validation' half
+    of the images (predictions taken from the reference model) into a new folder, then
+    evaluated on that half."""
     root = tmp_path_factory.mktemp("evaluate")
-    checkpoint = write_random_init(root / "checkpoint", input_size=64)
+    trained = write_random_init(root / "checkpoint", input_size=64)
+    before = (trained / "config.json").read_bytes()
     val_csv = _write_logits(reference.iloc[:250], root / "val_predictions.csv")
     test_csv = _write_logits(reference.iloc[250:], root / "test_predictions.csv")
+    checkpoint = root / "calibrated"
+    code = calibrate.main(["--checkpoint", str(trained), "--predictions", str(val_csv),
+                           "--metadata", str(METADATA), "--method", "platt",
+                           "--out", str(checkpoint)])
+    assert code == 0, "calibration on the validation predictions should succeed"
     out = root / "eval"
-    code = evaluate.main(["--checkpoint", str(checkpoint), "--split", "val", "--fit", "platt",
+    code = evaluate.main(["--checkpoint", str(checkpoint), "--split", "val",
                           "--predictions", str(val_csv), "--metadata", str(METADATA),
                           "--out", str(out), "--n-boot", "100"])
-    assert code == 0, "the validation run with --fit should succeed"
-    return {"checkpoint": checkpoint, "out": out, "test_csv": test_csv, "root": root}
+    assert code == 0, "the validation evaluation should succeed"
+    return {"checkpoint": checkpoint, "trained": trained, "trained_config": before, "out": out,
+            "test_csv": test_csv, "root": root}
 
 
-def test_fit_on_validation_writes_thresholds_and_calibration_into_config(fitted):
+def test_calibration_writes_a_new_checkpoint_and_leaves_the_trained_one_as_it_was(fitted):
+    assert (fitted["trained"] / "config.json").read_bytes() == fitted["trained_config"], (
+        "expected the input checkpoint's config.json unchanged")
+    assert (fitted["checkpoint"] / "model.safetensors").read_bytes() == (
+        fitted["trained"] / "model.safetensors").read_bytes(), "expected the same weights"
     config = read_config(fitted["checkpoint"] / "config.json")
     assert config.calibration is not None and config.calibration["method"] == "platt", (
         f"expected a Platt calibration in config.json, got {config.calibration}")
@@ -89,7 +101,10 @@ def test_fit_on_validation_writes_thresholds_and_calibration_into_config(fitted)
     assert not np.allclose(config.thresholds, 0.5), "thresholds should have been chosen"
     fit = config.provenance["validation_fit"]
     assert (fit["split"], fit["n_images"]) == ("val", 250), f"fit record: {fit}"
+    assert fit["predictions"]["file"] == "val_predictions.csv", (
+        f"expected the predictions named by file name only (no machine-local path), got {fit}")
     report = json.loads((fitted["out"] / "report_val.json").read_text())
+    assert "optimistic" in report["thresholds"], "expected figures on the fit images marked optimistic"
     assert report["thresholds"]["values"] == dict(zip(LABELS, config.thresholds, strict=True)), (
         "the validation report should show the thresholds written to config.json")
     ece = report["calibration"]["ece"]["pooled"]
@@ -121,7 +136,7 @@ def test_test_split_uses_the_validation_thresholds_and_compares_side_by_side(fit
     config = read_config(fitted["checkpoint"] / "config.json")
     assert report["thresholds"]["values"] == dict(zip(LABELS, config.thresholds, strict=True)), (
         "the test report should use the thresholds chosen on validation")
-    assert "validation" in report["thresholds"]["source"], report["thresholds"]["source"]
+    assert "fitted on held-out predictions" in report["thresholds"]["source"], report["thresholds"]["source"]
     comparison = report["comparison"]
     assert comparison["n_images"] == 250, "only the 250 images in both files are compared"
     assert comparison["labels"] == list(PATHOLOGIES), "the 14 shared classes are compared"
@@ -132,15 +147,16 @@ def test_test_split_uses_the_validation_thresholds_and_compares_side_by_side(fit
     assert "## Comparison" in (out / "report_test.md").read_text(), "markdown comparison section"
 
 
-def test_fitting_on_the_test_split_is_refused(fitted, capsys):
+def test_evaluation_only_reads_the_checkpoint(fitted):
     config_path = fitted["checkpoint"] / "config.json"
     before = config_path.read_bytes()
     code = evaluate.main(["--checkpoint", str(fitted["checkpoint"]), "--split", "test",
-                          "--fit", "platt", "--predictions", str(fitted["test_csv"]),
+                          "--predictions", str(fitted["test_csv"]),
                           "--metadata", str(METADATA), "--out", str(fitted["root"] / "x")])
-    assert code == 2, "--fit on the test split should be an error"
-    assert "only allowed on the validation split" in capsys.readouterr().err, "error message"
-    assert config_path.read_bytes() == before, "config.json must not change"
+    assert code == 0, "expected the test evaluation to succeed"
+    assert config_path.read_bytes() == before, "expected config.json unchanged by an evaluation"
+    with pytest.raises(SystemExit):  # thresholds are fitted by training.calibrate only
+        evaluate.build_parser().parse_args(["--split", "val", "--fit", "platt"])
 
 
 def test_cli_runs_the_model_on_real_images_through_the_shared_preprocessing(fitted):
@@ -180,15 +196,16 @@ def test_a_class_whose_calibration_finds_no_relation_gets_no_max_f1_threshold(tm
     score[np.flatnonzero(y)[:3]] = -40.0  # three positives scored far below everything
     frame["logit_Effusion"] = score
     frame.to_csv(path, index=False)
-    checkpoint = write_random_init(tmp_path / "checkpoint", input_size=64)
-    assert evaluate.main(["--checkpoint", str(checkpoint), "--split", "val", "--fit", "platt",
-                          "--predictions", str(path), "--metadata", str(METADATA),
-                          "--out", str(tmp_path / "eval"), "--n-boot", "20"]) == 0
+    trained = write_random_init(tmp_path / "checkpoint", input_size=64)
+    checkpoint, fitted = calibrate.calibrate(trained, path, tmp_path / "calibrated",
+                                             metadata=METADATA, method="platt")
     assert roc_auc_score(y, score) > 0.5, "the test needs a ranking above chance"
     config = read_config(checkpoint / "config.json")
     c = LABELS.index("Effusion")
     assert config.calibration["scale"][c] <= 1.001e-3, "expected the fitted scale at its floor"
     assert config.thresholds[c] == 0.5, f"expected the 0.5 fallback, got {config.thresholds[c]}"
     assert config.thresholds[LABELS.index("Cardiomegaly")] != 0.5, "expected other classes fitted as usual"
-    notes = json.loads((tmp_path / "eval" / "report_val.json").read_text())["notes"]
-    assert any(note.startswith("Effusion: calibration found no positive relation") for note in notes), notes
+    assert any(note.startswith("Effusion: calibration found no positive relation")
+               for note in fitted.notes), fitted.notes
+    assert "Effusion" in config.provenance["validation_fit"]["no_signal"], (
+        "expected Effusion recorded as showing no signal")

@@ -10,7 +10,7 @@ import pytest
 from scipy.special import logit
 
 from tests.paths import SHARED_DATA
-from training import evaluate, model_card
+from training import calibrate, evaluate, model_card
 from training.eval_report import fmt, fmt_ci
 from xray_app.labels import NO_FINDING, PATHOLOGIES
 from xray_app.model import read_config, write_random_init
@@ -22,10 +22,10 @@ REFERENCE = NIH / "chexnet_repro_preds.csv"
 
 @pytest.fixture(scope="module")
 def card(tmp_path_factory):
-    """Evaluate predictions (from the reference probabilities) on 'val' with --fit and on
-    'test', then write the card with a localisation file."""
+    """Calibrate on 'val' predictions (from the reference probabilities), evaluate 'val'
+    and 'test', then write the card with a localisation file."""
     root = tmp_path_factory.mktemp("card")
-    checkpoint = write_random_init(root / "checkpoint", input_size=64)
+    trained = write_random_init(root / "trained", input_size=64)
     preds = pd.read_csv(REFERENCE, dtype={"Image Index": str})
     paths = {}
     for split, part in (("val", preds.iloc[:200]), ("test", preds.iloc[200:400])):
@@ -36,11 +36,15 @@ def card(tmp_path_factory):
         frame[f"logit_{NO_FINDING}"] = -z.max(axis=1)
         paths[split] = root / f"{split}.csv"
         frame.to_csv(paths[split], index=False)
-    out = root / "checkpoint" / "eval"
-    for split, extra in (("val", ["--fit", "temperature"]), ("test", [])):
+    checkpoint = root / "checkpoint"
+    assert calibrate.main(["--checkpoint", str(trained), "--predictions", str(paths["val"]),
+                           "--metadata", str(METADATA), "--method", "temperature",
+                           "--out", str(checkpoint)]) == 0, "calibration should succeed"
+    out = checkpoint / "eval"
+    for split in ("val", "test"):
         code = evaluate.main(["--checkpoint", str(checkpoint), "--split", split,
                               "--predictions", str(paths[split]), "--metadata", str(METADATA),
-                              "--out", str(out), "--n-boot", "50", *extra])
+                              "--out", str(out), "--n-boot", "50"])
         assert code == 0, f"evaluation of {split} should succeed"
     localization = root / "loc.json"
     localization.write_text(json.dumps({

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from tests.synthetic_xray import write_dataset
 from training.config import ConfigError, from_dict, parse_config
 from training.crossval import (
+    CALIBRATED_DIR,
     CURVE_FILE,
     FOLD_SCORES_FILE,
     OOF_FILE,
@@ -26,7 +27,7 @@ from training.crossval import (
     main,
 )
 from training.data import FINDINGS, IMAGE, PATIENT, Splits
-from training.train import CHECKPOINT_FILE
+from training.runs import RunFolder
 from xray_app.labels import PATHOLOGIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -190,16 +191,20 @@ def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold
     metrics = pd.read_csv(refit / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2], "expected every epoch run"
     assert not any(c.startswith("val_") for c in metrics.columns), "expected no validation figures"
-    config = json.loads((refit / "best" / "config.json").read_text())
+    trained = json.loads((refit / "best" / "config.json").read_text())
+    assert "validation_fit" not in trained["provenance"], "expected the trained export left uncalibrated"
+    config = json.loads((refit / CALIBRATED_DIR / "config.json").read_text())
     assert config["provenance"]["metrics"]["epoch"] == 2, "expected the last epoch exported"
     assert config["mirror_average"] is True, (
         "expected the refit to score images as its out-of-fold thresholds were fitted")
     fit = config["provenance"]["validation_fit"]
-    assert fit["predictions"] == str(out / OOF_FILE) and fit["n_images"] == len(pooled), (
+    assert fit["predictions"]["file"] == OOF_FILE and fit["n_images"] == len(pooled), (
         "expected thresholds and calibration fitted on the out-of-fold predictions")
     assert fit["out_of_fold"]["folds"] == 2, "expected the record to say the predictions are out of fold"
     assert config["calibration"] is not None and len(config["thresholds"]) == 15
-    assert report["refit"]["checkpoint"] == str(refit / "best")
+    assert report["refit"]["checkpoint"] == str(refit / CALIBRATED_DIR)
+    assert (refit / CALIBRATED_DIR / "model.safetensors").read_bytes() == (
+        refit / "best" / "model.safetensors").read_bytes(), "expected calibration to keep the weights"
 
 
 @pytest.mark.slow
@@ -222,12 +227,12 @@ def test_parts_trained_on_another_machine_are_reported_from_their_small_files_wi
     # scored again rather than trusted
     fold_1 = out / "fold_1"
     stamp = (fold_1 / OOF_FILE).stat().st_mtime
-    os.utime(fold_1 / CHECKPOINT_FILE, (stamp + 60, stamp + 60))
+    os.utime(fold_1 / RunFolder.CHECKPOINT, (stamp + 60, stamp + 60))
     assert main([*argv, "--fold", "1", "--out-of-fold"]) == 0
     assert (fold_1 / OOF_FILE).stat().st_mtime > stamp, "expected fold 1 scored again"
     # what comes back from the other machines: every part without its last.ckpt
     for part in ("fold_1", "fold_2", REFIT_DIR):
-        (out / part / CHECKPOINT_FILE).unlink()
+        (out / part / RunFolder.CHECKPOINT).unlink()
     metrics = {part: (out / part / "metrics.csv").read_text() for part in ("fold_1", "fold_2", REFIT_DIR)}
     capsys.readouterr()
 
@@ -244,7 +249,7 @@ def test_parts_trained_on_another_machine_are_reported_from_their_small_files_wi
         record = json.loads((out / f"fold_{k}" / FOLD_SCORES_FILE).read_text())
         assert report["out_of_fold"]["mirror_average"]["folds"][k - 1] == pytest.approx(
             record["auroc"]["mirror_average"], abs=1e-4), f"expected fold {k}'s own figure in the report"
-    fit = json.loads((out / REFIT_DIR / "best" / "config.json").read_text())["provenance"]["validation_fit"]
+    fit = json.loads((out / REFIT_DIR / CALIBRATED_DIR / "config.json").read_text())["provenance"]["validation_fit"]
     assert fit["n_images"] == len(pooled), "expected the refit's thresholds fitted on the pooled predictions"
 
     # scored another way than the folds were, with nothing to score them again from: refused
@@ -262,10 +267,10 @@ def test_a_second_stage_starts_each_fold_from_the_same_fold_and_refuses_one_that
         folder = earlier / f"fold_{k + 1}"
         folder.mkdir(parents=True)
         part.train.to_csv(folder / "train.csv", index=False)
-        (folder / CHECKPOINT_FILE).write_bytes(b"")
+        (folder / RunFolder.CHECKPOINT).write_bytes(b"")
     cfg = from_dict({"data": {"images": "unused"}, "pretrained": "none"})
     continued = continued_from(cfg, earlier / "fold_1", parts[0])
-    assert continued.pretrained == str(earlier / "fold_1" / CHECKPOINT_FILE), (
+    assert continued.pretrained == str(earlier / "fold_1" / RunFolder.CHECKPOINT), (
         "expected fold 1 to start from the earlier fold 1's last epoch")
     with pytest.raises(ConfigError, match="validates or tests on"):
         continued_from(cfg, earlier / "fold_2", parts[0])  # fold 2 trained on fold 1's held-out patients
@@ -287,7 +292,7 @@ def test_a_cross_validated_second_stage_scores_each_folds_weight_average_out_of_
     oof = pd.read_csv(second / OOF_FILE)
     for k in (1, 2):
         config = parse_config(["--config", str(second / f"fold_{k}" / "config.yaml")])
-        assert config.pretrained == str(first / f"fold_{k}" / CHECKPOINT_FILE), (
+        assert config.pretrained == str(first / f"fold_{k}" / RunFolder.CHECKPOINT), (
             f"expected fold {k} continued from the first stage's fold {k}")
         last = pd.read_csv(second / f"fold_{k}" / "metrics.csv").iloc[-1]
         assert last["swa_models"] == 2, "expected both epochs of the second stage averaged"

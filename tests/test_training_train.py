@@ -17,22 +17,14 @@ from safetensors.torch import load_file
 
 from tests.synthetic_xray import write_dataset
 from training import prepare
+from training.averaging import StochasticWeightAverage, WeightAverage
 from training.config import ConfigError, from_dict, parse_config, write_yaml
 from training.data import labels_of
 from training.data import main as data_main
+from training.runs import RunFolder
+from training.runtime import Runtime, TrainingError, cpu_has_native, make_runtime
 from training.sampling import RepeatFactorSampler, repeat_factors
-from training.train import (
-    CHECKPOINT_FILE,
-    Runtime,
-    StochasticWeightAverage,
-    TrainingError,
-    WeightAverage,
-    cpu_has_native,
-    fit,
-    make_runtime,
-    make_schedule,
-    mix_batch,
-)
+from training.train import fit, make_schedule, mix_batch
 from xray_app.labels import LABELS
 from xray_app.model import build_model, load_checkpoint
 
@@ -94,7 +86,7 @@ def test_callback_can_stop_a_run_after_its_checkpoint(synthetic, tmp_path):
         fit(cfg, on_epoch_end=prune)
     history = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert len(history) == 1, f"expected the run stopped after epoch 1, got {len(history)} rows"
-    assert (tmp_path / "run" / CHECKPOINT_FILE).is_file(), "expected the epoch checkpoint written first"
+    assert (tmp_path / "run" / RunFolder.CHECKPOINT).is_file(), "expected the epoch checkpoint written first"
 
 
 def test_yaml_config_with_flag_overrides_is_written_next_to_the_run(synthetic, tmp_path):
@@ -127,6 +119,15 @@ def test_smoke_one_epoch_on_the_shared_radiographs(tmp_path):
     splits = {name: set(pd.read_csv(out / f"{name}.csv")["Patient ID"]) for name in ("train", "val", "test")}
     assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]), (
         "expected no patient in two splits")
+    # provenance says what the data is and records no machine-local path
+    provenance = loaded.config.provenance
+    assert provenance["data"]["description"] == "500 NIH ChestX-ray14 radiographs from 500 patients, a public subset", (
+        f"expected the data described by what it is, got {provenance['data']}")
+    written = (out / "best" / "config.json").read_text()
+    for local in (str(tmp_path), "../shared", str(SHARED)):
+        assert local not in written, f"expected no machine-local path {local!r} in config.json"
+    assert provenance["train_config"]["data"]["images"] == ["images"], (
+        f"expected image folders recorded by name, got {provenance['train_config']['data']}")
 
 
 def test_smoke_from_a_cache_alone_with_loader_workers(tmp_path):
@@ -166,7 +167,7 @@ def test_resume_after_kill_9_mid_epoch_matches_an_uninterrupted_run(synthetic, t
             break
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, f"expected the run killed, got {process.returncode}"
-    saved = torch.load(killed / CHECKPOINT_FILE, weights_only=True)
+    saved = torch.load(killed / RunFolder.CHECKPOINT, weights_only=True)
     assert saved["progress"]["epoch"] == 1, "expected the kill to land inside epoch 2"
 
     result = _run(command + [f.format("killed") for f in flags] + ["--resume"])
@@ -258,7 +259,7 @@ def test_with_a_weight_average_the_average_is_validated_and_exported(synthetic, 
     seen: list[float] = []
     fit(parse_config(_average_flags(synthetic, tmp_path / "run", epochs=1)),
         on_epoch_end=lambda epoch, metrics: seen.append(metrics["val_mean_auroc"]))
-    saved = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True)
+    saved = torch.load(tmp_path / "run" / RunFolder.CHECKPOINT, weights_only=True)
     exported = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
     average = {k.removeprefix("module."): v.float() for k, v in saved["average"].items() if k != "n_averaged"}
     raw = saved["model"]["fc.weight"].float()
@@ -284,8 +285,8 @@ def test_a_resumed_run_continues_the_same_weight_average_and_mixup(synthetic, tm
     with pytest.raises(Crash):
         fit(parse_config(flags("crashed")), on_epoch_end=crash)
     fit(parse_config([*flags("crashed"), "--resume"]))
-    a = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)["average"]
-    b = torch.load(tmp_path / "crashed" / CHECKPOINT_FILE, weights_only=True)["average"]
+    a = torch.load(tmp_path / "straight" / RunFolder.CHECKPOINT, weights_only=True)["average"]
+    b = torch.load(tmp_path / "crashed" / RunFolder.CHECKPOINT, weights_only=True)["average"]
     differ = [k for k in a if not torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6)]
     assert not differ, f"expected the same average after a resume; differing: {differ[:3]}"
 
@@ -381,7 +382,7 @@ def test_with_swa_the_average_of_the_last_epochs_is_exported_and_a_resumed_run_k
     metrics = pd.read_csv(tmp_path / "straight" / "metrics.csv")
     assert metrics["swa_models"].fillna(0).tolist() == [0, 1, 2], "expected the last two epochs averaged"
     assert metrics["lr"].iloc[1:].tolist() == pytest.approx([2.5e-4] * 2), "expected a quarter of --lr held"
-    saved = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)
+    saved = torch.load(tmp_path / "straight" / RunFolder.CHECKPOINT, weights_only=True)
     exported = load_file(str(tmp_path / "straight" / "best" / "model.safetensors"))
     differ = [k for k in exported if not torch.allclose(exported[k].float(), saved["swa_model"][k].float(),
                                                          atol=2e-3, rtol=2e-3)]
@@ -394,13 +395,13 @@ def test_with_swa_the_average_of_the_last_epochs_is_exported_and_a_resumed_run_k
     with pytest.raises(Crash):
         fit(parse_config(flags("crashed")), on_epoch_end=crash_after_second_epoch)
     fit(parse_config([*flags("crashed"), "--resume"]))
-    resumed = torch.load(tmp_path / "crashed" / CHECKPOINT_FILE, weights_only=True)
+    resumed = torch.load(tmp_path / "crashed" / RunFolder.CHECKPOINT, weights_only=True)
     differ = [k for k in saved["swa_model"]
               if not torch.allclose(saved["swa_model"][k].float(), resumed["swa_model"][k].float(),
                                     rtol=1e-4, atol=1e-6)]
     assert not differ, f"expected the same average after a resume; differing: {differ[:3]}"
 
-    continued = build_model(pretrained=tmp_path / "straight" / CHECKPOINT_FILE)
+    continued = build_model(pretrained=tmp_path / "straight" / RunFolder.CHECKPOINT)
     assert all(torch.equal(value, saved["model"][key]) for key, value in continued.state_dict().items()), (
         "expected --pretrained RUN/last.ckpt to start from that run's raw weights, head included")
 
@@ -425,7 +426,7 @@ def test_cpu_bf16_without_native_instructions_is_refused_with_the_fix_named(monk
     cfg = parse_config(["--device", "cpu", "--amp", "bf16", "--pretrained", "none", "--cache", "unused"])
     if cpu_has_native("bf16"):
         assert make_runtime(cfg).amp_dtype == torch.bfloat16, "expected bf16 autocast where the CPU has it"
-        monkeypatch.setattr("training.train.cpu_has_native", lambda amp: False)  # the other kind of CPU
+        monkeypatch.setattr("training.runtime.cpu_has_native", lambda amp: False)  # the other kind of CPU
     with pytest.raises(TrainingError, match="use --amp none"):
         make_runtime(cfg)
     auto = parse_config(["--device", "cpu", "--pretrained", "none", "--cache", "unused"])

@@ -46,8 +46,9 @@ command without ``--fold`` writes the report.
 
 ``--refit`` then turns the recipe into a model: it trains it once more on all the
 pooled train + validation images (no validation, every epoch, the last exported to
-``OUT/refit/best``) and gives that model thresholds and calibration fitted on the
-*out-of-fold* predictions, ``OUT/oof_predictions.csv``: each pooled image scored by the
+``OUT/refit/best``) and calibrates it (:mod:`training.calibrate`, into
+``OUT/refit/calibrated``: thresholds and calibration fitted on the *out-of-fold*
+predictions, ``OUT/oof_predictions.csv``): each pooled image scored by the
 last epoch of the fold model that never saw its patient.  Those are predictions of
 models of the same recipe on 1/K less data, not of the refitted model itself, so its
 thresholds and calibration are estimates borrowed from its siblings; the test split is
@@ -80,39 +81,29 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from training.calibrate import CalibrationError, calibrate
 from training.calibration import apply_calibration
 from training.config import ConfigError, TrainConfig, parse_config
 from training.data import (
     IMAGE,
     PATIENT,
     MetadataError,
+    RunData,
     SplitLeakError,
     Splits,
     check_patient_disjoint,
+    load_data,
     write_splits,
 )
 from training.evaluate import EvalConfig, EvaluationError, evaluate
 from training.metrics import mean_pathology_auroc, per_class_auroc
 from training.predictions import Predictions, write_predictions
-from training.train import (
-    BEST_DIR,
-    CHECKPOINT_FILE,
-    RunData,
-    Runtime,
-    TrainingError,
-    WeightAverage,
-    fit,
-    load_data,
-    make_runtime,
-    predict,
-)
+from training.runs import RunFolder
+from training.runtime import Runtime, TrainingError, make_runtime
+from training.train import fit, predict
 from xray_app.labels import LABELS, PATHOLOGIES
 from xray_app.model import (
-    CONFIG_FILE,
     PretrainedWeightsUnavailable,
-    build_model,
-    read_config,
-    write_config,
 )
 
 REPORT_FILE = "crossval.json"
@@ -120,6 +111,7 @@ CURVE_FILE = "crossval_curve.csv"
 OOF_FILE = "oof_predictions.csv"
 FOLD_SCORES_FILE = "oof_scores.json"  # beside a fold's own OOF_FILE: how and when it was scored
 REFIT_DIR = "refit"
+CALIBRATED_DIR = "calibrated"  # RUN/refit/calibrated: the refit with out-of-fold thresholds
 FitFunction = Callable[[TrainConfig], Path]
 Part = int | Literal["refit"]  # what --fold trains alone: fold K (from 1), or the refit
 
@@ -174,10 +166,10 @@ def continued_from(cfg: TrainConfig, earlier: Path, part: Splits) -> TrainConfig
     A second training stage is then cross-validated as honestly as the first: fold K's
     starting weights never saw fold K's held-out patients.  Refused when the earlier run
     trained on any image this part validates or tests on (other folds, say)."""
-    checkpoint = earlier / CHECKPOINT_FILE
+    checkpoint = RunFolder(earlier).checkpoint
     listing = earlier / "train.csv"
     if not checkpoint.is_file() or not listing.is_file():
-        raise ConfigError(f"--continue-from: {earlier} holds no finished run ({CHECKPOINT_FILE} "
+        raise ConfigError(f"--continue-from: {earlier} holds no finished run ({RunFolder.CHECKPOINT} "
                           "and train.csv)")
     seen = set(pd.read_csv(listing)[IMAGE])
     leaked = seen & (set(part.val[IMAGE]) | set(part.test[IMAGE]))
@@ -199,7 +191,7 @@ def pathology_auroc(metrics: pd.DataFrame) -> pd.Series:
 def curve(fold_runs: Sequence[Path]) -> pd.DataFrame:
     """Epoch x fold table of pathology AUROC, with ``mean`` and ``sd`` (over folds) columns."""
     table = pd.concat(
-        {f"fold_{k + 1}": pathology_auroc(pd.read_csv(run / "metrics.csv"))
+        {f"fold_{k + 1}": pathology_auroc(RunFolder(run).metrics())
          for k, run in enumerate(fold_runs)},
         axis=1,
     )
@@ -289,7 +281,7 @@ def cross_validate(
         if only is not None and k + 1 != only:
             continue
         write_splits(part, run)  # the fold's train.csv/val.csv/test.csv, read back by fit
-        if not finished(run, cfg.epochs):
+        if not RunFolder(run).finished(cfg.epochs):
             print(f"fold {k + 1}/{folds}: train {len(part.train)} images, validate {len(part.val)}",
                   flush=True)
             fold_cfg = fold_config(cfg, run)
@@ -309,9 +301,10 @@ def cross_validate(
         report["out_of_fold"] = out_of_fold_summary(scores, cfg.mirror_average)
     if refit:
         best = refit_recipe(cfg, splits, root, fit_fn, continue_from)
-        oof_report = fit_thresholds_out_of_fold(cfg, best, oof, folds)
+        calibrated, oof_report = fit_thresholds_out_of_fold(cfg, best, oof, folds)
         report["refit"] = {
-            "checkpoint": str(best),
+            "checkpoint": str(calibrated),
+            "trained": str(best),
             "trained_on": f"all {len(splits.train) + len(splits.val)} train + val images, "
                           f"last of {cfg.epochs} epochs",
             "thresholds_and_calibration": f"fitted on the out-of-fold predictions {oof}",
@@ -322,38 +315,6 @@ def cross_validate(
 
 
 # --------------------------------------------------------------------------- parts
-def last_epoch(run: Path) -> int:
-    """The last epoch a run's ``metrics.csv`` records (0 before the first)."""
-    metrics = run / "metrics.csv"
-    return int(pd.read_csv(metrics)["epoch"].max()) if metrics.is_file() else 0
-
-
-def finished(run: Path, epochs: int) -> bool:
-    """Whether a fold or refit ran all its ``epochs``, here or on another machine: its
-    ``metrics.csv`` and exported ``best/`` say so, whether or not ``last.ckpt`` came along."""
-    return (run / BEST_DIR / CONFIG_FILE).is_file() and last_epoch(run) >= epochs
-
-
-# --------------------------------------------------------------------------- refit
-def last_epoch_model(cfg: TrainConfig, run: Path) -> torch.nn.Module:
-    """The network of a run's last finished epoch (its weight average when it kept one:
-    exponential or stochastic), from ``RUN/last.ckpt``."""
-    path = run / CHECKPOINT_FILE
-    if not path.is_file():
-        raise TrainingError(f"{path}: not found; train the fold first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(dropout=cfg.dropout, pretrained="none")
-    if "swa_model" in saved:  # the stochastic weight average, batch-norm statistics recomputed
-        model.load_state_dict(saved["swa_model"])
-        return model
-    model.load_state_dict(saved["model"])
-    if "average" in saved:
-        average = WeightAverage(model, cfg.ema_decay)
-        average.load_state_dict(saved["average"])
-        return average.module
-    return model
-
-
 def out_of_fold_summary(scores: dict[str, list[float]], mirror_average: bool) -> dict[str, Any]:
     """The report's ``out_of_fold`` entry: mean, sd and per-fold AUROC of each scoring."""
     def spread(values: list[float]) -> dict[str, Any]:
@@ -377,12 +338,12 @@ def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
 
 
 def held_out_scoring(cfg: TrainConfig, run: Path) -> tuple[torch.nn.Module, RunData, Runtime]:
-    """A fold's last epoch (:func:`last_epoch_model`) with its data (the held-out images
+    """A fold's last epoch (:meth:`RunFolder.last_epoch_model`) with its data (the held-out images
     are ``data.val``) and a CPU float32 runtime: the parts to score held-out images as the
     app scores images."""
     fold = fold_config(cfg, run)
     runtime = make_runtime(dataclasses.replace(fold, device="cpu", amp="none", channels_last=False))
-    return last_epoch_model(fold, run), load_data(fold), runtime
+    return RunFolder(run).last_epoch_model(fold), load_data(fold), runtime
 
 
 def score_fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
@@ -403,7 +364,7 @@ def score_fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
     write_predictions(Predictions(tuple(data.splits.val[IMAGE].tolist()), LABELS, values,
                                   apply_calibration(values, None)),
                       data.splits.val[PATIENT].tolist(), run / OOF_FILE)
-    record = {"epoch": last_epoch(run), "written": _written(cfg), "auroc": auroc}
+    record = {"epoch": RunFolder(run).last_epoch(), "written": _written(cfg), "auroc": auroc}
     (run / FOLD_SCORES_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -418,16 +379,16 @@ def fold_out_of_fold(cfg: TrainConfig, run: Path) -> dict[str, Any]:
     ``last.ckpt``.  A fold trained on another machine thus needs only its small files
     copied back, not its ``last.ckpt``."""
     record_file, predictions = run / FOLD_SCORES_FILE, run / OOF_FILE
-    checkpoint = run / CHECKPOINT_FILE
+    checkpoint = RunFolder(run).checkpoint
     if record_file.is_file() and predictions.is_file():
         record = json.loads(record_file.read_text())
         newer = checkpoint.is_file() and checkpoint.stat().st_mtime > predictions.stat().st_mtime
-        if record["epoch"] == last_epoch(run) and record["written"] == _written(cfg) and not newer:
+        if record["epoch"] == RunFolder(run).last_epoch() and record["written"] == _written(cfg) and not newer:
             return record
     if not checkpoint.is_file():
         raise TrainingError(
             f"{run}: no out-of-fold predictions of its last epoch scored with "
-            f"mirror_average={cfg.mirror_average} ({FOLD_SCORES_FILE}), and no {CHECKPOINT_FILE} "
+            f"mirror_average={cfg.mirror_average} ({FOLD_SCORES_FILE}), and no {RunFolder.CHECKPOINT} "
             "to score it again: copy the fold's folder with its last.ckpt, or give the flags "
             "it was trained with")
     return score_fold_out_of_fold(cfg, run)
@@ -460,8 +421,8 @@ def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFuncti
     check_patient_disjoint(part)
     run = root / REFIT_DIR
     write_splits(part, run)
-    if finished(run, cfg.epochs):  # here, or on another machine and copied back
-        return run / BEST_DIR
+    if RunFolder(run).finished(cfg.epochs):  # here, or on another machine and copied back
+        return RunFolder(run).best
     print(f"refit: train {len(pool)} images (train + val), no validation", flush=True)
     refit_cfg = dataclasses.replace(fold_config(cfg, run), validate=False)
     if continue_from is not None:
@@ -470,31 +431,23 @@ def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFuncti
 
 
 def fit_thresholds_out_of_fold(cfg: TrainConfig, best: Path, oof: Path, folds: int,
-                               calibration: str = "platt") -> Path:
-    """Thresholds (max F1) and calibration of the refitted model ``best``, fitted on the
-    out-of-fold predictions and written into its ``config.json`` by training.evaluate
-    (whose record there is marked ``out_of_fold``); returns that evaluation's report
-    (``RUN/oof_fit/report_val.json``).  The config's ``mirror_average`` is set to
-    ``cfg.mirror_average`` first: the out-of-fold logits were made that way, so the
-    thresholds only hold for the model scoring images the same way."""
+                               calibration: str = "platt") -> tuple[Path, Path]:
+    """The refitted model ``best`` with thresholds (max F1) and calibration fitted on the
+    out-of-fold predictions: a new checkpoint ``RUN/calibrated`` written by
+    :func:`training.calibrate.calibrate` (its record marked ``out_of_fold``), and that
+    checkpoint's evaluation on the same predictions (``RUN/oof_fit/report_val.json``).
+    Returns both paths."""
+    calibrated, _ = calibrate(best, oof, best.parent / CALIBRATED_DIR,
+                              metadata=Path(cfg.data.metadata), method=calibration,
+                              split="out-of-fold", out_of_fold=folds)
     out = best.parent / "oof_fit"
-    path = best / CONFIG_FILE
-    write_config(read_config(path).with_updates(mirror_average=cfg.mirror_average), path)
     evaluate(EvalConfig(
-        split="val", out=out, checkpoint=best, predictions=oof,
-        split_csv=oof, metadata=Path(cfg.data.metadata), fit=calibration,
-        argv=("--checkpoint", str(best), "--predictions", str(oof), "--split-csv", str(oof),
-              "--split", "val", "--fit", calibration),
+        split="val", out=out, checkpoint=calibrated, predictions=oof, split_csv=oof,
+        metadata=Path(cfg.data.metadata),
+        argv=("--checkpoint", str(calibrated), "--predictions", str(oof), "--split-csv", str(oof),
+              "--split", "val"),
     ))
-    config = read_config(path)
-    record = {**config.provenance["validation_fit"], "out_of_fold": {
-        "folds": folds,
-        "note": f"predictions of the {folds} fold models (same recipe, each on {folds - 1}/{folds} "
-                "of these images), every image scored by the one that never saw its patient; "
-                "not predictions of this model, which trained on all of them",
-    }}
-    write_config(config.with_updates(provenance={**config.provenance, "validation_fit": record}), path)
-    return out / "report_val.json"
+    return calibrated, out / "report_val.json"
 
 
 def fold_argument(text: str) -> Part:
@@ -551,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 refit=args.refit, score_out_of_fold=args.out_of_fold,
                                 continue_from=args.continue_from)
     except (ConfigError, TrainingError, MetadataError, SplitLeakError,
-            PretrainedWeightsUnavailable, EvaluationError) as error:
+            PretrainedWeightsUnavailable, EvaluationError, CalibrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if report is None:

@@ -32,11 +32,21 @@ import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from training.augment import build_augment
+from training.cache import ImageCache
+from training.datasets import CachedImages, FileImages, XrayDataset
+from training.runtime import TrainingError
+from training.sampling import repeat_factors
 from xray_app.labels import LABELS, NO_FINDING_INDEX, label_matrix
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.distill import DistillSummary
 
 IMAGE = "Image Index"
 FINDINGS = "Finding Labels"
@@ -207,12 +217,14 @@ def split_from_lists(
     if all(p.is_file() for p in chexnet):
         names = {split: read_image_list(p) for split, p in zip(SPLIT_NAMES, chexnet, strict=True)}
         parts = {split: _rows_named(frame, names[split], chexnet[i]) for i, split in enumerate(SPLIT_NAMES)}
-        return Splits(parts["train"], parts["val"], parts["test"], method=f"lists:{directory}")
+        return Splits(parts["train"], parts["val"], parts["test"],
+                      method=f"CheXNet-style split lists ({', '.join(p.name for p in chexnet)})")
     if all(p.is_file() for p in official):
         train_val = _rows_named(frame, read_image_list(official[0]), official[0])
         test = _rows_named(frame, read_image_list(official[1]), official[1])
         train, val = _carve_by_patient(train_val, val_fraction, np.random.default_rng(seed))
-        return Splits(train, val, test, method=f"lists:{directory}; val carved by patient, seed {seed}")
+        return Splits(train, val, test, method=f"NIH split lists (train_val_list.txt, test_list.txt); "
+                      f"val carved by patient, seed {seed}")
     raise MetadataError(
         f"{directory}: expected train_val_list.txt + test_list.txt (NIH) or "
         "train_list.txt + val_list.txt + test_list.txt (CheXNet-style)"
@@ -313,7 +325,8 @@ def read_splits(directory: str | Path) -> Splits:
         if missing:
             raise MetadataError(f"{path}: missing column(s) {missing}")
         parts[name] = part
-    splits = Splits(parts["train"], parts["val"], parts["test"], method=f"files:{directory}")
+    splits = Splits(parts["train"], parts["val"], parts["test"],
+                    method="split files (train.csv, val.csv, test.csv)")
     check_patient_disjoint(splits)
     return splits
 
@@ -419,6 +432,93 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table)
     print(f"wrote train.csv, val.csv, test.csv, prevalence.csv to {args.out}")
     return 0
+
+
+# --------------------------------------------------------------------------- a run's data
+@dataclass
+class RunData:
+    """The datasets of one run and what they were made from."""
+
+    train: XrayDataset
+    val: XrayDataset
+    train_labels: np.ndarray
+    factors: np.ndarray
+    splits: Splits
+    availability: Availability
+    source: str
+    distill: DistillSummary | None = None
+
+
+def load_data(cfg: TrainConfig) -> RunData:
+    """Splits (from files or made here), restricted to the images we have, as datasets."""
+    data = cfg.data
+    if data.cache:
+        cache = ImageCache(data.cache)
+        names: set[str] = cache.available_names()
+        source = f"a uint8 cache of the images at {cache.size} px"
+    else:
+        paths = find_images(data.images)
+        names = set(paths)
+        source = "image files, decoded as they are read"
+    if data.splits:
+        splits = read_splits(data.splits)
+        parts = {}
+        for name, part in splits.items():
+            parts[name], _ = keep_available(part, names)
+        availability = Availability(
+            sum(len(p) for _, p in splits.items()), sum(len(p) for p in parts.values()), ()
+        )
+        splits = Splits(parts["train"], parts["val"], parts["test"], splits.method)
+    else:
+        splits, availability = prepare_splits(
+            data.metadata,
+            image_names=names,
+            split_lists=data.split_lists,
+            val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction,
+            seed=cfg.seed,
+        )
+    checked = (("train", splits.train), ("val", splits.val)) if cfg.validate else (("train", splits.train),)
+    for name, part in checked:
+        if len(part) == 0:
+            raise TrainingError(
+                f"the {name} split is empty with the {availability.available} available images "
+                f"({splits.method}); with a partial download use the patient-random split "
+                "(no --split-lists), or download the images the lists name"
+            )
+
+    def dataset(part: pd.DataFrame, train: bool, labels: np.ndarray | None = None) -> XrayDataset:
+        if data.cache:
+            images = CachedImages(cache, part[IMAGE].tolist())
+        else:
+            images = FileImages([paths[n] for n in part[IMAGE]])
+        return XrayDataset(
+            images,
+            labels_of(part) if labels is None else labels,
+            input_size=data.input_size,
+            augment=build_augment(cfg.augment, train=train),
+        )
+
+    train_labels = labels_of(splits.train)
+    factors = repeat_factors(
+        train_labels,
+        no_finding_fraction=cfg.no_finding_fraction,
+        repeat_threshold=cfg.repeat_threshold,
+        max_repeat=cfg.max_repeat,
+    )
+    # the sampler and the class weights count the 0/1 labels; only the loss sees soft targets
+    targets, distill = None, None
+    if cfg.teacher:
+        # imported here: a teacher's file is a predictions CSV, whose reader uses this module
+        from training.distill import distill_targets
+
+        targets, distill = distill_targets(
+            cfg.teacher, splits.train[IMAGE].tolist(), train_labels, cfg.distill_weight
+        )
+    return RunData(
+        dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
+        splits, availability, source, distill,
+    )
 
 
 def image_paths_for(frame: pd.DataFrame, paths: Mapping[str, Path]) -> list[Path]:

@@ -1,23 +1,22 @@
 """Evaluate a checkpoint on a split: metrics with patient-bootstrap intervals, plots, reports.
 
-    python -m training.evaluate --checkpoint DIR --split val --fit platt
+    python -m training.evaluate --checkpoint DIR --split val
     python -m training.evaluate --checkpoint DIR --split test \\
         --compare ../shared/data/nih/chexnet_repro_preds.csv
     python -m training.evaluate --predictions preds.csv --split test --out DIR
 
 Steps: find the split's images and labels -> run the model (or read ``--predictions``)
--> ``predictions_<split>.csv`` (raw logits) -> [validation with ``--fit`` only: fit
-calibration on the logits, then choose thresholds on the *calibrated* probabilities,
-write both into the checkpoint's ``config.json``] -> metrics -> ``report_<split>.json``,
-``report_<split>.md``, ``roc_<split>.png``, ``pr_<split>.png``, ``reliability_<split>.png``.
+-> ``predictions_<split>.csv`` (raw logits) -> metrics at the checkpoint's own thresholds
+and calibration -> ``report_<split>.json``, ``report_<split>.md``, ``roc_<split>.png``,
+``pr_<split>.png``, ``reliability_<split>.png``.
 
-Thresholds and calibration are only ever fitted on the validation split; a test
-evaluation uses what ``config.json`` holds (``--fit`` with ``--split test`` is refused).
+Evaluation only reads the checkpoint.  Thresholds and calibration are fitted by
+``python -m training.calibrate`` on validation or out-of-fold predictions (the
+``predictions_val.csv`` written here is one such file), which writes a new checkpoint.
 
 Labels always come from the NIH metadata (``--metadata``), joined by ``Image Index``.
-The split's image list comes from ``--split-csv`` or from the checkpoint's provenance
-(``provenance["split"]["files"]``, the training run directory holding ``<split>.csv``);
-the images from ``--images`` or ``provenance["train_config"]["data"]["images"]``.
+The split's image list comes from ``--split-csv``, the images from ``--images`` (one or
+more folders), the labels from ``--metadata``.
 
 A predictions CSV has ``Image Index`` and either ``logit_<Label>`` or ``prob_<Label>``
 columns (any subset of the 15 labels, e.g. a 14-class reference model).
@@ -37,12 +36,9 @@ import numpy as np
 import pandas as pd
 
 from training.calibration import (
-    CALIBRATION_METHODS,
     DEFAULT_ECE_BINS,
     apply_calibration,
     calibration_summary,
-    fit_calibration,
-    uninformative_classes,
 )
 from training.data import (
     FINDINGS,
@@ -50,13 +46,10 @@ from training.data import (
     PATIENT,
     MetadataError,
     find_images,
-    image_roots,
     read_metadata,
 )
 from training.eval_metrics import (
     DEFAULT_THRESHOLD,
-    THRESHOLD_METHODS,
-    choose_thresholds,
     compare_auroc,
     per_class_metrics,
 )
@@ -68,13 +61,14 @@ from training.predictions import (
     read_predictions,
     write_predictions,
 )
+from training.provenance import public_name
 from xray_app.labels import LABELS, label_matrix
 from xray_app.model import (
     CONFIG_FILE,
     CheckpointError,
     load_checkpoint,
     read_config,
-    write_config,
+    sha256_of,
 )
 from xray_app.preprocess import ImageInputError
 from xray_app.scoring import score_images
@@ -99,8 +93,6 @@ class EvalConfig:
     split_csv: Path | None = None
     images: tuple[Path, ...] | None = None
     metadata: Path | None = None
-    fit: str | None = None
-    threshold_method: str = "f1"
     compare: Path | None = None
     compare_name: str | None = None
     n_boot: int = 1000
@@ -157,66 +149,28 @@ def _read_config_dict(checkpoint: Path) -> dict[str, Any]:
     return read_config(checkpoint / CONFIG_FILE).to_dict()
 
 
-def write_fitted(
-    checkpoint: Path,
-    thresholds: np.ndarray,
-    calibration: dict[str, Any] | None,
-    record: dict[str, Any],
-) -> Path:
-    """Store thresholds and calibration in ``config.json`` (atomic rewrite through
-    :class:`xray_app.model.ModelConfig`, so the result is checked like any config)."""
-    path = checkpoint / CONFIG_FILE
-    config = read_config(path)
-    provenance = {**config.provenance, "validation_fit": record}
-    config = config.with_updates(
-        thresholds=tuple(float(t) for t in thresholds),
-        calibration=calibration,
-        provenance=provenance,
-    )
-    write_config(config, path)
-    return path
-
-
 # --------------------------------------------------------------------------- evaluation
-def _locate(
-    cfg: EvalConfig, provenance: dict[str, Any]
-) -> tuple[Path | None, Path | None, Path]:
-    """The split CSV, image folder and metadata: explicit flags first, then what the
-    checkpoint's provenance records (``training.train``: ``split.files`` is the run
-    directory holding ``<split>.csv``, ``train_config.data`` the images and metadata)."""
-    data_config = provenance.get("train_config", {}).get("data", {}) or {}
-    split_csv = cfg.split_csv
-    if split_csv is None:
-        split_info = provenance.get("split", {})
-        run_dir = split_info.get("files") if isinstance(split_info, dict) else None
-        for directory in (run_dir, data_config.get("splits")):
-            if directory and (Path(directory) / f"{cfg.split}.csv").is_file():
-                split_csv = Path(directory) / f"{cfg.split}.csv"
-                break
-    images = cfg.images
-    if images is None and data_config.get("images"):
-        images = image_roots(data_config["images"])
-    metadata = cfg.metadata
-    if metadata is None:
-        metadata = Path(data_config.get("metadata") or DEFAULT_METADATA)
-    return split_csv, images, metadata
+def _locate(cfg: EvalConfig) -> tuple[Path | None, tuple[Path, ...] | None, Path]:
+    """The split CSV, image folders and metadata, from the flags (a checkpoint records no
+    machine-local path, so it cannot say where its images were)."""
+    return cfg.split_csv, cfg.images, cfg.metadata or DEFAULT_METADATA
 
 
 def _model_predictions(
     cfg: EvalConfig, config: dict[str, Any] | None
 ) -> tuple[Predictions, pd.DataFrame, dict[str, Any]]:
     """Predictions and their ground truth, from a file or by running the model."""
-    provenance = (config or {}).get("provenance", {})
-    split_csv, images_dir, metadata_path = _locate(cfg, provenance)
+    split_csv, images_dir, metadata_path = _locate(cfg)
     try:
         metadata = read_metadata(metadata_path)
     except MetadataError as error:
         raise EvaluationError(str(error)) from None
-    sources: dict[str, Any] = {"metadata": str(metadata_path),
-                               "split_csv": str(split_csv) if split_csv else None}
+    # files by base name: a report records what was evaluated, not where it lay
+    sources: dict[str, Any] = {"metadata": metadata_path.name,
+                               "split_csv": split_csv.name if split_csv else None}
     if cfg.predictions:
         predictions = read_predictions(cfg.predictions)
-        sources["predictions"] = str(cfg.predictions)
+        sources["predictions"] = cfg.predictions.name
         if split_csv is not None:
             wanted = set(read_split_images(split_csv))
             keep = np.array([name in wanted for name in predictions.images])
@@ -228,9 +182,8 @@ def _model_predictions(
             raise EvaluationError("give --checkpoint to run a model, or --predictions CSV")
         if split_csv is None or images_dir is None:
             raise EvaluationError(
-                f"cannot find the {cfg.split} split's images: pass --split-csv and --images "
-                f"(found split CSV: {split_csv}, image folder: {images_dir}; a checkpoint "
-                "trained from a cache names no image folder)"
+                f"to run the model on the {cfg.split} split, pass --split-csv and --images "
+                "(or evaluate a --predictions file)"
             )
         names = read_split_images(split_csv)
         if cfg.limit:
@@ -242,7 +195,7 @@ def _model_predictions(
                                   f"under {', '.join(map(str, images_dir))} (first: {missing[0]!r})")
         logits = run_model(cfg.checkpoint, [found[n] for n in names], batch_size=cfg.batch_size)
         predictions = Predictions(tuple(names), LABELS, logits, apply_calibration(logits, None))
-        sources["images"] = [str(folder) for folder in images_dir]
+        sources["images"] = [folder.name for folder in images_dir]
     if not predictions.images:
         raise EvaluationError(f"no images to evaluate for the {cfg.split} split")
     truth = truth_for(predictions.images, metadata, metadata_path)
@@ -255,37 +208,11 @@ def _thresholds_and_calibration(
     predictions: Predictions,
     y_true: np.ndarray,
 ) -> tuple[np.ndarray, dict[str, Any] | None, dict[str, Any], list[str]]:
-    """Fit on validation (``--fit``) or read from config.json; returns
-    ``(thresholds (C,), calibration or None, description, notes)``."""
+    """The checkpoint's thresholds and calibration (``config.json``), for the evaluated
+    labels; returns ``(thresholds (C,), calibration or None, description, notes)``."""
     labels = list(predictions.labels)
     index = [LABELS.index(name) for name in labels]
     notes: list[str] = []
-    if cfg.fit:
-        calibration = None
-        if cfg.fit != "none":
-            if predictions.logits is None:
-                raise EvaluationError("--fit with a calibration method needs logits, "
-                                      "the predictions only hold probabilities")
-            calibration, cal_notes = fit_calibration(
-                y_true, predictions.logits, cfg.fit, labels=labels
-            )
-            notes += cal_notes
-        probs = (apply_calibration(predictions.logits, calibration)
-                 if calibration else predictions.probs)
-        thresholds, th_notes = choose_thresholds(y_true, probs, cfg.threshold_method,
-                                                 labels=labels,
-                                                 uninformative=uninformative_classes(calibration))
-        notes += th_notes
-        read_from = f", predictions read from {cfg.predictions}" if cfg.predictions else ""
-        described = {
-            "source": f"chosen on this {cfg.split} split{read_from} (max "
-            f"{'F1' if cfg.threshold_method == 'f1' else 'Youden J'}"
-            f"{', on calibrated probabilities' if calibration else ''})",
-            "method": cfg.threshold_method,
-            "optimistic": "thresholds and calibration were fitted on these very images; "
-            "figures at the threshold are optimistic here, see the test report",
-        }
-        return thresholds, calibration, described, notes
     if config is None:
         return (np.full(len(labels), DEFAULT_THRESHOLD), None,
                 {"source": f"fixed {DEFAULT_THRESHOLD}: no checkpoint, nothing chosen on validation"},
@@ -301,10 +228,23 @@ def _thresholds_and_calibration(
             notes.append("config.json holds a calibration but the predictions are "
                          "probabilities; they are used as given")
             calibration = None
-    source = ("config.json, chosen on the validation split "
-              f"({fitted.get('n_images')} images, method {fitted.get('threshold_method')})"
-              if fitted else "config.json (never fitted on validation by training.evaluate)")
-    return thresholds, calibration, {"source": source, "validation_fit": fitted}, notes
+    source = (f"config.json, fitted on held-out predictions of the {fitted.get('split')} split "
+              f"({fitted.get('n_images')} images, method {fitted.get('threshold_method')}) by "
+              "training.calibrate" if fitted
+              else "config.json (never fitted on held-out predictions by training.calibrate)")
+    described: dict[str, Any] = {"source": source, "validation_fit": fitted}
+    if fitted and (fitted.get("split") == cfg.split or _same_predictions(fitted, cfg.predictions)):
+        described["optimistic"] = ("thresholds and calibration were fitted on these very "
+                                   "images; figures at the threshold are optimistic here, "
+                                   "see the test report")
+    return thresholds, calibration, described, notes
+
+
+def _same_predictions(fitted: dict[str, Any], predictions: Path | None) -> bool:
+    """Whether ``predictions`` is the very file the thresholds were fitted on."""
+    record = fitted.get("predictions")
+    return (predictions is not None and isinstance(record, dict)
+            and record.get("sha256") == sha256_of(predictions))
 
 
 def _comparison(
@@ -359,24 +299,15 @@ def _comparison(
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the whole evaluation described in the module docstring; returns the report."""
-    if cfg.fit and cfg.split != "val":
-        raise EvaluationError(f"--fit is only allowed on the validation split, not "
-                              f"{cfg.split!r}: thresholds and calibration tuned on the test "
-                              "split would make its figures meaningless")
-    if cfg.fit and cfg.checkpoint is None:
-        raise EvaluationError("--fit writes into a checkpoint's config.json: give --checkpoint")
     config = _read_config_dict(cfg.checkpoint) if cfg.checkpoint else None
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
 
     predictions, truth, sources = _model_predictions(cfg, config)
     if not cfg.predictions:
-        sources["predictions"] = str(write_predictions(
-            predictions, truth[PATIENT].tolist(), out / f"predictions_{cfg.split}.csv"))
+        sources["predictions"] = write_predictions(
+            predictions, truth[PATIENT].tolist(), out / f"predictions_{cfg.split}.csv").name
     labels = list(predictions.labels)
-    if cfg.fit and labels != list(LABELS):
-        raise EvaluationError(f"--fit writes all 15 outputs' thresholds and calibration; the "
-                              f"predictions cover {len(labels)} labels")
     index = [LABELS.index(name) for name in labels]
     y_true = label_matrix(truth[FINDINGS].tolist())[:, index].astype(np.int64)
     patients = truth[PATIENT].to_numpy()
@@ -391,7 +322,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                 n_boot=cfg.n_boot, rng=np.random.default_rng(cfg.seed))
     report: dict[str, Any] = {
         "split": cfg.split,
-        "command": "python -m training.evaluate " + " ".join(cfg.argv),
+        "command": "python -m training.evaluate " + " ".join(map(str, public_name(list(cfg.argv)))),
         "model": _model_info(cfg.checkpoint, config),
         "data": {**sources, "n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
                  "labels_from": "NIH metadata 'Finding Labels', joined by 'Image Index'"},
@@ -402,20 +333,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "notes": notes,
         "figures": {},
     }
-    if cfg.fit:
-        record = {
-            "split": cfg.split,
-            "n_images": metrics["n_images"],
-            "n_patients": metrics["n_patients"],
-            "threshold_method": cfg.threshold_method,
-            "calibration_method": cfg.fit,
-            "ece_pooled_before": calibration_info["ece"]["pooled"]["ece_before"],
-            "ece_pooled_after": calibration_info["ece"]["pooled"]["ece_after"],
-            "predictions": sources.get("predictions"),
-        }
-        report["config_written"] = str(write_fitted(cfg.checkpoint, thresholds, calibration,
-                                                    record))
-
     comparison = _comparison(cfg, predictions, probs, thresholds, y_true, patients)
     curves, y_curves, curve_labels = {"this model": probs}, y_true, labels
     if comparison is not None:  # ROC/PR curves of both models on the shared images
@@ -476,7 +393,7 @@ def _model_info(checkpoint: Path | None, config: dict[str, Any] | None) -> dict[
     if config is None:
         return {"checkpoint": None, "note": "predictions file only; no checkpoint"}
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint.name if checkpoint else None,
         "name": config.get("name"),
         "architecture": config.get("architecture"),
         "trained": config.get("trained"),
@@ -499,13 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, nargs="+", metavar="DIR",
                         help="folders searched recursively for the images")
     parser.add_argument("--metadata", type=Path,
-                        help="NIH Data_Entry CSV with the labels (default: the one the "
-                        f"checkpoint was trained with, else {DEFAULT_METADATA})")
-    parser.add_argument("--fit", choices=(*CALIBRATION_METHODS, "none"),
-                        help="validation only: fit this calibration (or none), then choose "
-                        "thresholds on the calibrated probabilities; write both to config.json")
-    parser.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="f1",
-                        help="with --fit: maximise F1 (default) or Youden's J")
+                        help=f"NIH Data_Entry CSV with the labels (default {DEFAULT_METADATA})")
     parser.add_argument("--compare", type=Path,
                         help="another model's predictions CSV (prob_<Label> columns) to score "
                         "side by side on the shared images")

@@ -303,11 +303,10 @@ class FoldModel:
 
 def fold_models(cv_dir: Path) -> list[FoldModel]:
     """Every ``CV_DIR/fold_K`` as its last finished epoch (its weight average when it kept
-    one, as :func:`training.crossval.last_epoch_model` gives it to the out-of-fold
+    one, as :meth:`training.runs.RunFolder.last_epoch_model` gives it to the out-of-fold
     predictions), in the exported checkpoint's preprocessing, scoring images as the fold's
     recipe did (``mirror_average``)."""
-    from training.config import parse_config
-    from training.crossval import last_epoch_model
+    from training.runs import RunFolder
     from xray_app.model import load_checkpoint
 
     runs = sorted((p for p in cv_dir.glob("fold_*") if p.name.removeprefix("fold_").isdigit()),
@@ -316,15 +315,17 @@ def fold_models(cv_dir: Path) -> list[FoldModel]:
         raise BoxFileError(f"--folds {cv_dir}: no fold_K folder (a training.crossval output?)")
     folds = []
     for run in runs:
-        missing = [name for name in ("config.yaml", "train.csv", "val.csv", "last.ckpt", "best")
-                   if not (run / name).exists()]
+        folder = RunFolder(run)
+        needed = (folder.config_file, folder.split_file("train"), folder.split_file("val"),
+                  folder.checkpoint, folder.best)
+        missing = [path.name for path in needed if not path.exists()]
         if missing:
             raise BoxFileError(f"{run}: no {', '.join(missing)}; is the fold finished?")
-        recipe = parse_config(["--config", str(run / "config.yaml")])
-        exported = load_checkpoint(run / "best")
-        exported.model.load_state_dict(last_epoch_model(recipe, run).state_dict())
+        recipe = folder.recipe()
+        exported = load_checkpoint(folder.best)
+        exported.model.load_state_dict(folder.last_epoch_model(recipe).state_dict())
         config = exported.config.with_updates(mirror_average=recipe.mirror_average)
-        listed = {part: frozenset(pd.read_csv(run / f"{part}.csv")["Image Index"])
+        listed = {part: frozenset(pd.read_csv(folder.split_file(part))["Image Index"])
                   for part in ("val", "train")}
         folds.append(FoldModel(run.name, dataclasses.replace(exported, config=config),
                                listed["val"], listed["train"]))
@@ -371,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from training.config import ConfigError
     from training.data import MetadataError, find_images
-    from training.train import TrainingError
+    from training.runtime import TrainingError
     from xray_app.model import CheckpointError, load_checkpoint
     from xray_app.preprocess import ImageInputError
 

@@ -130,7 +130,7 @@ def _held_out_lines(config: dict[str, Any], reports: list[dict[str, Any]]) -> li
 
 
 def _fitted(config: dict[str, Any]) -> dict[str, Any]:
-    """The record of the threshold and calibration fit (``training.evaluate --fit``), or {}."""
+    """The record of the threshold and calibration fit (``training.calibrate``), or {}."""
     return config.get("provenance", {}).get("validation_fit") or {}
 
 
@@ -356,11 +356,11 @@ def _reproduce_section(config: dict[str, Any], reports: list[dict[str, Any]],
     run = train_config.get("out", "RUN")
     lines = ["## How to reproduce", "",
              "Training writes its resolved configuration (shown above) as `config.yaml` and "
-             "its patient-wise split files into the run directory; evaluation fits calibration "
-             "and thresholds on the validation split, then scores the test split. The whole "
-             "sequence (split, cache, Optuna search, training, out-of-distribution gate, "
-             "localisation, card) is in the repository README, section \"Training on NIH "
-             "ChestX-ray14\".", ""]
+             "its patient-wise split files into the run directory; `training.calibrate` fits "
+             "calibration and thresholds on held-out predictions, then `training.bundle` "
+             "refits the out-of-distribution gate, scores the test split once, measures "
+             "localisation and writes this card. The whole sequence of commands is in the "
+             "repository's `docs/training.md`.", ""]
     for key in ("selection", "hardware", "pretrained"):
         if provenance.get(key):
             lines.append(f"- {key.capitalize()}: {provenance[key]}")

@@ -59,7 +59,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -79,6 +78,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from training.config import ConfigError, TrainConfig, from_dict, load_yaml, parse_config
 from training.journal_heartbeat import HeartbeatJournalStorage
 from training.metrics import VAL_HEADLINE
+from training.runs import RunFolder
 
 OBJECTIVE = VAL_HEADLINE
 THRESHOLD = "threshold"
@@ -239,22 +239,12 @@ def objective(
 
 def best_value(run: Path) -> float:
     """Best validation headline in ``fit``'s ``metrics.csv`` (all epochs, resumed or not)."""
-    import pandas as pd
-
-    path = run / "metrics.csv"
-    if not path.is_file():
-        raise RuntimeError(f"{path} not found: fit wrote no epoch")
-    value = float(pd.read_csv(path)[OBJECTIVE].max())  # NaN epochs are skipped
-    if math.isnan(value):
-        raise RuntimeError(f"{path}: no epoch produced a defined {OBJECTIVE}")
-    return value
+    return RunFolder(run).best_value(OBJECTIVE)
 
 
 def _tidy(run: Path, *, keep_best: bool) -> None:
     """A finished trial needs no resume state; a pruned one no exported model either."""
-    (run / "last.ckpt").unlink(missing_ok=True)
-    if not keep_best:
-        shutil.rmtree(run / "best", ignore_errors=True)
+    RunFolder(run).tidy(keep_best=keep_best)
 
 
 # --------------------------------------------------------------------------- study

@@ -356,6 +356,23 @@ def save_checkpoint(
     return directory
 
 
+def save_checkpoint_atomically(model: ChestXrayResNet, config: ModelConfig, directory: str | Path) -> Path:
+    """:func:`save_checkpoint` into a staging folder beside ``directory``, then swapped in
+    with renames, so ``directory`` always holds one whole checkpoint (a run killed while
+    exporting leaves the previous one).  Returns ``directory``."""
+    final = Path(directory)
+    staging, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    save_checkpoint(model, config, staging)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        for item in old.iterdir():
+            item.unlink()
+        old.rmdir()
+    return final
+
+
 @dataclass
 class LoadedCheckpoint:
     model: ChestXrayResNet

@@ -176,9 +176,12 @@ def training_data_summary(provenance: dict[str, Any]) -> str:
         return "not recorded in config.json"
     if not isinstance(data, dict):
         return str(data)
-    counts = ", ".join(f"{n} {split}" for split, n in (data.get("images") or {}).items())
-    source = data.get("source") or data.get("metadata") or "an unrecorded source"
-    summary = f"{counts} images from {source}" if counts else str(source)
+    if data.get("description"):  # what the data is, written by training.provenance
+        summary = str(data["description"])
+    else:
+        counts = ", ".join(f"{n} {split}" for split, n in (data.get("images") or {}).items())
+        source = data.get("source") or data.get("metadata") or "an unrecorded source"
+        summary = f"{counts} images from {source}" if counts else str(source)
     teacher = (provenance.get("distillation") or {}).get("teacher")
     if teacher:
         summary += f"; training targets partly a teacher model's probabilities ({Path(teacher).name})"

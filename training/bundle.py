@@ -1,0 +1,163 @@
+"""Assemble the folder the app ships with: ``python -m training.bundle``.
+
+    python -m training.bundle --checkpoint RUN/refit/calibrated --splits SPLITS \\
+        --images DIR [DIR ...] [--metadata CSV] [--bboxes CSV] [--folds CV_DIR] \\
+        [--compare PREDS.csv --compare-name NAME] [--report REPORT.json ...] --out weights
+
+One command, the last stage before publishing. Starting from a calibrated checkpoint
+(``training.calibrate``), it runs the stages that depend on the model, each through its
+own command, into a staging folder beside ``--out``, and swaps that folder in only when
+all of them succeeded:
+
+1. the out-of-distribution gate, refitted for this model (``training.ood``: statistics of
+   the training split, levels from the validation split);
+2. the test split, scored once (``training.evaluate --split test``; ``--compare`` adds a
+   reference model's predictions on the images they share);
+3. heatmap localisation against the NIH boxes (``training.localize``; out of fold with
+   ``--folds`` when the model trained on every boxed image);
+4. the model card (``training.model_card``), from those reports and any ``--report``
+   given (e.g. the out-of-fold evaluation of a cross-validation);
+5. ``train_config.yaml``: the recipe, from the checkpoint's provenance.
+
+Nothing in ``--out`` is edited by hand, and nothing in it names a machine-local path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from training import evaluate, localize, model_card, ood
+from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
+
+DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
+EVAL_DIR = "eval"
+CARD_FILE = "README.md"
+RECIPE_FILE = "train_config.yaml"
+
+
+class BundleError(RuntimeError):
+    """A stage failed; the message names it.  ``--out`` is left as it was."""
+
+
+def run_stage(name: str, command: Callable[[Sequence[str]], int], argv: Sequence[str]) -> None:
+    """Run one stage's ``main(argv)``; a non-zero exit stops the bundle."""
+    print(f"bundle: {name}: python -m {command.__module__} {' '.join(map(str, argv))}", flush=True)
+    code = command([str(a) for a in argv])
+    if code != 0:
+        raise BundleError(f"stage {name!r} failed with exit status {code}; {name} printed why above")
+
+
+def bundle(
+    checkpoint: Path,
+    splits: Path,
+    images: Sequence[Path],
+    out: Path,
+    *,
+    metadata: Path = DEFAULT_METADATA,
+    bboxes: Path | None = None,
+    folds: Path | None = None,
+    compare: Path | None = None,
+    compare_name: str | None = None,
+    reports: Sequence[Path] = (),
+    n_boot: int = 1000,
+) -> Path:
+    """Build ``out`` (see the module docstring); returns it."""
+    config = read_config(checkpoint / CONFIG_FILE)
+    if not config.provenance.get("validation_fit"):
+        raise BundleError(f"{checkpoint}: no thresholds or calibration fitted on held-out "
+                          "predictions; run python -m training.calibrate first")
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        shutil.copy2(checkpoint / name, staging / name)
+    evaluation = staging / EVAL_DIR
+    image_args = ["--images", *images]
+    run_stage("ood", ood.main, ["--checkpoint", staging, *image_args, "--split-dir", splits,
+                                "--report", evaluation / "ood.json"])
+    comparison = ["--compare", compare, "--compare-name", compare_name or compare.stem] if compare else []
+    run_stage("evaluate", evaluate.main, [
+        "--checkpoint", staging, "--split", "test", "--split-csv", splits / "test.csv", *image_args,
+        "--metadata", metadata, *comparison, "--n-boot", n_boot, "--out", evaluation])
+    card_reports = [evaluation / "report_test.json", *_copy_reports(reports, evaluation)]
+    localisation: list[str | Path] = []
+    if bboxes is not None:
+        source = ["--folds", folds] if folds is not None else ["--checkpoint", staging]
+        run_stage("localize", localize.main, [*source, *image_args, "--bboxes", bboxes,
+                                              "--out", evaluation / "loc"])
+        localisation = ["--localization", evaluation / "loc" / "loc.json"]
+    report_args = [arg for path in card_reports for arg in ("--report", path)]
+    run_stage("model card", model_card.main, ["--checkpoint", staging, *report_args,
+                                              *localisation, "--out", staging / CARD_FILE])
+    recipe = read_config(staging / CONFIG_FILE).provenance.get("train_config", {})
+    (staging / RECIPE_FILE).write_text(
+        "# The recipe of this model, from its config.json (written by python -m training.bundle)\n"
+        + yaml.safe_dump(recipe, sort_keys=False))
+    _swap_in(staging, out)
+    return out
+
+
+def _copy_reports(reports: Sequence[Path], evaluation: Path) -> list[Path]:
+    """Copy each extra report with the figures beside it into ``eval/<its folder>/``."""
+    copied = []
+    for report in reports:
+        json.loads(report.read_text())  # a readable report, or stop here
+        target = evaluation / report.parent.name
+        shutil.copytree(report.parent, target, dirs_exist_ok=True)
+        copied.append(target / report.name)
+    return copied
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.bundle",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a calibrated checkpoint (python -m training.calibrate)")
+    parser.add_argument("--splits", required=True, type=Path,
+                        help="folder with train.csv/val.csv/test.csv of the model's split")
+    parser.add_argument("--images", required=True, type=Path, nargs="+", metavar="DIR",
+                        help="image folders (searched recursively)")
+    parser.add_argument("--metadata", type=Path, default=DEFAULT_METADATA)
+    parser.add_argument("--bboxes", type=Path, help="NIH BBox_List_2017.csv: localisation figures")
+    parser.add_argument("--folds", type=Path, metavar="CV_DIR",
+                        help="localise out of fold with this cross-validation's fold models")
+    parser.add_argument("--compare", type=Path, help="a reference model's predictions CSV")
+    parser.add_argument("--compare-name", help="that model's name in the reports")
+    parser.add_argument("--report", type=Path, action="append", default=[],
+                        help="another report_<split>.json for the card (copied with its figures)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--out", required=True, type=Path, help="the bundle folder, e.g. weights")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = bundle(args.checkpoint, args.splits, args.images, args.out, metadata=args.metadata,
+                     bboxes=args.bboxes, folds=args.folds, compare=args.compare,
+                     compare_name=args.compare_name, reports=args.report, n_boot=args.n_boot)
+    except (BundleError, CheckpointError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"bundled {args.checkpoint.name} into {out}: python app.py --weights {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
