@@ -48,6 +48,9 @@ DEVELOPMENT_HISTORY = re.compile(
     re.IGNORECASE,
 )
 
+# where to look without git (never .venv, runs/ or cache/: other projects' text lives there)
+UNTRACKED_SCAN_FOLDERS = (".ci", "benchmarks", "docs", "tests", "training", "weights", "xray_app")
+
 # (path, hits) of files still known to carry development-history wording. Empty each
 # entry once its file is fixed (the card: fix training.model_card, then regenerate it).
 KNOWN_OFFENDERS: tuple[tuple[str, int], ...] = (
@@ -63,8 +66,11 @@ def repository_text_files() -> list[str]:
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
             cwd=REPO, capture_output=True, check=True, text=True,
         ).stdout.split("\0")
-    except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout: walk the tree
-        listed = [p.relative_to(REPO).as_posix() for p in REPO.rglob("*") if ".git" not in p.parts]
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout: the project's own folders
+        listed = [p.relative_to(REPO).as_posix() for p in REPO.glob("*") if p.is_file()]
+        for folder in UNTRACKED_SCAN_FOLDERS:
+            listed += [p.relative_to(REPO).as_posix() for p in (REPO / folder).rglob("*")
+                       if "__pycache__" not in p.parts]
     paths = []
     for name in sorted(set(filter(None, listed))):
         path = REPO / name
