@@ -122,7 +122,7 @@ def calibration_section(calibration: dict[str, Any]) -> list[str]:
 def comparison_section(comparison: dict[str, Any]) -> list[str]:
     other = comparison["other_name"]
     this, that, paired = comparison["this_model"], comparison["other_model"], comparison["paired"]
-    lines = [f"Compared with **{other}** (`{comparison['other_path']}`) on the "
+    lines = [f"Compared with **{other}** (`{comparison['other_file']}`) on the "
              f"{comparison['n_images']} images ({comparison['n_patients']} patients) that both "
              f"have, over the {len(comparison['labels'])} classes that both predict "
              f"({comparison['images_only_in_this_model']} images only in this model's "

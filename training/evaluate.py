@@ -276,7 +276,7 @@ def _comparison(
     # the same seed gives both models the same patient resamples: a paired comparison
     results = {
         "other_name": name_b,
-        "other_path": str(cfg.compare),
+        "other_file": cfg.compare.name,
         "n_images": int(common_rows.size),
         "n_patients": int(np.unique(groups).size),
         "images_only_in_this_model": int(len(predictions.images) - common_rows.size),

@@ -388,8 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             boxes, scorer = out_of_fold_scorer(boxes, folds, images)
             checkpoint = folds[0].checkpoint
             described = {
-                "checkpoint": f"{args.folds} (out of fold)",
-                "model": f"last epochs of the {len(folds)} folds of {args.folds} "
+                "checkpoint": f"{args.folds.name} (out of fold)",
+                "model": f"last epochs of the {len(folds)} folds of {args.folds.name} "
                          f"({checkpoint.config.name}), each box scored by the fold that held its "
                          f"patient out; input {checkpoint.config.input_size} px",
                 "out_of_fold": {f.name: sorted({b.image for b in boxes} & f.held_out)
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint = load_checkpoint(args.checkpoint)
             scorer = HeatmapScorer({"checkpoint": checkpoint}, lambda box: "checkpoint", images)
             described = {
-                "checkpoint": str(args.checkpoint),
+                "checkpoint": args.checkpoint.name,
                 "model": f"{checkpoint.config.name}, sha256 {checkpoint.sha256[:12]}, "
                          f"input {checkpoint.config.input_size} px",
             }

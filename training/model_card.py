@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from training.eval_report import fmt, fmt_ci, headline_sentence, metrics_table
+from training.provenance import public_name
 from xray_app.labels import LABELS, display_name
 from xray_app.model import CONFIG_FILE, CheckpointError, read_config
 
@@ -435,8 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     card = build_card(config, reports, localization=localization,
-                      localization_path=args.localization,
-                      card_command="python -m training.model_card " + " ".join(argv))
+                      # named relative to the card, as its figures are
+                      localization_path=Path(os.path.relpath(args.localization.resolve(),
+                                                             args.out.resolve().parent))
+                      if args.localization else None,
+                      card_command="python -m training.model_card "
+                      + " ".join(map(str, public_name(list(argv)))))
     _atomic_write(args.out, card)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -1,0 +1,90 @@
+"""The stages after training: calibrate writes a new checkpoint, evaluate only reads,
+bundle assembles the app's folder in one command, on real shared radiographs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.paths import NIH_IMAGES, SHARED_DATA
+from training import bundle, calibrate, data, evaluate
+from xray_app.model import load_checkpoint, read_config, write_random_init
+
+METADATA = SHARED_DATA / "nih" / "Data_Entry_2017_v2020.csv.gz"
+BBOXES = SHARED_DATA / "nih" / "BBox_List_2017.csv"
+REFERENCE = SHARED_DATA / "nih" / "chexnet_repro_preds.csv"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory) -> dict[str, Path]:
+    """48 shared radiographs split by patient, an untrained 64 px checkpoint, its
+    validation predictions, and the checkpoint calibrated on them."""
+    root = tmp_path_factory.mktemp("stages")
+    images = root / "images"
+    images.mkdir()
+    for path in sorted(NIH_IMAGES.glob("*.png"))[:48]:
+        (images / path.name).symlink_to(path)
+    splits = root / "splits"
+    assert data.main(["--metadata", str(METADATA), "--images", str(images), "--val-fraction", "0.25",
+                      "--test-fraction", "0.25", "--seed", "0", "--out", str(splits)]) == 0
+    trained = write_random_init(root / "trained", input_size=64)
+    assert evaluate.main(["--checkpoint", str(trained), "--split", "val", "--split-csv",
+                          str(splits / "val.csv"), "--images", str(images), "--metadata",
+                          str(METADATA), "--n-boot", "20", "--out", str(root / "val")]) == 0
+    calibrated = root / "calibrated"
+    assert calibrate.main(["--checkpoint", str(trained), "--predictions",
+                           str(root / "val" / "predictions_val.csv"), "--metadata", str(METADATA),
+                           "--out", str(calibrated)]) == 0
+    return {"root": root, "images": images, "splits": splits, "trained": trained,
+            "calibrated": calibrated}
+
+
+def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
+    out = staged["root"] / "weights"
+    code = bundle.main(["--checkpoint", str(staged["calibrated"]), "--splits", str(staged["splits"]),
+                        "--images", str(staged["images"]), "--metadata", str(METADATA),
+                        "--bboxes", str(BBOXES), "--compare", str(REFERENCE),
+                        "--compare-name", "CheXNet reproduction", "--n-boot", "20",
+                        "--out", str(out)])
+    assert code == 0, "expected the bundle to succeed"
+    for name in ("model.safetensors", "config.json", "README.md", "train_config.yaml",
+                 "eval/report_test.json", "eval/ood.json", "eval/loc/loc.json"):
+        assert (out / name).is_file(), f"expected {name} in the bundle"
+    loaded = load_checkpoint(out)
+    assert loaded.config.ood is not None, "expected the out-of-distribution gate refitted into the bundle"
+    assert loaded.config.thresholds == read_config(staged["calibrated"] / "config.json").thresholds, (
+        "expected the calibrated thresholds carried over unchanged")
+    report = json.loads((out / "eval" / "report_test.json").read_text())
+    test_images = len((staged["splits"] / "test.csv").read_text().strip().splitlines()) - 1
+    assert report["metrics"]["n_images"] == test_images, "expected the test split scored, all of it"
+    assert "comparison" in report, "expected the reference model scored on the shared images"
+    assert "Research demo" in (out / "README.md").read_text() or "not a medical device" in (
+        out / "README.md").read_text().lower(), "expected the card's disclaimer"
+    for name in ("config.json", "README.md", "eval/report_test.json", "train_config.yaml"):
+        text = (out / name).read_text()
+        for local in (str(staged["root"]), "../shared", str(SHARED_DATA)):
+            assert local not in text, f"expected no machine-local path {local!r} in {name}"
+    assert not (out.parent / "weights.tmp").exists(), "expected no staging folder left behind"
+
+
+def test_a_failed_stage_leaves_the_existing_bundle_untouched(staged, capsys):
+    out = staged["root"] / "kept"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the shipped model")
+    code = bundle.main(["--checkpoint", str(staged["calibrated"]), "--splits", str(staged["splits"]),
+                        "--images", str(staged["root"] / "no-such-folder"), "--out", str(out)])
+    assert code == 2, "expected a usage error exit when a stage fails"
+    assert "stage 'ood' failed" in capsys.readouterr().err, "expected the failed stage named"
+    assert (out / "model.safetensors").read_bytes() == b"the shipped model", (
+        "expected the existing bundle left as it was")
+
+
+def test_an_uncalibrated_checkpoint_is_refused(staged, capsys):
+    code = bundle.main(["--checkpoint", str(staged["trained"]), "--splits", str(staged["splits"]),
+                        "--images", str(staged["images"]), "--out", str(staged["root"] / "x")])
+    assert code == 2, "expected a refusal"
+    assert "run python -m training.calibrate first" in capsys.readouterr().err
