@@ -124,7 +124,7 @@ def test_out_of_fold_maps_each_boxed_image_with_the_fold_that_held_its_patient_o
     assert crossval.main([
         "--folds", "3", "--metadata", str(DATA / "Data_Entry_2017_v2020.csv.gz"), "--images",
         str(folder), "--out", str(cv), "--input-size", "32", "--batch-size", "8", "--epochs", "1",
-        "--pretrained", "none", "--num-workers", "0", "--no-progress", "--val-fraction", "0.2",
+        "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0", "--no-progress", "--val-fraction", "0.2",
         "--test-fraction", "0", "--lr", "1e-3",
     ]) == 0, "expected a tiny cross-validation over the boxed radiographs to run"
     out = tmp_path / "loc"

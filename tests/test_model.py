@@ -30,6 +30,7 @@ from xray_app.model import (
     load_checkpoint,
     save_checkpoint,
     sha256_of,
+    write_random_init,
 )
 
 SEED = 3
@@ -300,3 +301,28 @@ def test_bad_config_json_is_a_checkpoint_error(tmp_path, text, problem):
     (tmp_path / CONFIG_FILE).write_text(text)
     with pytest.raises(CheckpointError, match=problem):
         read_config(tmp_path / CONFIG_FILE)
+
+
+def test_the_tiny_network_is_chosen_by_name_and_round_trips_through_the_checkpoint_format(tmp_path):
+    """Pipeline tests train the same layout at a fraction of the cost: the architecture is
+    named in config.json and rebuilt from it on load."""
+    from xray_app.model import TINY_ARCHITECTURE
+
+    directory = write_random_init(tmp_path / "tiny", input_size=64, architecture=TINY_ARCHITECTURE)
+    loaded = load_checkpoint(directory)
+    assert loaded.config.architecture == TINY_ARCHITECTURE, "expected the architecture named in config.json"
+    assert loaded.model.fc.in_features == 64, f"expected 64 features, got {loaded.model.fc.in_features}"
+    params = sum(p.numel() for p in loaded.model.parameters())
+    assert params < 100_000, f"expected a tiny network, got {params} parameters"
+    with torch.inference_mode():
+        features = loaded.model.forward_features(torch.zeros(1, 3, 64, 64))
+    assert features.shape == (1, 64, 2, 2), f"expected ResNet-50's 32x downsampling, got {features.shape}"
+
+
+def test_an_unknown_architecture_is_refused_on_load(tmp_path):
+    directory = write_random_init(tmp_path / "ckpt", input_size=64, architecture="tiny-resnet")
+    config = json.loads((directory / "config.json").read_text())
+    config["architecture"] = "vgg16"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unsupported architecture 'vgg16'"):
+        load_checkpoint(directory)

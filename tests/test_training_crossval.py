@@ -46,7 +46,7 @@ def _small_cv(tmp_path: Path, *, count: int, seed: int) -> tuple[list[str], Path
     metadata, images = write_dataset(tmp_path / "data", count=count, size=64, seed=seed, images_per_patient=2)
     out = tmp_path / "cv"
     argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images), "--out", str(out),
-            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0",
             "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--epochs", "2",
             "--lr", "1e-3"]
     return argv, out
@@ -282,7 +282,7 @@ def test_a_second_stage_starts_each_fold_from_the_same_fold_and_refuses_one_that
 def test_a_cross_validated_second_stage_scores_each_folds_weight_average_out_of_fold(tmp_path):
     metadata, images = write_dataset(tmp_path / "data", count=40, size=64, seed=4, images_per_patient=2)
     argv = ["--folds", "2", "--metadata", str(metadata), "--images", str(images),
-            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0",
             "--no-progress", "--val-fraction", "0.2", "--test-fraction", "0.2", "--lr", "1e-3"]
     first, second = tmp_path / "cv", tmp_path / "cv_swa"
     assert main([*argv, "--out", str(first), "--epochs", "1"]) == 0, "expected the first stage to run"

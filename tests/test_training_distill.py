@@ -69,7 +69,7 @@ def _write_teacher_csv(names: list[str], path: Path, probability: float) -> Path
 def _flags(synthetic: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     metadata, images = synthetic
     return ["--metadata", str(metadata), "--images", str(images), "--out", str(out),
-            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0",
             "--no-progress", "--val-fraction", "0.25", "--test-fraction", "0.25", "--seed", "3", *extra]
 
 

@@ -31,7 +31,7 @@ def staged(tmp_path_factory) -> dict[str, Path]:
     splits = root / "splits"
     assert data.main(["--metadata", str(METADATA), "--images", str(images), "--val-fraction", "0.25",
                       "--test-fraction", "0.25", "--seed", "0", "--out", str(splits)]) == 0
-    trained = write_random_init(root / "trained", input_size=64)
+    trained = write_random_init(root / "trained", input_size=64, architecture="tiny-resnet")
     assert evaluate.main(["--checkpoint", str(trained), "--split", "val", "--split-csv",
                           str(splits / "val.csv"), "--images", str(images), "--metadata",
                           str(METADATA), "--n-boot", "20", "--out", str(root / "val")]) == 0

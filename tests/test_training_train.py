@@ -43,7 +43,7 @@ def synthetic(tmp_path_factory) -> tuple[Path, Path]:
 
 def _tiny_flags(metadata: Path, images: Path, out: Path, *extra: str) -> list[str]:
     return ["--metadata", str(metadata), "--images", str(images), "--out", str(out),
-            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--num-workers", "0",
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0",
             "--no-progress", "--val-fraction", "0.25", "--test-fraction", "0.1", "--seed", "3", *extra]
 
 
@@ -104,7 +104,7 @@ def test_smoke_one_epoch_on_the_shared_radiographs(tmp_path):
     result = _run([sys.executable, "-m", "training.train", "--metadata", str(SHARED / "Data_Entry_2017_v2020.csv.gz"),
                    "--images", str(SHARED / "images"), "--out", str(out), "--epochs", "1",
                    "--limit-batches", "2", "--batch-size", "4", "--input-size", "64",
-                   "--pretrained", "none", "--num-workers", "0", "--no-progress"])
+                   "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0", "--no-progress"])
     assert "500 of 112120 listed images available" in result.stdout, "expected the partial download reported"
     history = pd.read_csv(out / "metrics.csv")
     assert history["train_images"].tolist() == [8.0], "expected 2 batches of 4 images"
@@ -141,7 +141,7 @@ def test_smoke_from_a_cache_alone_with_loader_workers(tmp_path):
     out = tmp_path / "run"
     _run([sys.executable, "-m", "training.train", "--metadata", str(SHARED / "Data_Entry_2017_v2020.csv.gz"),
           "--cache", str(tmp_path / "cache"), "--out", str(out), "--epochs", "1", "--limit-batches", "2",
-          "--batch-size", "4", "--input-size", "64", "--pretrained", "none", "--num-workers", "2",
+          "--batch-size", "4", "--input-size", "64", "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "2",
           "--no-progress"])
     total = sum(len(pd.read_csv(out / f"{name}.csv")) for name in ("train", "val", "test"))
     assert total == 80, f"expected the 80 cached images split, got {total}"
@@ -401,7 +401,7 @@ def test_with_swa_the_average_of_the_last_epochs_is_exported_and_a_resumed_run_k
                                     rtol=1e-4, atol=1e-6)]
     assert not differ, f"expected the same average after a resume; differing: {differ[:3]}"
 
-    continued = build_model(pretrained=tmp_path / "straight" / RunFolder.CHECKPOINT)
+    continued = build_model(pretrained=tmp_path / "straight" / RunFolder.CHECKPOINT, architecture="tiny-resnet")
     assert all(torch.equal(value, saved["model"][key]) for key, value in continued.state_dict().items()), (
         "expected --pretrained RUN/last.ckpt to start from that run's raw weights, head included")
 

@@ -238,7 +238,7 @@ def test_one_real_trial_with_fit_and_the_exports(tmp_path: Path) -> None:
     images = _tiny_split(tmp_path)
     train_flags = [
         "--images", str(images), "--splits", str(tmp_path / "splits"), "--input-size", "32",
-        "--epochs", "1", "--limit-batches", "1", "--pretrained", "none", "--num-workers", "0",
+        "--epochs", "1", "--limit-batches", "1", "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0",
         "--no-progress",
     ]
     out = tmp_path / "tune"

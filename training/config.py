@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from training.augment import AugmentConfig
+from xray_app.model import ARCHITECTURES
 
 DEFAULT_METADATA = "../shared/data/nih/Data_Entry_2017_v2020.csv.gz"
 
@@ -111,6 +112,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     dropout: float = 0.0
     mirror_average: bool = False
+    architecture: str = "resnet50"
     pretrained: str = "imagenet"
     limit_batches: int | None = None
     patience: int = 5
@@ -140,6 +142,7 @@ class TrainConfig:
             "swa_lr": self.swa_lr is None or self.swa_lr > 0,
             "mixup_alpha": self.mixup_alpha >= 0,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
+            "architecture": self.architecture in ARCHITECTURES,
             "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -211,6 +214,8 @@ _HELP = {
     "pretrained": "imagenet, none, or a local state dict PATH (a training run's last.ckpt: "
                   "its weights, to continue from them under a new schedule)",
     "device": "auto, cpu, cuda or cuda:N",
+    "architecture": "the network: resnet50 (the product) or tiny-resnet (a few thousand "
+                    "parameters, for quick tests of the pipeline)",
     "amp": "auto (bf16 on CUDA), bf16, fp16 or none",
     "limit_batches": "at most this many train and validation batches per epoch",
     "no_finding_fraction": "share of 'No Finding'-only training images drawn per epoch",

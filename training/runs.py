@@ -95,7 +95,7 @@ class RunFolder:
         if not self.checkpoint.is_file():
             raise TrainingError(f"{self.checkpoint}: not found; train the run first")
         saved = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        model = build_model(dropout=cfg.dropout, pretrained="none")
+        model = build_model(dropout=cfg.dropout, pretrained="none", architecture=cfg.architecture)
         if "swa_model" in saved:
             model.load_state_dict(saved["swa_model"])
             return model

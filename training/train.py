@@ -79,7 +79,8 @@ def make_model(cfg: TrainConfig, runtime: Runtime) -> ChestXrayResNet:
     """The network, initialised from ``cfg.seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(dropout=cfg.dropout, pretrained=cfg.pretrained)
+        model = build_model(dropout=cfg.dropout, pretrained=cfg.pretrained,
+                            architecture=cfg.architecture)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -354,6 +355,7 @@ def export_best(
 ) -> Path:
     """Write the app's checkpoint format into ``RUN/best``, with the run's provenance."""
     config = ModelConfig(
+        architecture=cfg.architecture,
         input_size=cfg.data.input_size,
         dropout=cfg.dropout,
         mirror_average=cfg.mirror_average,

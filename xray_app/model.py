@@ -44,7 +44,9 @@ from xray_app.preprocess import (
     PreprocessConfig,
 )
 
-ARCHITECTURE = "resnet50"
+ARCHITECTURE = "resnet50"  # the product's network
+TINY_ARCHITECTURE = "tiny-resnet"  # a few thousand parameters, same interface: pipeline tests
+ARCHITECTURES = (ARCHITECTURE, TINY_ARCHITECTURE)
 FEATURE_DIM = 2048
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -62,14 +64,22 @@ class PretrainedWeightsUnavailable(RuntimeError):
 
 # --------------------------------------------------------------------------- network
 class ChestXrayResNet(nn.Module):
-    """ResNet-50 trunk + ``Dropout`` + ``Linear(2048, num_classes)``; returns logits.
+    """A ResNet trunk + ``Dropout`` + ``Linear(features, num_classes)``; returns logits.
 
-    Parameter names match torchvision's ``resnet50`` so ImageNet state dicts load as is.
+    ``architecture`` ``"resnet50"`` (the product): torchvision's ResNet-50 trunk, 2048
+    features, parameter names as torchvision's ``resnet50`` so ImageNet state dicts load
+    as is.  ``"tiny-resnet"``: the same layout (stem, ``layer1``..``layer4``, 32x
+    downsampling, global average pool, one linear head) at widths 8-64, for tests of
+    the training pipeline that need a network, not this network.
     """
 
-    def __init__(self, num_classes: int = NUM_LABELS, dropout: float = 0.0) -> None:
+    def __init__(self, num_classes: int = NUM_LABELS, dropout: float = 0.0,
+                 architecture: str = ARCHITECTURE) -> None:
         super().__init__()
-        trunk = torchvision.models.resnet50(weights=None)
+        if architecture not in ARCHITECTURES:
+            raise CheckpointError(f"unsupported architecture {architecture!r}; known: {ARCHITECTURES}")
+        self.architecture = architecture
+        trunk = torchvision.models.resnet50(weights=None) if architecture == ARCHITECTURE else _tiny_trunk()
         self.conv1, self.bn1, self.relu, self.maxpool = (
             trunk.conv1,
             trunk.bn1,
@@ -83,10 +93,12 @@ class ChestXrayResNet(nn.Module):
             trunk.layer4,
         )
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(FEATURE_DIM, num_classes)
+        features = FEATURE_DIM if architecture == ARCHITECTURE else _TinyTrunk.features
+        self.fc = nn.Linear(features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, S, S)`` normalised images -> ``(N, 2048, S/32, S/32)`` layer4 activations."""
+        """``(N, 3, S, S)`` normalised images -> ``(N, F, S/32, S/32)`` layer4 activations
+        (F = 2048 for ResNet-50)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -100,6 +112,28 @@ class ChestXrayResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class _TinyTrunk(nn.Module):
+    """Stem and four stages with ResNet-50's names and strides, at widths 8, 16, 32, 64."""
+
+    features = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def stage(inputs: int, outputs: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False),
+                                 nn.BatchNorm2d(outputs), nn.ReLU(inplace=True))
+
+        self.conv1 = nn.Conv2d(3, 8, 3, 2, 1, bias=False)
+        self.bn1, self.relu, self.maxpool = nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        self.layer1, self.layer2 = stage(8, 8, 1), stage(8, 16, 2)
+        self.layer3, self.layer4 = stage(16, 32, 2), stage(32, 64, 2)
+
+
+def _tiny_trunk() -> _TinyTrunk:
+    return _TinyTrunk()
 
 
 # --------------------------------------------------------------------------- mirror average
@@ -129,9 +163,10 @@ def model_logits(model: nn.Module, batch: torch.Tensor, *, mirror_average: bool)
 
 
 def build_model(
-    *, num_classes: int = NUM_LABELS, dropout: float = 0.0, pretrained: str | Path | None = None
+    *, num_classes: int = NUM_LABELS, dropout: float = 0.0, pretrained: str | Path | None = None,
+    architecture: str = ARCHITECTURE,
 ) -> ChestXrayResNet:
-    """Build the network.
+    """Build the network (``architecture``: see :class:`ChestXrayResNet`).
 
     ``pretrained``: ``None``/``"none"`` = random initialisation; ``"imagenet"`` =
     torchvision's IMAGENET1K_V2 trunk (downloaded once into torch's cache; offline
@@ -141,10 +176,13 @@ def build_model(
     The classification head is always freshly initialised unless the file holds one of
     the right shape.
     """
-    model = ChestXrayResNet(num_classes=num_classes, dropout=dropout)
+    model = ChestXrayResNet(num_classes=num_classes, dropout=dropout, architecture=architecture)
     if pretrained is None or str(pretrained).lower() == "none":
         return model
     if str(pretrained).lower() == "imagenet":
+        if architecture != ARCHITECTURE:
+            raise PretrainedWeightsUnavailable(f"ImageNet weights exist for {ARCHITECTURE} only, "
+                                               f"not {architecture}")
         state = _imagenet_state_dict()
     else:
         state = _read_state_dict(Path(pretrained))
@@ -231,8 +269,8 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.architecture != ARCHITECTURE:
-            raise CheckpointError(f"unsupported architecture {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise CheckpointError(f"unsupported architecture {self.architecture!r}; known: {ARCHITECTURES}")
         if self.format_version > FORMAT_VERSION:
             raise CheckpointError(
                 f"checkpoint format version {self.format_version} is newer than this code "
@@ -430,7 +468,8 @@ def load_checkpoint(
             f"{weights_path}: head has {rows} outputs but config.json lists "
             f"{len(config.labels)} labels"
         )
-    model = ChestXrayResNet(num_classes=len(config.labels), dropout=config.dropout)
+    model = ChestXrayResNet(num_classes=len(config.labels), dropout=config.dropout,
+                            architecture=config.architecture)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
@@ -462,12 +501,14 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_random_init(directory: str | Path, *, seed: int = 0, input_size: int = 224) -> Path:
+def write_random_init(directory: str | Path, *, seed: int = 0, input_size: int = 224,
+                      architecture: str = ARCHITECTURE) -> Path:
     """Write an UNTRAINED checkpoint in the real format (for tests and development)."""
     with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG alone
         torch.manual_seed(seed)
-        model = build_model()
+        model = build_model(architecture=architecture)
     config = ModelConfig(
+        architecture=architecture,
         trained=False,
         input_size=input_size,
         name="untrained-random-init",
