@@ -62,6 +62,9 @@ def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
     test_images = len((staged["splits"] / "test.csv").read_text().strip().splitlines()) - 1
     assert report["metrics"]["n_images"] == test_images, "expected the test split scored, all of it"
     assert "comparison" in report, "expected the reference model scored on the shared images"
+    measured = loaded.config.provenance["evaluation"]["test"]
+    assert measured["value"] == report["metrics"]["headline"]["value"] and measured["images"] == test_images, (
+        f"expected the test headline recorded in config.json for the app, got {measured}")
     assert "Research demo" in (out / "README.md").read_text() or "not a medical device" in (
         out / "README.md").read_text().lower(), "expected the card's disclaimer"
     for name in ("config.json", "README.md", "eval/report_test.json", "train_config.yaml"):

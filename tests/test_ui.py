@@ -267,6 +267,22 @@ def test_banner_is_loud_for_untrained_and_names_the_training_data(predictor):
     assert "<b>x</b>" not in banner and "&lt;b&gt;x&lt;/b&gt;" in banner, "config text must be escaped"
 
 
+def test_banner_shows_the_measured_accuracy_and_data_size_beside_the_disclaimer(predictor):
+    measured = {"metric": "mean AUROC over the 14 pathologies", "value": 0.7123, "ci_low": 0.6841,
+                "ci_high": 0.7402, "images": 352, "patients": 268}
+    config = predictor.config.with_updates(trained=True, provenance={
+        "data": {"description": "1,753 NIH ChestX-ray14 radiographs from 1,357 patients, a public subset"},
+        "evaluation": {"test": measured}})
+    banner = ui.model_banner_html(config, predictor.model_info)
+    assert "not a medical device" in banner, "expected the disclaimer"
+    assert "1,753 NIH ChestX-ray14 radiographs from 1,357 patients, a public subset" in banner, (
+        "expected the data described by what it is")
+    assert "mean AUROC 0.71 (95% CI 0.68-0.74) over the 14 findings on 352 test radiographs" in banner, (
+        f"expected the measured headline with its interval and size, got {banner}")
+    unmeasured = ui.model_banner_html(config.with_updates(provenance={}), predictor.model_info)
+    assert "Measured" not in unmeasured, "expected no accuracy line when nothing was measured"
+
+
 def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):
     missing = ui.model_card_markdown(predictor, [tmp_path / "README.md"])
     assert "No model card found" in missing, missing

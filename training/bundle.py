@@ -16,7 +16,9 @@ all of them succeeded:
 3. heatmap localisation against the NIH boxes (``training.localize``; out of fold with
    ``--folds`` when the model trained on every boxed image);
 4. the model card (``training.model_card``), from those reports and any ``--report``
-   given (e.g. the out-of-fold evaluation of a cross-validation);
+   given (e.g. the out-of-fold evaluation of a cross-validation); each report's headline
+   (mean AUROC over the 14 pathologies with its interval, images, patients) also goes into
+   ``config.json``'s ``provenance.evaluation``, which the app's banner shows;
 5. ``train_config.yaml``: the recipe, from the checkpoint's provenance.
 
 Nothing in ``--out`` is edited by hand, and nothing in it names a machine-local path.
@@ -34,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from training import evaluate, localize, model_card, ood
-from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
+from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, write_config
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
 EVAL_DIR = "eval"
@@ -87,6 +89,7 @@ def bundle(
         "--checkpoint", staging, "--split", "test", "--split-csv", splits / "test.csv", *image_args,
         "--metadata", metadata, *comparison, "--n-boot", n_boot, "--out", evaluation])
     card_reports = [evaluation / "report_test.json", *_copy_reports(reports, evaluation)]
+    _record_evaluation(staging, card_reports)
     localisation: list[str | Path] = []
     if bboxes is not None:
         source = ["--folds", folds] if folds is not None else ["--checkpoint", staging]
@@ -102,6 +105,24 @@ def bundle(
         + yaml.safe_dump(recipe, sort_keys=False))
     _swap_in(staging, out)
     return out
+
+
+def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
+    """Put each report's headline (mean AUROC over the 14 pathologies, its interval, the
+    images and patients) into the bundle's ``config.json``: what the app's banner shows."""
+    measured = {}
+    for path in reports:
+        report = json.loads(path.read_text())
+        metrics, headline = report["metrics"], report["metrics"]["headline"]
+        oof = bool((report.get("thresholds", {}).get("validation_fit") or {}).get("out_of_fold"))
+        measured["out_of_fold" if oof else report["split"]] = {
+            "metric": headline["name"], "value": headline["value"],
+            "ci_low": headline.get("ci_low"), "ci_high": headline.get("ci_high"),
+            "images": metrics["n_images"], "patients": metrics["n_patients"],
+        }
+    config = read_config(checkpoint / CONFIG_FILE)
+    write_config(config.with_updates(provenance={**config.provenance, "evaluation": measured}),
+                 checkpoint / CONFIG_FILE)
 
 
 def _copy_reports(reports: Sequence[Path], evaluation: Path) -> list[Path]:

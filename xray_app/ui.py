@@ -39,7 +39,7 @@ import numpy as np
 from xray_app import explain, report
 from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, sha256_of
-from xray_app.predictor import training_data_summary
+from xray_app.predictor import measured_accuracy, training_data_summary
 from xray_app.preprocess import ImageInputError
 from xray_app.report_sheet import save_report_sheet
 from xray_app.weights import BUNDLED_DIR
@@ -102,6 +102,8 @@ class Study:
 def model_banner_html(config: Any, model_info: dict[str, Any]) -> str:
     """HTML banner: UNTRAINED warning (if so), the disclaimer, model name and training data."""
     data = training_data_summary(config.provenance or {})
+    accuracy = measured_accuracy(config.provenance or {})
+    measured = f"<br><b>Measured:</b> {html.escape(accuracy)}" if accuracy else ""
     parts = []
     if not config.trained:
         parts.append(
@@ -117,7 +119,7 @@ def model_banner_html(config: Any, model_info: dict[str, Any]) -> str:
         "clinical use; do not use it for diagnosis or treatment decisions.<br>"
         f"<b>Model:</b> {html.escape(str(config.name))} "
         f"(sha256 <code>{html.escape(str(model_info.get('sha256', ''))[:12])}</code>) "
-        f"&middot; <b>trained on:</b> {html.escape(str(data))}</div>"
+        f"&middot; <b>trained on:</b> {html.escape(str(data))}{measured}</div>"
     )
     return "\n".join(parts)
 
