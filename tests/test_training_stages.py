@@ -91,3 +91,20 @@ def test_an_uncalibrated_checkpoint_is_refused(staged, capsys):
                         "--images", str(staged["images"]), "--out", str(staged["root"] / "x")])
     assert code == 2, "expected a refusal"
     assert "run python -m training.calibrate first" in capsys.readouterr().err
+
+
+def test_examples_are_test_split_radiographs_with_their_labels_and_the_nih_attribution(staged, capsys):
+    from training import examples
+
+    test = (staged["splits"] / "test.csv").read_text().splitlines()[1].split(",")[0]
+    train = (staged["splits"] / "train.csv").read_text().splitlines()[1].split(",")[0]
+    out = staged["root"] / "examples"
+    assert examples.main(["--images", str(staged["images"]), "--splits", str(staged["splits"]),
+                          "--names", test, "--out", str(out)]) == 0, "expected a test image accepted"
+    readme = (out / "README.md").read_text()
+    assert "NIH Clinical Center" in readme and "Wang et al." in readme, "expected the NIH attribution"
+    assert f"| {test} |" in readme, "expected the example listed with its labels"
+    assert examples.main(["--images", str(staged["images"]), "--splits", str(staged["splits"]),
+                          "--names", train, "--out", str(staged["root"] / "no")]) == 2, (
+        "expected a training image refused")
+    assert "patients the model never saw" in capsys.readouterr().err
