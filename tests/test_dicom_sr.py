@@ -171,7 +171,8 @@ def test_demo_mode_copies_uids_only_and_pacs_mode_files_under_the_same_patient(t
 
 
 def test_an_invalid_source_value_is_reported_and_not_copied(tmp_path, cpu_predictor):
-    path = _identified_dicom(tmp_path, PatientBirthDate="31/12/1949")
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):  # pydicom, writing the bad source
+        path = _identified_dicom(tmp_path, PatientBirthDate="31/12/1949")
     errors, _ = dciodvfy_report(path)
     assert any("Birth Date" in line for line in errors), f"the source itself must be invalid: {errors}"
     reference = dicom_sr.read_source_reference(path, mode="pacs")

@@ -173,8 +173,17 @@ def read_source_reference(source: Source, *, name: str | None = None, mode: Mode
         if problem:
             problems.append(f"{label}: source {keyword} not copied: {problem}")
         else:
-            copied[keyword] = element.value
+            copied[keyword] = _single_component_marked(element.VR, element.value)
     return SourceReference(uids=uids, copied=copied, problems=tuple(problems))
+
+
+def _single_component_marked(vr: str, value: Any) -> Any:
+    """A person name of one component (``Doe``) written ``Doe^``: the same name in DICOM,
+    and highdicom no longer warns about it, which would print the name to the log."""
+    text = str(value)
+    if vr == "PN" and text and "^" not in text and "=" not in text:
+        return text + "^"
+    return value
 
 
 def _invalid_value(vr: str, value: Any) -> str | None:
@@ -188,12 +197,12 @@ def _invalid_value(vr: str, value: Any) -> str | None:
     return None
 
 
-def sr_instance_uid(record: Mapping[str, Any], source: SourceReference | None) -> str:
-    """The SR's SOP Instance UID: the same for the same source image and weights, so a
-    PACS that receives a rerun's SR replaces the first instead of filing a second."""
-    if source is None:
+def sr_instance_uid(source_sop_instance_uid: str | None, sha256: str) -> str:
+    """The SR's SOP Instance UID: the same for the same source image and weights (a rerun
+    can see that its SR exists; a PACS given it twice keeps one), new for non-DICOM input."""
+    if source_sop_instance_uid is None:
         return generate_uid()
-    return generate_uid(entropy_srcs=["xray-app sr", source.sop_instance_uid, record["model"]["sha256"]])
+    return generate_uid(entropy_srcs=["xray-app sr", source_sop_instance_uid, sha256])
 
 
 def build_sr(
@@ -238,7 +247,7 @@ def build_sr(
         content=report,
         series_instance_uid=generate_uid(),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=sr_instance_uid(record, source),
+        sop_instance_uid=sr_instance_uid(source.sop_instance_uid if source else None, sha256),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
