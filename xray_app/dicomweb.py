@@ -137,7 +137,7 @@ def _report_instance(
         prediction = predictor.predict(data, name=name)
         source = dicom_sr.read_source_reference(data, name=name, mode="pacs")
     except ImageInputError as error:
-        return Outcome(sop_uid, "refused", str(error))
+        return Outcome(sop_uid, "refused", " ".join(str(error).split()))  # one log line
     for problem in source.problems:
         LOG.warning("%s", problem)
     record = prediction_to_json(prediction, predictor.model_info)
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-polls", type=int, metavar="N", help="--watch: stop after N polls")
     parser.add_argument("--attempts", type=int, default=3, metavar="N",
                         help="tries per request before the archive counts as down (default 3, "
-                        "waiting 0.5 s, then 1 s, ... between them)")
+                        "waiting 1 s, then 2 s, 4 s... between them)")
     parser.add_argument("--weights", metavar="PATH", help="checkpoint directory (default as the app)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N")
     return parser
