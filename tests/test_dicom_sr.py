@@ -214,3 +214,25 @@ def test_the_concept_table_covers_the_labels_and_matches_dicom_part_16():
         listed = getattr(getattr(dicom_codes, concept.scheme), keyword)  # pydicom's Part 16 dictionary
         assert (listed.value, listed.meaning) == (concept.value, concept.meaning), f"{concept} is not in PS3.16 as written"
     assert len({c.value for c in codes.FINDING_CONCEPTS.values()}) == len(LABELS), "codes must be distinct"
+
+
+def test_an_unusable_input_gets_no_sr_while_the_others_do(tmp_path, capsys, random_init_checkpoint):
+    broken = tmp_path / "truncated.png"
+    broken.write_bytes(NIH_PNG.read_bytes()[:2000])
+    out = tmp_path / "reports"
+    status, records, err = _run_cli(capsys, str(broken), str(NIH_PNG), "--json", "--dicom-sr", str(out),
+                                    "--weights", str(random_init_checkpoint))
+    assert status == predict.INPUT_ERROR, f"expected exit status 1, got {status}"
+    assert "error" in records[0] and "findings" in records[1], f"one error line, one result: {records}"
+    assert sorted(p.name for p in out.iterdir()) == [f"{NIH_PNG.stem}.sr.dcm"], "an SR for the good input only"
+    assert "Traceback" not in err
+
+
+def test_an_unwritable_sr_path_is_a_one_line_error(tmp_path, capsys, random_init_checkpoint):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    status, records, err = _run_cli(capsys, str(NIH_PNG), "--json", "--dicom-sr", str(blocker / "sr.dcm"),
+                                    "--weights", str(random_init_checkpoint))
+    assert status == predict.INPUT_ERROR, f"expected exit status 1, got {status}"
+    assert records[0]["error"].startswith(f"{NIH_PNG.name}: cannot write its report"), records
+    assert "Traceback" not in err

@@ -180,3 +180,11 @@ def test_the_header_selection_keeps_frontal_chest_radiographs_only():
     assert "lateral" in dicomweb.not_frontal_chest(fields(ViewPosition="LL"))
     assert "not a projection radiograph" in dicomweb.not_frontal_chest(fields(Modality="CT"))
     assert "not an image" in dicomweb.not_frontal_chest(fields(Modality="SR", Rows=""))
+
+
+def test_weights_that_cannot_be_loaded_are_a_usage_error(tmp_path, capsys):
+    missing = tmp_path / "no-checkpoint"
+    status = dicomweb.main(["--url", "http://127.0.0.1:9/dicom-web", "--study", "1.2.3", "--weights", str(missing)])
+    err = capsys.readouterr().err
+    assert status == dicomweb.USAGE_ERROR, f"expected exit status 2, got {status}"
+    assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err, err
