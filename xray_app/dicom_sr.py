@@ -52,7 +52,9 @@ from typing import Any, Literal
 
 import highdicom as hd
 import pydicom
+from pydicom import config as dicom_config
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import validate_value
@@ -146,8 +148,7 @@ def read_source_reference(source: Source, *, name: str | None = None, mode: Mode
     """
     if mode not in ("demo", "pacs"):
         raise ValueError(f"mode must be 'demo' or 'pacs', got {mode!r}")
-    label = Path(str(name or getattr(source, "name", None) or
-                     (source if isinstance(source, (str, Path)) else "<upload>"))).name
+    label = _label(source, name)
     wanted = list(SOURCE_UIDS) + (list(PACS_COPIED) if mode == "pacs" else [])
     data = source if not isinstance(source, (bytes, bytearray)) else io.BytesIO(source)
     try:
@@ -177,6 +178,15 @@ def read_source_reference(source: Source, *, name: str | None = None, mode: Mode
     return SourceReference(uids=uids, copied=copied, problems=tuple(problems))
 
 
+def _label(source: Source, name: str | None) -> str:
+    """The file's base name for messages (never a folder, which may name a patient)."""
+    if name:
+        return Path(str(name)).name
+    if isinstance(source, (str, Path)):
+        return Path(source).name
+    return Path(str(getattr(source, "name", "") or "<upload>")).name
+
+
 def _single_component_marked(vr: str, value: Any) -> Any:
     """A person name of one component (``Doe``) written ``Doe^``: the same name in DICOM,
     and highdicom no longer warns about it, which would print the name to the log."""
@@ -188,10 +198,10 @@ def _single_component_marked(vr: str, value: Any) -> Any:
 
 def _invalid_value(vr: str, value: Any) -> str | None:
     """Why ``value`` is not valid for ``vr``, or None when it is."""
-    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
     for item in values:
         try:
-            validate_value(vr, item, pydicom.config.RAISE)
+            validate_value(vr, item, dicom_config.RAISE)
         except (ValueError, TypeError) as error:
             return str(error).splitlines()[0]
     return None
@@ -223,6 +233,7 @@ def build_sr(
         raise NoReportError(f"{record.get('file', '<input>')}: no report for an input that could "
                             f"not be used ({record.get('error', 'no findings')})")
     sha256 = str(record["model"]["sha256"])
+    now = now or datetime.now()
     algorithm = algorithm_identification(model_info, sha256)
     evidence = source.as_dataset() if source is not None else _new_study_dataset()
     source_images = None
@@ -256,8 +267,8 @@ def build_sr(
         series_description=SERIES_DESCRIPTION,
         manufacturer_model_name=str(model_info["name"])[:64],
         software_versions=algorithm_version(model_info, sha256)[:64],
-        content_date=(now or datetime.now()).date(),
-        content_time=(now or datetime.now()).time(),
+        content_date=now.date(),
+        content_time=now.time(),
     )
     if source is None:  # nothing referenced: the evidence item was only the study's carrier
         for keyword in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
