@@ -53,8 +53,8 @@ from typing import Any, Literal
 import highdicom as hd
 import pydicom
 from pydicom import config as dicom_config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import validate_value
@@ -166,15 +166,17 @@ def read_source_reference(source: Source, *, name: str | None = None, mode: Mode
     copied: dict[str, Any] = {}
     problems: list[str] = []
     for keyword in PACS_COPIED if mode == "pacs" else ():
-        element = header.get(keyword)
-        if element is None or keyword not in header:
+        if keyword not in header:
             continue
-        element = header[keyword]
-        problem = _invalid_value(element.VR, element.value)
-        if problem:
-            problems.append(f"{label}: source {keyword} not copied: {problem}")
-        else:
-            copied[keyword] = _single_component_marked(element.VR, element.value)
+        # Checked raw, before pydicom converts it: converting an invalid value makes pydicom
+        # warn and log it, and the log must not hold a patient's attributes.
+        raw = header.get_item(keyword)
+        vr = raw.VR or dictionary_VR(keyword)  # implicit VR files leave it to the dictionary
+        text = raw.value.decode("latin-1") if isinstance(raw.value, bytes) else str(raw.value or "")
+        if _invalid_value(vr, text.rstrip(" \x00").split("\\")):
+            problems.append(f"{label}: the source's {keyword} is not a valid {vr} value; not copied")
+            continue
+        copied[keyword] = _single_component_marked(vr, header[keyword].value)
     return SourceReference(uids=uids, copied=copied, problems=tuple(problems))
 
 
@@ -196,9 +198,8 @@ def _single_component_marked(vr: str, value: Any) -> Any:
     return value
 
 
-def _invalid_value(vr: str, value: Any) -> str | None:
-    """Why ``value`` is not valid for ``vr``, or None when it is."""
-    values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+def _invalid_value(vr: str, values: Sequence[str]) -> str | None:
+    """Why one of ``values`` is not valid for ``vr``, or None when all are."""
     for item in values:
         try:
             validate_value(vr, item, dicom_config.RAISE)
