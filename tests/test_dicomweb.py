@@ -139,14 +139,15 @@ def test_the_round_trip_files_an_sr_for_each_chest_film_in_the_same_study(
     with urllib.request.urlopen(orthanc.replace("/dicom-web", "/studies")) as reply:
         assert len(json.loads(reply.read())) == 1, "the SRs must be filed in the images' study"
 
+    for number, stored in enumerate(srs.values()):
+        path = tmp_path / f"sr-{number}.dcm"
+        stored.save_as(path, enforce_file_format=True)
+        errors, _ = dciodvfy_report(path)
+        assert errors == [], f"dciodvfy must report no error in a stored SR: {errors}"
     sr = srs[study["chest"].SOPInstanceUID]
     assert (sr.StudyInstanceUID, sr.PatientID, sr.PatientName.family_name) == (
         uid, study["chest"].PatientID, study["chest"].PatientName.family_name), "pacs mode files by patient and study"
     assert "PatientAge" not in sr, "only the listed patient attributes are copied (the source's is malformed)"
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    errors, _ = dciodvfy_report(path)
-    assert errors == [], f"dciodvfy must report no error in the stored SR: {errors}"
     record = prediction_to_json(cpu_predictor.predict(SHARED_DICOM), cpu_predictor.model_info)
     groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
     for group, finding in zip(groups, record["findings"], strict=True):

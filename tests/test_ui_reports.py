@@ -63,6 +63,8 @@ def test_a_png_upload_downloads_an_sr_of_a_new_study(cpu_predictor, tmp_path):
     with pytest.warns(UserWarning):
         _, _, study = ui.analyse(cpu_predictor, str(NIH_IMAGES / "00000075_000.png"), tmp_path)
     sr_path, _ = ui.report_downloads(study, cpu_predictor.model_info, tmp_path)
+    errors, _ = dciodvfy_report(Path(sr_path))
+    assert errors == [], f"dciodvfy must report no error for the downloaded SR: {errors}"
     sr = pydicom.dcmread(sr_path)
     assert "CurrentRequestedProcedureEvidenceSequence" not in sr, "a PNG has no DICOM image to reference"
     assert Path(sr_path).name == "00000075_000.sr.dcm", f"named after the upload, got {Path(sr_path).name}"
