@@ -9,8 +9,9 @@ Sources, as recorded in each :class:`Concept`'s ``source``:
   standard's Part 16 (Content Mapping Resource); a test checks each against the code
   dictionary pydicom generates from that part.
 * ``SNOMED CT``: a SNOMED CT International Edition concept (``http://snomed.info/sct``)
-  that Part 16 does not list; checked by hand in the SNOMED CT browser
-  (browser.ihtsdotools.org).
+  that Part 16 does not list, as public chest X-ray code mappings use it; no SNOMED CT
+  release is available offline to check it against, so it is not machine-checked: have
+  a terminologist confirm these before a deployment relies on them.
 * ``local``: no standard concept fits; coded in this product's own scheme
   :data:`LOCAL_SCHEME` (a ``99``-prefixed designator, which DICOM reserves for private
   schemes) and named plainly.
