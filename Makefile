@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: run test lint venv venv-dev browser bench clean
+.PHONY: run test lint venv venv-dev browser dicom-tools bench clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,20 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# Debian's dicom3tools (dciodvfy validates the SRs) and Orthanc with its DICOMweb plugin (the
+# PACS of the round-trip test); only as root and only when missing.  RUNLEVEL=1 keeps the
+# package from starting Orthanc as a system service: the test starts its own on loopback.
+dicom-tools:
+	@if { [ ! -x /usr/bin/dciodvfy ] || [ ! -x /usr/sbin/Orthanc ] || \
+	      [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			dicom3tools orthanc orthanc-dicomweb >/dev/null; \
+	fi
+
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 
-test: $(VENV)/.dev browser lint
+test: $(VENV)/.dev browser dicom-tools lint
 	$(PY) -m pytest -q
 
 # CPU benchmarks (each prints its figures, the last line a JSON object); GPU: see README.

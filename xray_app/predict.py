@@ -8,6 +8,10 @@ Predicts each file (PNG, JPEG, TIFF, DICOM) and prints, per input in input order
 * otherwise: the research-demo disclaimer once, then a readable table per file,
   findings by probability, warnings first.
 
+``--dicom-sr OUT`` writes a DICOM Comprehensive 3D SR and ``--fhir OUT`` a FHIR
+DiagnosticReport per input (:mod:`xray_app.exports`; docs/integration.md): OUT is the file
+for a single input, a folder (``<file stem>.sr.dcm`` / ``.fhir.json``) for several.
+
 ``--heatmaps DIR`` writes one overlay PNG per class per input,
 ``DIR/<file stem>_<NN>_<label>.png`` (NN = logit index), drawn over the original at its
 own resolution (pixel for pixel) with the display strength of
@@ -31,7 +35,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from xray_app import explain
+from xray_app import explain, exports
 from xray_app.labels import LABELS
 from xray_app.model import CheckpointError
 from xray_app.predictor import Prediction, Predictor
@@ -65,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", type=_method, default=explain.FAST_METHOD, metavar="NAME",
                         help="heatmap method for --heatmaps: " + ", ".join(explain.METHODS)
                         + " (case and punctuation ignored; default: the fast Grad-CAM)")
+    parser.add_argument("--dicom-sr", metavar="OUT", type=Path,
+                        help="write a DICOM Structured Report (TID 1500): the file for one input, "
+                        "a folder for several")
+    parser.add_argument("--fhir", metavar="OUT", type=Path,
+                        help="write a FHIR DiagnosticReport (JSON): the file for one input, "
+                        "a folder for several")
     parser.add_argument("--device", metavar="DEVICE",
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N",
@@ -105,8 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed = True
                 _print_error(path, result, as_json=args.json)
                 continue
+            stem = _unique_stem(Path(path).stem, stems)
+            try:
+                write_exports(predictor, path, result, args, stem)
+            except (ImageInputError, OSError) as error:
+                failed = True
+                if isinstance(error, OSError):
+                    error = ImageInputError(result.name, f"cannot write its report: {error.strerror or error}")
+                _print_error(path, error, as_json=args.json)
+                continue
             if args.heatmaps is not None:
-                stem = _unique_stem(Path(path).stem, stems)
                 try:
                     write_heatmaps(predictor, result, args.heatmaps, stem, args.method)
                 except OSError as error:
@@ -130,6 +148,18 @@ def _print_error(path: str, error: Exception, *, as_json: bool) -> None:
     else:
         print(f"error: {record['error']}", file=sys.stderr)
     sys.stdout.flush()
+
+
+def write_exports(predictor: Predictor, path: str, prediction: Prediction,
+                  args: argparse.Namespace, stem: str) -> None:
+    """The ``--dicom-sr`` and ``--fhir`` files of one input, when asked for."""
+    several = len(args.files) > 1
+    if args.dicom_sr is not None:
+        target = exports.output_path(args.dicom_sr, stem, exports.SR_SUFFIX, several=several)
+        exports.write_dicom_sr(path, prediction, predictor.model_info, target)
+    if args.fhir is not None:
+        target = exports.output_path(args.fhir, stem, exports.FHIR_SUFFIX, several=several)
+        exports.write_fhir(path, prediction, predictor.model_info, target)
 
 
 def _unique_stem(stem: str, used: set[str]) -> str:

@@ -1,8 +1,9 @@
 """What ``app.py`` needs besides the UI: its command line, the predictor and the address.
 
-``python app.py [--weights PATH]``: the weights come from ``--weights``, else
+``python app.py [--weights PATH] [--mcp]``: the weights come from ``--weights``, else
 ``XRAY_WEIGHTS``, else the bundled ``weights/`` folder, else the pinned Hub copy
-(:func:`xray_app.weights.resolve_weights`).  The server listens on
+(:func:`xray_app.weights.resolve_weights`).  ``--mcp`` also serves the MCP tool of
+:mod:`xray_app.mcp_tool` (Gradio's MCP server, ``/gradio_api/mcp/``).  The server listens on
 ``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT``, by default 0.0.0.0:7860 (all interfaces:
 a Hugging Face Space or a container must be reachable from outside).
 
@@ -34,16 +35,23 @@ DEFAULT_SERVER_PORT = 7860
 CACHE_FOLDER_NAME = "xray-app"
 
 
+def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``python app.py [--weights PATH] [--mcp]``: ``weights`` (str or None) and ``mcp`` (bool)."""
+    parser = argparse.ArgumentParser(prog="python app.py", description="Serve the chest X-ray demo.")
+    parser.add_argument("--weights", default=os.environ.get("XRAY_WEIGHTS"),
+                        help="checkpoint directory (default: XRAY_WEIGHTS, then weights/, then the Hub)")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve the MCP tool classify_chest_radiograph at /gradio_api/mcp/")
+    return parser.parse_args(argv)
+
+
 def predictor_from_command_line(argv: Sequence[str] | None = None) -> Predictor:
     """The predictor for ``--weights`` (or ``XRAY_WEIGHTS``...), loaded once.
 
     A missing or unreadable checkpoint ends the process with status 1 and a one-line
     message saying how to provide weights; never a traceback, never random weights.
     """
-    parser = argparse.ArgumentParser(prog="python app.py", description="Serve the chest X-ray demo.")
-    parser.add_argument("--weights", default=os.environ.get("XRAY_WEIGHTS"),
-                        help="checkpoint directory (default: XRAY_WEIGHTS, then weights/, then the Hub)")
-    args = parser.parse_args(argv)
+    args = parse_command_line(argv)
     try:
         return Predictor.from_weights(args.weights)
     except (WeightsNotFoundError, CheckpointError) as error:

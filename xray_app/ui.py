@@ -14,7 +14,8 @@ network again.
 
 Privacy and load: analytics are off, uploads and generated files sit in Gradio's cache
 only until ``delete_cache`` removes them (:data:`DELETE_CACHE`), only the safe DICOM
-fields are shown, nothing about a study is logged, and the queue is bounded with one
+fields are shown (a DICOM upload's UIDs are also read, for its SR download, never shown;
+the SR and FHIR downloads name no patient), nothing about a study is logged, and the queue is bounded with one
 forward pass at a time (the model already uses every core of the CPU).
 """
 
@@ -36,7 +37,7 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from xray_app import explain, report
+from xray_app import dicom_sr, explain, exports, fhir, report
 from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, sha256_of
 from xray_app.predictor import measured_accuracy, training_data_summary
@@ -86,16 +87,27 @@ class Study:
 
     ``order``: class indices, highest probability first (the gallery's order).
     ``maps``: heatmaps of other methods already computed, keyed ``(class_index, method)``.
+    ``source``: a DICOM upload's UIDs for its SR (never a patient attribute), else None;
+    ``source_problem``: why a DICOM upload's SR cannot reference it (missing UIDs), else None.
     """
 
     prediction: Prediction
     order: tuple[int, ...]
     maps: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    source: dicom_sr.SourceReference | None = None
+    source_problem: str | None = None
 
     @classmethod
-    def of(cls, prediction: Prediction) -> Study:
+    def of(cls, prediction: Prediction, path: str | Path | None = None) -> Study:
+        """The study of ``prediction``; ``path``: its upload, read for a DICOM's UIDs only."""
         order = tuple(int(i) for i in np.argsort(-np.asarray(prediction.probabilities), kind="stable"))
-        return cls(prediction=prediction, order=order)
+        source, problem = None, None
+        if path is not None:
+            try:
+                source = exports.source_reference(path, prediction)
+            except dicom_sr.SourceHeaderError as error:
+                problem = str(error)
+        return cls(prediction=prediction, order=order, source=source, source_problem=problem)
 
 
 # --------------------------------------------------------------------------- text
@@ -376,7 +388,7 @@ def analyse(predictor: Predictor, path: str | None, cache_dir: str | Path) -> tu
         raise gr.Error(str(error), title="Cannot analyse this file", print_exception=False) from None
     for warning in prediction.warnings:
         gr.Warning(warning, duration=20)
-    study = Study.of(prediction)
+    study = Study.of(prediction, path)
     result = report.prediction_to_json(prediction, predictor.model_info)
     return result, gallery_files(prediction, study.order, cache_dir), study
 
@@ -410,6 +422,31 @@ def downloads(study: Study | None, model_info: dict[str, Any], cache_dir: str | 
     json_path.write_text(json.dumps(report.prediction_to_json(prediction, model_info), indent=2) + "\n")
     sheet_path = save_report_sheet(prediction, model_info, directory / f"{stem}.report.png")
     return str(json_path), str(sheet_path)
+
+
+def report_downloads(study: Study | None, model_info: dict[str, Any], cache_dir: str | Path) -> tuple[Any, Any]:
+    """Write the DICOM SR and the FHIR DiagnosticReport into Gradio's cache; their paths.
+
+    Demo mode (:mod:`xray_app.exports`): a DICOM upload's SR carries its UIDs and no patient
+    attribute.  A DICOM without valid UIDs gets no SR (a warning says why).
+    """
+    if study is None:
+        return None, None
+    prediction = study.prediction
+    record = report.prediction_to_json(prediction, model_info)
+    directory = _fresh_dir(cache_dir)
+    stem = _safe_stem(prediction.name)
+    sr_path = None
+    if study.source_problem:
+        gr.Warning(f"No DICOM SR: {study.source_problem}", duration=20)
+    else:
+        sr = dicom_sr.build_sr(record, model_info, source=study.source)
+        sr_path = str(dicom_sr.write_sr(sr, directory / f"{stem}{exports.SR_SUFFIX}"))
+    resource = fhir.build_diagnostic_report(record, model_info, source=study.source)
+    fhir.validate(resource)
+    fhir_path = directory / f"{stem}{exports.FHIR_SUFFIX}"
+    fhir_path.write_text(json.dumps(resource, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return sr_path, str(fhir_path)
 
 
 def rerender(
@@ -545,6 +582,9 @@ def build_demo(
                     with gr.Row():
                         json_download = gr.DownloadButton("JSON result", value=None, size="sm")
                         sheet_download = gr.DownloadButton("PNG report sheet", value=None, size="sm")
+                    with gr.Row():
+                        sr_download = gr.DownloadButton("DICOM SR", value=None, size="sm")
+                        fhir_download = gr.DownloadButton("FHIR report", value=None, size="sm")
                     if examples:
                         gr.Examples(
                             examples=[[p] for p in examples],
@@ -631,6 +671,9 @@ def build_demo(
         def run_downloads(study: Study | None):
             return downloads(study, model_info, cache_dir)
 
+        def run_report_downloads(study: Study | None):
+            return report_downloads(study, model_info, cache_dir)
+
         def run_rerender(study: Study | None, label: str | None, method: str, alpha: float):
             return rerender(predictor, study, label, method, alpha, cache_dir)
 
@@ -644,7 +687,7 @@ def build_demo(
         cheap = {"concurrency_limit": RENDER_CONCURRENCY, "concurrency_id": "render"}
         study_outputs = [result_json, gallery, study_state]
         summary_outputs = [table, notes, view_caption, class_select, method_select, opacity, slider_view]
-        download_outputs = [json_download, sheet_download]
+        download_outputs = [json_download, sheet_download, sr_download, fhir_download]
         predicted = upload.change(
             run_predict,
             inputs=[upload],
@@ -655,7 +698,7 @@ def build_demo(
         )
         # a bad file must not leave the previous study's findings on screen beside it
         predicted.failure(
-            lambda: (None, [], None, *summarise(predictor, None, cache_dir), None, None),
+            lambda: (None, [], None, *summarise(predictor, None, cache_dir), None, None, None, None),
             outputs=[*study_outputs, *summary_outputs, *download_outputs],
             **private,
             **cheap,
@@ -669,7 +712,14 @@ def build_demo(
         ).success(
             run_downloads,
             inputs=[study_state],
-            outputs=download_outputs,
+            outputs=download_outputs[:2],
+            show_progress="hidden",
+            **private,
+            **cheap,
+        ).success(
+            run_report_downloads,
+            inputs=[study_state],
+            outputs=download_outputs[2:],
             show_progress="hidden",
             **private,
             **cheap,
