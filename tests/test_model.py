@@ -306,7 +306,7 @@ def test_bad_config_json_is_a_checkpoint_error(tmp_path, text, problem):
 def test_the_tiny_network_is_chosen_by_name_and_round_trips_through_the_checkpoint_format(tmp_path):
     """Pipeline tests train the same layout at a fraction of the cost: the architecture is
     named in config.json and rebuilt from it on load."""
-    from xray_app.model import TINY_ARCHITECTURE
+    from xray_app.architectures import TINY_ARCHITECTURE
 
     directory = write_random_init(tmp_path / "tiny", input_size=64, architecture=TINY_ARCHITECTURE)
     loaded = load_checkpoint(directory)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from training.augment import AugmentConfig
-from xray_app.model import ARCHITECTURES
+from xray_app.architectures import ARCHITECTURES
 
 DEFAULT_METADATA = "../shared/data/nih/Data_Entry_2017_v2020.csv.gz"
 

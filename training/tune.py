@@ -78,7 +78,6 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from training.config import ConfigError, TrainConfig, from_dict, load_yaml, parse_config
 from training.journal_heartbeat import HeartbeatJournalStorage
 from training.metrics import VAL_HEADLINE
-from training.runs import RunFolder
 
 OBJECTIVE = VAL_HEADLINE
 THRESHOLD = "threshold"
@@ -239,11 +238,15 @@ def objective(
 
 def best_value(run: Path) -> float:
     """Best validation headline in ``fit``'s ``metrics.csv`` (all epochs, resumed or not)."""
+    from training.runs import RunFolder  # imports torch: workers start without it
+
     return RunFolder(run).best_value(OBJECTIVE)
 
 
 def _tidy(run: Path, *, keep_best: bool) -> None:
     """A finished trial needs no resume state; a pruned one no exported model either."""
+    from training.runs import RunFolder
+
     RunFolder(run).tidy(keep_best=keep_best)
 
 

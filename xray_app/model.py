@@ -36,6 +36,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from xray_app.architectures import ARCHITECTURE, ARCHITECTURES
 from xray_app.labels import LABELS, NUM_LABELS
 from xray_app.preprocess import (
     DEFAULT_INPUT_SIZE,
@@ -44,9 +45,6 @@ from xray_app.preprocess import (
     PreprocessConfig,
 )
 
-ARCHITECTURE = "resnet50"  # the product's network
-TINY_ARCHITECTURE = "tiny-resnet"  # a few thousand parameters, same interface: pipeline tests
-ARCHITECTURES = (ARCHITECTURE, TINY_ARCHITECTURE)
 FEATURE_DIM = 2048
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
