@@ -251,3 +251,17 @@ def test_bundled_gate_on_held_out_images_matches_its_recorded_figures(bundled, s
         recorded = entry["held_out"][kind]
         assert (len(results), flagged) == (recorded["n"], recorded["gate_flagged"]), (
             f"{kind}: app flagged {flagged} of {len(results)}, config.json says {recorded}")
+
+
+# --------------------------------------------------------------------------- the card
+def test_card_reports_the_held_out_figures_per_kind() -> None:
+    from training.model_card import _gate_section
+
+    entry = {**ENTRY, "features": "f", "score": "1 - p(frontal)", "levels": "rule", "split": "by group",
+             "date": "2026-12-04T00:00:00Z", "fit_images": {"nih_frontal": 5}, "fit_with_variants": {"other": 2},
+             "held_out": {"lateral": {"n": 9, "auroc_vs_nih_frontal": 0.99, "view_flagged": 8,
+                                      "view_refused": 5, "gate_flagged": 9, "gate_refused": 5}}}
+    text = "\n".join(_gate_section({"gate": entry}))
+    assert "| lateral chest films | 9 | 0.990 | 8 (88.9%) | 9 (100.0%) | 5 |" in text, text
+    assert "above 0.900 no findings are shown" in text, text
+    assert "no view head" in "\n".join(_gate_section({})), "a checkpoint without a gate says so"

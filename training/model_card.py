@@ -334,6 +334,16 @@ GATE_KIND_NAMES = {
 }
 
 
+GATE_FIT_NAMES = {
+    "nih_frontal": "NIH frontal films",
+    "other_frontal": "frontal films from other hospitals",
+    "lateral": "lateral chest films",
+    "ct": "CT slices",
+}
+GATE_CLASS_NAMES = {"lateral": "a lateral chest film", "ct": "a CT slice",
+                    "other": "other images (photographs, documents, MR slices)"}
+
+
 def _gate_section(config: dict[str, Any]) -> list[str]:
     """The input gate's view head: method, levels and held-out separation per kind."""
     lines = ["## Input gate: frontal film, lateral film or another modality", ""]
@@ -341,10 +351,10 @@ def _gate_section(config: dict[str, Any]) -> list[str]:
     if not gate:
         return [*lines, "This checkpoint has no view head: only the out-of-distribution "
                 "distance above screens its inputs (`python -m training.gate` adds one)."]
+    others = [GATE_CLASS_NAMES.get(c, c) for c in gate.get("classes", [])[1:]]
     lines += [
-        f"A {gate.get('method')} head on {gate.get('features')} tells a frontal chest film "
-        f"from {', '.join(c for c in gate.get('classes', [])[1:])} images; its score is "
-        f"{gate.get('score')}. Above {_cell(gate.get('warn'))} the findings come with a "
+        f"The view head ({gate.get('method')}: {gate.get('features')}) tells a frontal chest "
+        f"film from {', '.join(others)}; its score is {gate.get('score')}. Above {_cell(gate.get('warn'))} the findings come with a "
         f"warning that names what the image looks like; above {_cell(gate.get('refuse'))} "
         f"no findings are shown. Levels: {gate.get('levels')}. The app combines it with the "
         "distance above (an image only the distance flags is reported as \"unknown\").",
@@ -365,10 +375,12 @@ def _gate_section(config: dict[str, Any]) -> list[str]:
             f"| {fig.get('gate_refused')} |"
         )
     fit = gate.get("fit_images") or {}
-    lines += ["", "Fitted on " + ", ".join(f"{n} {GATE_KIND_NAMES.get(k, k)}" for k, n in fit.items())
-              + " (each of the non-NIH ones also in augmented variants) and generated "
-              "non-radiographs (document pages, photographs, an MR slice, synthetic scenes). "
-              "Rerun `python -m training.gate` whenever the weights change."]
+    variants = gate.get("fit_with_variants") or {}
+    lines += ["", "Fitted on " + ", ".join(f"{n} {GATE_FIT_NAMES.get(k, k)}" for k, n in fit.items())
+              + f" ({sum(variants.values())} images with augmented variants and "
+              f"{variants.get('other', 0)} generated non-radiographs: document pages, "
+              "photographs, an MR slice, synthetic scenes). Design, split and levels: "
+              "`docs/input-gate.md`; rerun `python -m training.gate` whenever the weights change."]
     return lines
 
 
