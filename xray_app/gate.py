@@ -196,13 +196,13 @@ def view_message(kind: str, level: str, score: float, warn: float, refuse: float
     phrase = _KIND_PHRASES.get(kind, _KIND_PHRASES["other"])
     if level == "refuse":
         return (
-            f"This looks like {phrase} (input gate: view score {score:.2f} above the refusal "
-            f"level {refuse:.2f}); no prediction is shown. Please upload a frontal chest X-ray."
+            f"This looks like {phrase} (input gate: view score {score:.3f} above the refusal "
+            f"level {refuse:.3f}); no prediction is shown. Please upload a frontal chest X-ray."
         )
     if level == "warn":
         return (
-            f"This looks like {phrase} (input gate: view score {score:.2f} above the warning "
-            f"level {warn:.2f}); the results below are probably meaningless."
+            f"This looks like {phrase} (input gate: view score {score:.3f} above the warning "
+            f"level {warn:.3f}); its findings are probably meaningless."
         )
     return ""
 
