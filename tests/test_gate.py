@@ -265,3 +265,20 @@ def test_card_reports_the_held_out_figures_per_kind() -> None:
     assert "| lateral chest films | 9 | 0.990 | 8 (88.9%) | 9 (100.0%) | 5 |" in text, text
     assert "above 0.900 no findings are shown" in text, text
     assert "no view head" in "\n".join(_gate_section({})), "a checkpoint without a gate says so"
+
+
+def test_command_line_and_ui_say_what_the_gate_saw(bundled, shared_data, tmp_path, capsys) -> None:
+    from xray_app import ui
+    from xray_app.predict import main
+
+    lateral = OOD / "lateral" / "000002-7.png"  # a held-out source (Eurorad case 10960)
+    code = main([str(NIH_IMAGES / "00000075_000.png"), str(lateral), "--weights", str(WEIGHTS),
+                 "--json", "--device", "cpu"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 2, records
+    assert records[1]["gate"]["verdict"] == "lateral" and records[1]["gate"]["check"] == "view", records[1]
+    message = records[1].get("error") or " ".join(records[1]["warnings"])
+    assert "lateral chest film" in message and "frontal (PA/AP)" in message, message
+    assert code == (1 if "error" in records[1] else 0), f"exit status {code} for {records[1]}"
+    rows, _ = ui.analyse_batch(bundled, [str(lateral)], tmp_path)
+    assert rows[0][5].startswith("lateral ("), f"the batch table names the verdict: {rows[0]}"

@@ -147,6 +147,8 @@ def study_notes(prediction: Prediction) -> str:
     lines = []
     for warning in prediction.warnings:
         lines.append(f"**⚠ Warning:** {_md_escape(warning)}")
+    if prediction.gate is not None:
+        lines.append(f"Input gate: {_md_escape(gate_summary(prediction.gate))}.")
     image = prediction.image
     lines.append(f"Image: {image.width} × {image.height} px, {_md_escape(image.format)}.")
     if image.dicom:
