@@ -77,6 +77,7 @@ from xray_app.model import (
     CheckpointError,
     ChestXrayResNet,
     LoadedCheckpoint,
+    git_commit,
     load_checkpoint,
     save_checkpoint,
     utc_now,
@@ -547,9 +548,10 @@ def fit_gate(cfg: GateFitConfig) -> dict[str, Any]:
         "held_out_groups": sorted({i.group for i in held_items if not i.group.startswith("patient:")}),
         "fit_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
                        if k not in ("checkpoint", "images")},
+        "commit": git_commit(),
         "date": utc_now(),
     }
-    entry["fit_config"]["images"] = [p.name for p in cfg.images]
+    entry["fit_config"]["images"] = [str(p) for p in cfg.images]  # as given, like --metadata
     write_gate(checkpoint, tensors, entry)
     return entry
 
