@@ -3,7 +3,9 @@
 One :meth:`Predictor.predict` call decodes a file (:mod:`xray_app.preprocess`), runs the
 network once and returns a :class:`Prediction` with the 15 probabilities, the per-class
 thresholds and positive flags, and a Grad-CAM heatmap for **every** class, computed
-from the same forward pass (:func:`xray_app.explain.class_activation_maps`).  Other
+from the same forward pass (:func:`xray_app.explain.class_activation_maps`), and the
+input gate's verdict (:mod:`xray_app.gate`: is this a frontal chest film?), also from
+that pass; an image the gate refuses raises instead of returning findings.  Other
 heatmap methods for one chosen class come from :meth:`Predictor.explain`.
 
 Thread safety (Gradio calls the one shared Predictor from several worker threads):
@@ -112,7 +114,12 @@ class Prediction:
     :func:`xray_app.explain.display_strength`.
     ``image``: the decoded full-resolution greyscale image.
     ``warnings``: human-readable caveats, e.g. untrained weights, probably not a chest
-    radiograph (colour, aspect ratio, DICOM modality/body part/lateral view).
+    radiograph (colour, aspect ratio, DICOM modality/body part/lateral view), the input
+    gate's warning.
+    ``gate``: the input gate's verdict (:class:`~xray_app.gate.GateResult`: frontal,
+    lateral, other modality or unknown, the check that fired, its score and level);
+    ``None`` for weights without a gate.  A refused image never becomes a Prediction:
+    :class:`~xray_app.gate.GateRefusedError` is raised instead.
     """
 
     name: str
