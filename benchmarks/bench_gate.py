@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from training.gate import KINDS, nih_items, ood_items, split_groups
+from training.gate import KINDS, held_out_items, nih_items, ood_items
 from xray_app.compute import run_on_compute_thread
 from xray_app.model import load_checkpoint
 from xray_app.predictor import Predictor
@@ -60,7 +60,8 @@ def held_out_rates(predictor: Predictor, gate_entry: dict, args: argparse.Namesp
     """Per kind: n, flagged and refused by the app's own predict_batch."""
     fit = gate_entry["fit_config"]
     items = nih_items(args.images, args.metadata) + ood_items(args.ood_dir)
-    _, held = split_groups(items, float(fit["held_out_fraction"]), int(fit["seed"]))
+    held = held_out_items(items, float(fit["held_out_fraction"]), int(fit["seed"]),
+                          fit.get("max_nih_held_out"))
     if args.max_nih is not None:
         nih = [i for i in held if i.kind == "nih_frontal"][: args.max_nih]
         held = nih + [i for i in held if i.kind != "nih_frontal"]

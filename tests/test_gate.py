@@ -147,6 +147,17 @@ def test_source_groups_and_split_keep_groups_whole() -> None:
         assert any(i.kind == kind for i in held) and any(i.kind == kind for i in fit_items), kind
 
 
+def test_held_out_limit_draws_only_nih_films_and_is_seeded() -> None:
+    items = [fit.Item(Path(f"n{i}.png"), "nih_frontal", f"patient:{i}") for i in range(50)]
+    items += [fit.Item(Path(f"l{i}.png"), "lateral", f"source:{i}") for i in range(10)]
+    full = fit.held_out_items(items, 0.4, seed=3)
+    limited = fit.held_out_items(items, 0.4, seed=3, max_nih=5)
+    assert sum(i.kind == "nih_frontal" for i in limited) == 5, limited
+    assert [i for i in limited if i.kind == "lateral"] == [i for i in full if i.kind == "lateral"]
+    assert set(limited) <= set(full), "the limit only drops held-out films"
+    assert limited == fit.held_out_items(items, 0.4, seed=3, max_nih=5), "seeded"
+
+
 def test_levels_follow_the_written_rule() -> None:
     nih = np.linspace(0, 1, 101)  # 98th percentile 0.98
     other = np.linspace(0, 0.5, 11)  # 90th percentile 0.45

@@ -4,7 +4,8 @@ One command, rerun whenever the bundled model changes (its features change with 
 
     python -m training.gate --checkpoint DIR --images NIH_DIR [NIH_DIR ...] \\
         --metadata Data_Entry_2017_v2020.csv.gz --ood-dir ../shared/data/ood [--seed 0] \\
-        [--held-out-fraction 0.4] [--max-nih-fit N] [--report FILE.json]
+        [--held-out-fraction 0.4] [--max-nih-fit N] [--max-nih-held-out N] [--device cpu] \\
+        [--report FILE.json]
 
 Steps (:func:`fit_gate`):
 
@@ -48,8 +49,9 @@ import json
 import sys
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -111,12 +113,14 @@ class GateFitConfig:
     ood_dir: Path
     held_out_fraction: float = 0.4
     max_nih_fit: int | None = None  # subsample the fit NIH films (time), None = all
+    max_nih_held_out: int | None = None  # subsample the held-out NIH films, None = all
     augment_copies: int = 6  # augmented variants per fit image from --ood-dir
     nih_augment_share: float = 0.25  # share of fit NIH films that also get one variant
     n_other: int = 160  # generated "other" images
     folds: int = 5
     c: float = 0.05  # inverse L2 strength of the logistic regression
     batch_size: int = 16
+    device: str = "cpu"
     seed: int = 0
 
 
@@ -327,7 +331,7 @@ def other_images(n: int, rng: np.random.Generator) -> list[np.ndarray]:
 @torch.inference_mode()
 def extract_gate_inputs(
     model: ChestXrayResNet,
-    pixels: Sequence[np.ndarray],
+    pixels: Iterable[np.ndarray],
     config: PreprocessConfig,
     *,
     batch_size: int = 16,
@@ -335,14 +339,16 @@ def extract_gate_inputs(
     """``(N, 2048 + N_STATISTICS)`` view-head inputs and ``(N, 2048)`` pooled features.
 
     Decoded ``(H, W)`` float images go through :func:`xray_app.preprocess.to_model_input`
-    and the model as the app runs them (the image as given, float32 features).
+    and the model as the app runs them (the image as given, float32 features).  ``pixels``
+    may be a generator: images are consumed ``batch_size`` at a time, never all held.
     """
     model.eval()
     device = next(model.parameters()).device
     features, pooled_all = [], []
-    for start in range(0, len(pixels), batch_size):
+    iterator = iter(pixels)
+    while chunk := list(islice(iterator, batch_size)):
         batch = torch.stack([to_model_input(p, config.input_size, config.mean, config.std)
-                             for p in pixels[start : start + batch_size]])
+                             for p in chunk])
         pooled = model.pool(model.forward_features(batch.to(device))).float().cpu()
         statistics = image_statistics(unit_images(batch, config.mean[0], config.std[0]))
         features.append(gate_features(pooled, statistics).numpy())
@@ -369,36 +375,43 @@ class FeatureSet:
         return np.array([CLASSES.index(CLASS_OF_KIND[k]) for k in self.kinds])
 
 
-def decode_all(items: Sequence[Item]) -> list[np.ndarray]:
-    """Decoded pixels of each item, through the app's decoder (errors name the file)."""
-    return [decode_image(item.path).pixels for item in items]
+def decoded(items: Iterable[Item]) -> Iterator[np.ndarray]:
+    """Decoded pixels of each item, one at a time, through the app's decoder (errors name
+    the file)."""
+    for item in items:
+        yield decode_image(item.path).pixels
 
 
 def build_fit_set(
     checkpoint: LoadedCheckpoint, items: Sequence[Item], cfg: GateFitConfig, rng: np.random.Generator
 ) -> FeatureSet:
     """The fit images as given, their augmented variants and the generated "other" images."""
-    pixels, kinds, groups, augmented = [], [], [], []
-    for item, image in zip(items, decode_all(items), strict=True):
-        copies = cfg.augment_copies if item.kind != "nih_frontal" else int(
-            rng.random() < cfg.nih_augment_share)
-        for copy in range(copies + 1):
-            pixels.append(image if copy == 0 else augment(image, rng))
-            kinds.append(item.kind)
-            groups.append(item.group)
-            augmented.append(copy > 0)
-    for index, image in enumerate(other_images(cfg.n_other, rng)):
-        pixels.append(image)
-        kinds.append("other")
-        groups.append(f"other:{index % 20}")
-        augmented.append(True)
-    features, pooled = extract_gate_inputs(checkpoint.model, pixels, checkpoint.config.preprocess,
-                                           batch_size=cfg.batch_size)
+    kinds: list[str] = []
+    groups: list[str] = []
+    augmented: list[bool] = []
+
+    def images() -> Iterator[np.ndarray]:  # streamed: a large fit set is never all in memory
+        for item, image in zip(items, decoded(items), strict=True):
+            copies = cfg.augment_copies if item.kind != "nih_frontal" else int(
+                rng.random() < cfg.nih_augment_share)
+            for copy in range(copies + 1):
+                kinds.append(item.kind)
+                groups.append(item.group)
+                augmented.append(copy > 0)
+                yield image if copy == 0 else augment(image, rng)
+        for index, image in enumerate(other_images(cfg.n_other, rng)):
+            kinds.append("other")
+            groups.append(f"other:{index % 20}")
+            augmented.append(True)
+            yield image
+
+    features, pooled = extract_gate_inputs(checkpoint.model, images(),
+                                           checkpoint.config.preprocess, batch_size=cfg.batch_size)
     return FeatureSet(features, pooled, kinds, groups, np.array(augmented))
 
 
 def build_held_out_set(checkpoint: LoadedCheckpoint, items: Sequence[Item], cfg: GateFitConfig) -> FeatureSet:
-    features, pooled = extract_gate_inputs(checkpoint.model, decode_all(items),
+    features, pooled = extract_gate_inputs(checkpoint.model, decoded(items),
                                            checkpoint.config.preprocess, batch_size=cfg.batch_size)
     return FeatureSet(features, pooled, [i.kind for i in items], [i.group for i in items],
                       np.zeros(len(items), bool))
@@ -510,10 +523,11 @@ def fit_gate(cfg: GateFitConfig) -> dict[str, Any]:
     Returns the ``gate`` entry written to ``config.json``.
     """
     rng = np.random.default_rng(cfg.seed)
-    checkpoint = load_checkpoint(cfg.checkpoint)
+    checkpoint = load_checkpoint(cfg.checkpoint, device=cfg.device)
     items = nih_items(cfg.images, cfg.metadata) + ood_items(cfg.ood_dir)
-    fit_items, held_items = split_groups(items, cfg.held_out_fraction, cfg.seed)
+    fit_items, _ = split_groups(items, cfg.held_out_fraction, cfg.seed)
     fit_items = _limit_nih(fit_items, cfg.max_nih_fit, rng)
+    held_items = held_out_items(items, cfg.held_out_fraction, cfg.seed, cfg.max_nih_held_out)
     _progress(f"fit images {dict(Counter(i.kind for i in fit_items))}, held out "
               f"{dict(Counter(i.kind for i in held_items))}")
     fit_set = build_fit_set(checkpoint, fit_items, cfg, rng)
@@ -560,6 +574,15 @@ def _subset(data: FeatureSet, mask: np.ndarray) -> FeatureSet:
     index = np.flatnonzero(mask)
     return FeatureSet(data.features[index], data.pooled[index], [data.kinds[i] for i in index],
                       [data.groups[i] for i in index], data.augmented[index])
+
+
+def held_out_items(
+    items: Sequence[Item], fraction: float, seed: int, max_nih: int | None = None
+) -> list[Item]:
+    """The held-out images of :func:`split_groups`, at most ``max_nih`` NIH films of them
+    (drawn with a generator of their own, so the fit's draws do not change)."""
+    _, held = split_groups(items, fraction, seed)
+    return _limit_nih(held, max_nih, np.random.default_rng([seed, 1]))
 
 
 def _limit_nih(items: list[Item], limit: int | None, rng: np.random.Generator) -> list[Item]:
@@ -617,7 +640,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with lateral/, ct/, frontal/ and sources.csv")
     defaults = GateFitConfig(Path(), (), Path(), Path())
     parser.add_argument("--held-out-fraction", type=float, default=defaults.held_out_fraction)
-    parser.add_argument("--max-nih-fit", type=int, default=None)
+    parser.add_argument("--max-nih-fit", type=int, default=None,
+                        help="use at most N of the fit NIH films (the full NIH set is large)")
+    parser.add_argument("--max-nih-held-out", type=int, default=None,
+                        help="score at most N of the held-out NIH films")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--augment-copies", type=int, default=defaults.augment_copies)
     parser.add_argument("--n-other", type=int, default=defaults.n_other)
     parser.add_argument("--folds", type=int, default=defaults.folds)
@@ -633,8 +660,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = GateFitConfig(
         checkpoint=args.checkpoint, images=tuple(args.images), metadata=args.metadata,
         ood_dir=args.ood_dir, held_out_fraction=args.held_out_fraction,
-        max_nih_fit=args.max_nih_fit, augment_copies=args.augment_copies, n_other=args.n_other,
-        folds=args.folds, c=args.c, batch_size=args.batch_size, seed=args.seed,
+        max_nih_fit=args.max_nih_fit, max_nih_held_out=args.max_nih_held_out,
+        augment_copies=args.augment_copies, n_other=args.n_other, folds=args.folds, c=args.c,
+        batch_size=args.batch_size, device=args.device, seed=args.seed,
     )
     from training.data import MetadataError
 
