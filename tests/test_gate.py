@@ -293,3 +293,17 @@ def test_command_line_and_ui_say_what_the_gate_saw(bundled, shared_data, tmp_pat
     assert code == (1 if "error" in records[1] else 0), f"exit status {code} for {records[1]}"
     rows, _ = ui.analyse_batch(bundled, [str(lateral)], tmp_path)
     assert rows[0][5].startswith("lateral ("), f"the batch table names the verdict: {rows[0]}"
+
+
+def test_bundled_gate_calls_a_rendered_document_another_modality(bundled) -> None:
+    import io
+
+    from PIL import Image
+
+    page = fit.document_page(np.random.default_rng(98765))  # a seed the fit never drew
+    buffer = io.BytesIO()
+    Image.fromarray((page * 255).astype(np.uint8)).save(buffer, format="PNG")
+    (outcome,) = bundled.predict_batch([buffer.getvalue()], names=["letter.png"])
+    gate = outcome.gate
+    assert (gate.verdict, gate.check) == ("other_modality", "view") and gate.level != "ok", gate
+    assert "photograph, document" in gate.message, gate.message
