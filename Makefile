@@ -50,6 +50,7 @@ bench: $(VENV)/.dev
 	$(PY) -m benchmarks.bench_threads
 	$(PY) -m benchmarks.bench_loader
 	$(PY) -m benchmarks.bench_app_load --weights weights
+	$(PY) -m benchmarks.bench_gate --weights weights
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -40,9 +40,10 @@ def test_json_lines_have_the_exact_shape(json_run, random_init_checkpoint):
     records = [json.loads(line) for line in lines]
     good = [records[0], *records[2:5]]
     for record, path in zip(good, GOOD, strict=True):
-        assert list(record) == ["file", "findings", "model", "warnings"], (
-            f"expected keys file/findings/model/warnings, got {list(record)}"
+        assert list(record) == ["file", "findings", "model", "warnings", "gate"], (
+            f"expected keys file/findings/model/warnings/gate, got {list(record)}"
         )
+        assert record["gate"] is None, f"weights without a gate give gate null, got {record['gate']}"
         assert record["file"] == path.name, f"expected file {path.name}, got {record['file']}"
         labels = [finding["label"] for finding in record["findings"]]
         assert labels == list(LABELS), f"expected 15 findings in logit order, got {labels}"

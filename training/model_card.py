@@ -327,6 +327,70 @@ def _ood_section(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+GATE_KIND_NAMES = {
+    "nih_frontal": "NIH frontal films (patients not used in the fit)",
+    "other_frontal": "frontal films from other hospitals",
+    "lateral": "lateral chest films",
+    "ct": "CT slices (axial, coronal)",
+}
+
+
+GATE_FIT_NAMES = {
+    "nih_frontal": "NIH frontal films",
+    "other_frontal": "frontal films from other hospitals",
+    "lateral": "lateral chest films",
+    "ct": "CT slices",
+}
+GATE_CLASS_NAMES = {"lateral": "a lateral chest film", "ct": "a CT slice",
+                    "other": "other images (photographs, documents, MR slices)"}
+
+
+def _gate_section(config: dict[str, Any]) -> list[str]:
+    """The input gate's view head: method, levels and held-out separation per kind."""
+    lines = ["## Input gate: frontal film, lateral film or another modality", ""]
+    gate = config.get("gate")
+    if not gate:
+        return [*lines, "This checkpoint has no view head: only the out-of-distribution "
+                "distance above screens its inputs (`python -m training.gate` adds one)."]
+    others = [GATE_CLASS_NAMES.get(c, c) for c in gate.get("classes", [])[1:]]
+    lines += [
+        f"The view head ({gate.get('method')}: {gate.get('features')}) tells a frontal chest "
+        f"film from {', '.join(others)}; its score is {gate.get('score')}. Above {_cell(gate.get('warn'))} the findings come with a "
+        f"warning that names what the image looks like; above {_cell(gate.get('refuse'))} "
+        f"no findings are shown. Levels: {gate.get('levels')}. The app combines it with the "
+        "distance above (an image only the distance flags is reported as \"unknown\").",
+        "",
+        f"Held-out images ({gate.get('split')}; measured {str(gate.get('date', ''))[:10]}): "
+        "flagged = warned or refused; AUROC of the view score against the held-out NIH "
+        "frontal films.",
+        "",
+        "| held-out images | n | AUROC | flagged by the view head | flagged by the whole gate | refused |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, fig in (gate.get("held_out") or {}).items():
+        n = fig.get("n", 0)
+        lines.append(
+            f"| {GATE_KIND_NAMES.get(kind, kind)} | {n} | {_cell(fig.get('auroc_vs_nih_frontal'))} "
+            f"| {fig.get('view_flagged')} ({_share(fig.get('view_flagged'), n)}) "
+            f"| {fig.get('gate_flagged')} ({_share(fig.get('gate_flagged'), n)}) "
+            f"| {fig.get('gate_refused')} |"
+        )
+    fit = gate.get("fit_images") or {}
+    variants = gate.get("fit_with_variants") or {}
+    lines += ["", "Fitted on " + ", ".join(f"{n} {GATE_FIT_NAMES.get(k, k)}" for k, n in fit.items())
+              + f" ({sum(variants.values())} images with augmented variants and "
+              f"{variants.get('other', 0)} generated non-radiographs: document pages, "
+              "photographs, an MR slice, synthetic scenes). Design, split and levels: "
+              "`docs/input-gate.md`; rerun `python -m training.gate` whenever the weights change."]
+    return lines
+
+
+def _share(count: Any, n: Any) -> str:
+    if not isinstance(count, int) or not n:
+        return "—"
+    return f"{count / n:.1%}"
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return fmt(value)
@@ -397,6 +461,7 @@ def build_card(
               *_calibration_section(config, reports), "",
               *_localization_section(localization, localization_path), "",
               *_ood_section(config), "",
+              *_gate_section(config), "",
               "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], "",
               *_reproduce_section(config, reports, card_command), ""]
     return FRONT_MATTER + "\n" + "\n".join(lines)

@@ -263,6 +263,7 @@ class ModelConfig:
     name: str = "chest-xray-resnet50"
     provenance: dict[str, Any] = field(default_factory=dict)
     ood: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # the input gate's view head (xray_app.gate)
     hub: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 

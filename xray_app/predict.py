@@ -4,7 +4,8 @@ Predicts each file (PNG, JPEG, TIFF, DICOM) and prints, per input in input order
 
 * with ``--json``: one JSON object per line, built by :mod:`xray_app.report` (the same
   builder as the app's API): ``{"file", "findings" (15, logit order), "model",
-  "warnings"}``, or ``{"file", "error"}`` for an input that cannot be used;
+  "warnings", "gate"}``, or ``{"file", "error"}`` (plus ``"gate"`` when the input gate
+  refused it) for an input that cannot be used;
 * otherwise: the research-demo disclaimer once, then a readable table per file,
   findings by probability, warnings first.
 
@@ -180,6 +181,10 @@ def format_table(prediction: Prediction, model_info: dict) -> str:
         f"{prediction.image.format})",
         f"  model: {model_info['name']} (sha256 {str(model_info['sha256'])[:12]}{trained})",
     ]
+    gate = prediction.gate
+    if gate is not None:
+        fired = "no check fired" if gate.check is None else f"{gate.check} check, score {gate.score:.2f}"
+        lines.append(f"  input gate: {gate.verdict} ({gate.level}; {fired})")
     lines += [f"  WARNING: {warning}" for warning in prediction.warnings]
     lines.append(f"  {'finding':<20} {'probability':>11} {'threshold':>9}  result")
     for finding in prediction.sorted_findings():

@@ -3,7 +3,9 @@
 One :meth:`Predictor.predict` call decodes a file (:mod:`xray_app.preprocess`), runs the
 network once and returns a :class:`Prediction` with the 15 probabilities, the per-class
 thresholds and positive flags, and a Grad-CAM heatmap for **every** class, computed
-from the same forward pass (:func:`xray_app.explain.class_activation_maps`).  Other
+from the same forward pass (:func:`xray_app.explain.class_activation_maps`), and the
+input gate's verdict (:mod:`xray_app.gate`: is this a frontal chest film?), also from
+that pass; an image the gate refuses raises instead of returning findings.  Other
 heatmap methods for one chosen class come from :meth:`Predictor.explain`.
 
 Thread safety (Gradio calls the one shared Predictor from several worker threads):
@@ -41,6 +43,15 @@ import torch
 
 from xray_app import explain
 from xray_app.compute import run_on_compute_thread
+from xray_app.gate import (
+    GateRefusedError,
+    GateResult,
+    ViewGate,
+    combine,
+    gate_features,
+    image_statistics,
+    unit_images,
+)
 from xray_app.labels import DISPLAY_NAMES, LABELS, NUM_LABELS
 from xray_app.model import (
     LoadedCheckpoint,
@@ -103,7 +114,12 @@ class Prediction:
     :func:`xray_app.explain.display_strength`.
     ``image``: the decoded full-resolution greyscale image.
     ``warnings``: human-readable caveats, e.g. untrained weights, probably not a chest
-    radiograph (colour, aspect ratio, DICOM modality/body part/lateral view).
+    radiograph (colour, aspect ratio, DICOM modality/body part/lateral view), the input
+    gate's warning.
+    ``gate``: the input gate's verdict (:class:`~xray_app.gate.GateResult`: frontal,
+    lateral, other modality or unknown, the check that fired, its score and level);
+    ``None`` for weights without a gate.  A refused image never becomes a Prediction:
+    :class:`~xray_app.gate.GateRefusedError` is raised instead.
     """
 
     name: str
@@ -115,6 +131,7 @@ class Prediction:
     image: DecodedImage
     warnings: tuple[str, ...] = ()
     ood_score: float | None = None  # distance to the training radiographs (see xray_app.ood)
+    gate: GateResult | None = None  # the input gate's verdict (see xray_app.gate)
 
     @property
     def findings(self) -> list[Finding]:
@@ -211,7 +228,8 @@ class BatchOutput(NamedTuple):
     logits: np.ndarray  # (N, 15) float32
     probabilities: np.ndarray  # (N, 15) float32, calibrated when the config says so
     cams: np.ndarray  # (N, 15, S, S) float32 in [0, 1]
-    ood: list[OodResult | None]  # one verdict per image; None without a gate
+    ood: list[OodResult | None]  # one feature-distance verdict per image; None without one
+    gate: list[GateResult | None]  # the input gate per image; None without either check
 
 
 class Predictor:
@@ -280,7 +298,8 @@ class Predictor:
             "data": training_data_summary(provenance),
         }
         self._model_warnings = () if self.config.trained else (UNTRAINED_WARNING,)
-        self._ood = OodGate.from_checkpoint(checkpoint)  # None when config.json has no gate
+        self._ood = OodGate.from_checkpoint(checkpoint)  # None when config.json has no ood entry
+        self._view_gate = ViewGate.from_checkpoint(checkpoint)  # None without a gate entry
 
     @classmethod
     def from_weights(
@@ -300,7 +319,8 @@ class Predictor:
 
         Returns ``(N, 15)`` float32 logits, ``(N, 15)`` float32 (calibrated) probabilities,
         ``(N, 15, S, S)`` float32 heatmaps in [0, 1], all from one forward pass, and the
-        out-of-distribution verdict per image (``None`` when the checkpoint has no gate).
+        feature-distance verdict and the input gate's verdict per image (``None`` when the
+        checkpoint has no such check).
         When the config asks for ``mirror_average`` that pass holds each image and its
         mirror image; logits are their mean and each heatmap is Grad-CAM of that mean.
         """
@@ -327,18 +347,33 @@ class Predictor:
                 probabilities = torch.sigmoid(logits)
             cams = explain.class_activation_maps(features, self._fc_weight, x.shape[-1],
                                                  mirror_average=mirror)
-            # the gate's statistics describe the images as given, never their mirrors
-            as_given = features[: batch.shape[0]]
-            if self._ood is not None:
-                ood = self._ood.assess(self._model.pool(as_given))
-            else:
-                ood = [None] * as_given.shape[0]
+            ood, gate = self._gate(batch, self._model.pool(features[: batch.shape[0]]))
             return BatchOutput(
                 logits.cpu().numpy().astype(np.float32),
                 probabilities.cpu().numpy().astype(np.float32),
                 cams,
                 ood,
+                gate,
             )
+
+    def _gate(
+        self, batch: torch.Tensor, pooled: torch.Tensor
+    ) -> tuple[list[OodResult | None], list[GateResult | None]]:
+        """Both checks of the input gate for ``(N, 3, S, S)`` inputs and their ``(N, 2048)``
+        pooled features (of the images as given: the statistics never see the mirrors)."""
+        n = batch.shape[0]
+        ood = self._ood.assess(pooled) if self._ood is not None else [None] * n
+        if self._view_gate is None:
+            views = [None] * n
+        else:
+            preprocess_config = self.config.preprocess
+            unit = unit_images(batch.cpu(), preprocess_config.mean[0], preprocess_config.std[0])
+            views = self._view_gate.assess(gate_features(pooled, image_statistics(unit)))
+        gate = [
+            None if view is None and distance is None else combine(view, distance)
+            for view, distance in zip(views, ood, strict=True)
+        ]
+        return ood, gate
 
     def predict(self, source: Source, *, name: str | None = None) -> Prediction:
         """Decode ``source`` (path, bytes or binary file) and predict.
@@ -352,7 +387,8 @@ class Predictor:
     def _predict(self, source: Source, name: str | None) -> Prediction:
         tensor, image = preprocess(source, self.config.preprocess, name=name)
         out = self.infer(tensor.unsqueeze(0))
-        return self._prediction(image, out.logits[0], out.probabilities[0], out.cams[0], out.ood[0])
+        return self._prediction(image, out.logits[0], out.probabilities[0], out.cams[0], out.ood[0],
+                                out.gate[0])
 
     def predict_batch(
         self,
@@ -390,7 +426,8 @@ class Predictor:
             outputs = iter(())
             if good:
                 out = self.infer(torch.stack([t for t, _ in good]))
-                outputs = iter(zip(out.logits, out.probabilities, out.cams, out.ood, strict=True))
+                outputs = iter(zip(out.logits, out.probabilities, out.cams, out.ood, out.gate,
+                                   strict=True))
             for item in decoded:
                 if isinstance(item, ImageInputError):
                     results.append(item)
@@ -408,10 +445,11 @@ class Predictor:
         probabilities: np.ndarray,
         cams: np.ndarray,
         ood: OodResult | None = None,
+        gate: GateResult | None = None,
     ) -> Prediction:
-        if ood is not None and ood.refused:
-            raise OutOfDistributionError(Path(image.name).name, ood.message)
-        ood_warning = (ood.message,) if ood is not None and ood.level == "warn" else ()
+        if gate is not None and gate.refused:
+            raise GateRefusedError(Path(image.name).name, gate)
+        gate_warning = (gate.message,) if gate is not None and gate.level == "warn" else ()
         positive = probabilities >= self._thresholds
         for array in (logits, probabilities, positive, cams):
             array.setflags(write=False)
@@ -423,8 +461,9 @@ class Predictor:
             positive=positive,
             cams=cams,
             image=image,
-            warnings=self._model_warnings + input_warnings(image) + ood_warning,
+            warnings=self._model_warnings + input_warnings(image) + gate_warning,
             ood_score=None if ood is None else ood.score,
+            gate=gate,
         )
 
     # ------------------------------------------------------------------ other methods

@@ -8,9 +8,19 @@ so the two cannot drift apart.  Shape::
      "findings": [{"label": "Atelectasis", "probability": 0.0123, "threshold": 0.5,
                    "positive": false}, ... 15 entries in logit order],
      "model": {"name": "...", "sha256": "..."},
-     "warnings": ["UNTRAINED MODEL: ...", ...]}
+     "warnings": ["UNTRAINED MODEL: ...", ...],
+     "gate": {"verdict": "frontal", "check": null, "score": 0.0132, "level": "ok",
+              "scores": {"view": 0.0132, "feature_distance": 61.2}}}
 
     {"file": "broken.png", "error": "broken.png: the PNG data is truncated or corrupt (...)"}
+    {"file": "side.jpg", "error": "side.jpg: This looks like a lateral chest film; ...",
+     "gate": {"verdict": "lateral", "check": "view", "score": 0.998, "level": "refuse", ...}}
+
+``gate`` is the input gate's verdict (:mod:`xray_app.gate`): what the image looks like
+(``"frontal"``, ``"lateral"``, ``"other_modality"`` or ``"unknown"``), the check that
+fired (``"view"``, ``"feature_distance"`` or null), its score and the level (``"ok"``,
+``"warn"``: findings shown with the gate's warning, ``"refuse"``: no findings); ``null``
+for weights without a gate.
 
 ``file`` is the base name only: directories can name patients.  Probabilities and
 thresholds are the model's float32 values written with the fewest digits that read back
@@ -34,7 +44,7 @@ DISCLAIMER = "Research demo - NOT a medical device. Not for diagnosis or treatme
 
 
 def prediction_to_json(prediction: Prediction, model_info: dict[str, Any]) -> dict[str, Any]:
-    """``{"file", "findings", "model", "warnings"}`` for one prediction (see the module docstring)."""
+    """``{"file", "findings", "model", "warnings", "gate"}`` for one prediction (see the module docstring)."""
     return {
         "file": prediction.name,
         "findings": [
@@ -48,13 +58,21 @@ def prediction_to_json(prediction: Prediction, model_info: dict[str, Any]) -> di
         ],
         "model": {"name": str(model_info["name"]), "sha256": str(model_info["sha256"])},
         "warnings": [str(warning) for warning in prediction.warnings],
+        "gate": None if prediction.gate is None else prediction.gate.to_json(),
     }
 
 
-def error_to_json(name: str, error: Exception) -> dict[str, str]:
-    """``{"file", "error"}`` for an input that could not be used; the message is one line."""
+def error_to_json(name: str, error: Exception) -> dict[str, Any]:
+    """``{"file", "error"}`` for an input that could not be used; the message is one line.
+
+    An input the gate refused also gets the gate's verdict (``"gate"``).
+    """
     message = str(error).strip() or type(error).__name__
-    return {"file": Path(str(name)).name, "error": " ".join(message.split())}
+    record: dict[str, Any] = {"file": Path(str(name)).name, "error": " ".join(message.split())}
+    gate = getattr(error, "gate", None)
+    if gate is not None:
+        record["gate"] = gate.to_json()
+    return record
 
 
 def _float32_value(value: float) -> float:

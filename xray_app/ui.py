@@ -46,6 +46,7 @@ from xray_app.report_sheet import save_report_sheet
 from xray_app.weights import BUNDLED_DIR
 
 if TYPE_CHECKING:
+    from xray_app.gate import GateResult
     from xray_app.predictor import Prediction, Predictor
 
 TITLE = "Chest X-ray findings: research demo"
@@ -77,7 +78,7 @@ LAUNCH_OPTIONS: dict[str, Any] = {
     "css": CSS,
 }
 TABLE_HEADERS = ["Finding", "Prob.", "Thresh.", "Above"]
-BATCH_HEADERS = ["File", "Status", "Findings above threshold", "Top finding", "Notes"]
+BATCH_HEADERS = ["File", "Status", "Findings above threshold", "Top finding", "Notes", "Input gate"]
 
 
 # --------------------------------------------------------------------------- state
@@ -160,6 +161,8 @@ def study_notes(prediction: Prediction) -> str:
     lines = []
     for warning in prediction.warnings:
         lines.append(f"**⚠ Warning:** {_md_escape(warning)}")
+    if prediction.gate is not None:
+        lines.append(f"Input gate: {_md_escape(gate_summary(prediction.gate))}.")
     image = prediction.image
     lines.append(f"Image: {image.width} × {image.height} px, {_md_escape(image.format)}.")
     if image.dicom:
@@ -510,13 +513,16 @@ def analyse_batch(
         names = [Path(p).name for p in chunk]
         for name, outcome in zip(names, predictor.predict_batch(chunk, names=names), strict=True):
             if isinstance(outcome, ImageInputError):
-                rows.append([name, "error", "", "", str(outcome)])
-                records.append([name, "error", str(outcome), *([""] * len(LABELS))])
+                gate = getattr(outcome, "gate", None)
+                status = "refused" if gate is not None else "error"
+                rows.append([name, status, "", "", str(outcome), gate_summary(gate)])
+                records.append([name, status, str(outcome), *([""] * len(LABELS))])
                 continue
             ranked = outcome.sorted_findings()
             positives = ", ".join(f.display_name for f in ranked if f.positive) or "none"
             top = f"{ranked[0].display_name} {ranked[0].probability:.2f}"
-            rows.append([name, "ok", positives, top, "; ".join(outcome.warnings)])
+            rows.append([name, "ok", positives, top, "; ".join(outcome.warnings),
+                         gate_summary(outcome.gate)])
             records.append(
                 [name, "ok", "; ".join(outcome.warnings), *(f"{p:.6f}" for p in outcome.probabilities)]
             )
@@ -528,6 +534,15 @@ def analyse_batch(
         writer.writerow(["file", "status", "message", *LABELS])
         writer.writerows(records)
     return rows, str(csv_path)
+
+
+def gate_summary(gate: GateResult | None) -> str:
+    """The input gate's verdict in a few words: ``"lateral (warn; view 0.93)"``."""
+    if gate is None:
+        return ""
+    if gate.check is None:
+        return gate.verdict
+    return f"{gate.verdict} ({gate.level}; {gate.check} {gate.score:.2f})"
 
 
 def example_files(examples_dir: str | Path | None, limit: int = EXAMPLES_SHOWN) -> list[str]:
