@@ -172,8 +172,8 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
 
     from xray_app import ui
     from xray_app.compute import run_on_compute_thread
-    from xray_app.model import model_logits
     from xray_app.predictor import Predictor
+    from xray_app.scoring import score_batch
 
     predictor = Predictor.from_weights(weights, device="cpu")
     model, size = predictor._model, int(predictor.config.input_size)  # the same network, bare
@@ -182,7 +182,7 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
 
     def forward(*, mirror_average: bool = mirror) -> None:
         with torch.inference_mode():
-            model_logits(model, x, mirror_average=mirror_average)
+            score_batch(model, x, mirror_average=mirror_average)
 
     timings: dict[str, list[float]] = {
         "forward": [], "forward_without_mirror": [], "handler": [], "http": [], "client": [],

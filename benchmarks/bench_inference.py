@@ -45,9 +45,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from xray_app.compute import run_on_compute_thread
 from xray_app.explain import class_activation_maps
 from xray_app.labels import NUM_LABELS
-from xray_app.model import load_checkpoint, model_logits, with_mirror_images, write_random_init
+from xray_app.model import load_checkpoint, with_mirror_images, write_random_init
 from xray_app.predictor import Predictor
 from xray_app.preprocess import preprocess
+from xray_app.scoring import score_batch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGE_512 = SHARED_DATA / "nih" / "images" / "00000075_000.png"
@@ -127,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     def bare_forward(*, mirror_average: bool = mirror) -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=use_autocast):
-            model_logits(predictor._model, x, mirror_average=mirror_average)
+            score_batch(predictor._model, x, mirror_average=mirror_average)
 
     def fast_path() -> None:
         predictor.infer(batch)

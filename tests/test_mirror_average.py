@@ -18,14 +18,15 @@ from xray_app.model import (
     CheckpointError,
     ModelConfig,
     average_with_mirror,
+    build_model,
     load_checkpoint,
-    model_logits,
     read_config,
     with_mirror_images,
     write_config,
     write_random_init,
 )
 from xray_app.predictor import Predictor
+from xray_app.scoring import score_batch
 
 SIZE = 96  # small input: these properties do not depend on the size
 
@@ -46,12 +47,16 @@ def plain_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_averaged_logits_are_the_mean_of_the_image_and_its_mirror_image():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
-    x = torch.randn(3, 3, 8, 8)
-    expected = (model(x) + model(x.flip(-1))) / 2
-    assert torch.allclose(model_logits(model, x, mirror_average=True), expected, atol=1e-6)
-    assert torch.equal(model_logits(model, x, mirror_average=False), model(x)), (
+    model = build_model(architecture="tiny-resnet").eval()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = (model(x) + model(x.flip(-1))) / 2
+        averaged = score_batch(model, x, mirror_average=True)
+        plain = score_batch(model, x, mirror_average=False)
+    assert torch.allclose(averaged.logits, expected, atol=1e-5), "expected the mean of both views"
+    assert torch.allclose(averaged.view_logits[:, 1], model(x.flip(-1)), atol=1e-5), (
+        "expected the second view to be the mirror image's own logits")
+    assert torch.allclose(plain.logits, model(x), atol=1e-6), (
         "expected plain logits when the config does not ask for mirror averaging")
 
 

@@ -47,15 +47,19 @@ def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
     out = staged["root"] / "weights"
     code = bundle.main(["--checkpoint", str(staged["calibrated"]), "--splits", str(staged["splits"]),
                         "--images", str(staged["images"]), "--metadata", str(METADATA),
+                        "--ood-dir", str(SHARED_DATA / "ood"), "--gate-option=--augment-copies=1",
+                        "--gate-option=--n-other=16", "--gate-option=--folds=2",
                         "--bboxes", str(BBOXES), "--compare", str(REFERENCE),
                         "--compare-name", "CheXNet reproduction", "--n-boot", "20",
                         "--out", str(out)])
     assert code == 0, "expected the bundle to succeed"
     for name in ("model.safetensors", "config.json", "README.md", "train_config.yaml",
-                 "eval/report_test.json", "eval/ood.json", "eval/loc/loc.json"):
+                 "eval/report_test.json", "eval/ood.json", "eval/gate.json", "eval/loc/loc.json"):
         assert (out / name).is_file(), f"expected {name} in the bundle"
     loaded = load_checkpoint(out)
     assert loaded.config.ood is not None, "expected the out-of-distribution gate refitted into the bundle"
+    assert loaded.config.gate is not None and (out / "eval" / "gate.json").is_file(), (
+        "expected the input gate's view head refitted into the bundle")
     assert loaded.config.thresholds == read_config(staged["calibrated"] / "config.json").thresholds, (
         "expected the calibrated thresholds carried over unchanged")
     report = json.loads((out / "eval" / "report_test.json").read_text())
@@ -79,7 +83,8 @@ def test_a_failed_stage_leaves_the_existing_bundle_untouched(staged, capsys):
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"the shipped model")
     code = bundle.main(["--checkpoint", str(staged["calibrated"]), "--splits", str(staged["splits"]),
-                        "--images", str(staged["root"] / "no-such-folder"), "--out", str(out)])
+                        "--images", str(staged["root"] / "no-such-folder"),
+                        "--ood-dir", str(SHARED_DATA / "ood"), "--out", str(out)])
     assert code == 2, "expected a usage error exit when a stage fails"
     assert "stage 'ood' failed" in capsys.readouterr().err, "expected the failed stage named"
     assert (out / "model.safetensors").read_bytes() == b"the shipped model", (
@@ -88,7 +93,8 @@ def test_a_failed_stage_leaves_the_existing_bundle_untouched(staged, capsys):
 
 def test_an_uncalibrated_checkpoint_is_refused(staged, capsys):
     code = bundle.main(["--checkpoint", str(staged["trained"]), "--splits", str(staged["splits"]),
-                        "--images", str(staged["images"]), "--out", str(staged["root"] / "x")])
+                        "--images", str(staged["images"]), "--ood-dir", str(SHARED_DATA / "ood"),
+                        "--out", str(staged["root"] / "x")])
     assert code == 2, "expected a refusal"
     assert "run python -m training.calibrate first" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """Assemble the folder the app ships with: ``python -m training.bundle``.
 
     python -m training.bundle --checkpoint RUN/refit/calibrated --splits SPLITS \\
-        --images DIR [DIR ...] [--metadata CSV] [--bboxes CSV] [--folds CV_DIR] \\
+        --images DIR [DIR ...] --ood-dir DIR [--metadata CSV] [--bboxes CSV] [--folds CV_DIR] \\
         [--compare PREDS.csv --compare-name NAME] [--report REPORT.json ...] --out weights
 
 One command, the last stage before publishing. Starting from a calibrated checkpoint
@@ -9,8 +9,10 @@ One command, the last stage before publishing. Starting from a calibrated checkp
 own command, into a staging folder beside ``--out``, and swaps that folder in only when
 all of them succeeded:
 
-1. the out-of-distribution gate, refitted for this model (``training.ood``: statistics of
-   the training split, levels from the validation split);
+1. the input gate, refitted for this model: the feature distance (``training.ood``:
+   statistics of the training split, levels from the validation split) and the view head
+   that tells frontal films from lateral films, CT slices and other images
+   (``training.gate``, on the NIH films of ``--images`` and the images of ``--ood-dir``);
 2. the test split, scored once (``training.evaluate --split test``; ``--compare`` adds a
    reference model's predictions on the images they share);
 3. heatmap localisation against the NIH boxes (``training.localize``; out of fold with
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from training import evaluate, localize, model_card, ood
+from training import evaluate, gate, localize, model_card, ood
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, write_config
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
@@ -60,6 +62,7 @@ def bundle(
     checkpoint: Path,
     splits: Path,
     images: Sequence[Path],
+    ood_dir: Path,
     out: Path,
     *,
     metadata: Path = DEFAULT_METADATA,
@@ -69,6 +72,7 @@ def bundle(
     compare_name: str | None = None,
     reports: Sequence[Path] = (),
     n_boot: int = 1000,
+    gate_options: Sequence[str] = (),
 ) -> Path:
     """Build ``out`` (see the module docstring); returns it."""
     config = read_config(checkpoint / CONFIG_FILE)
@@ -84,6 +88,9 @@ def bundle(
     image_args = ["--images", *images]
     run_stage("ood", ood.main, ["--checkpoint", staging, *image_args, "--split-dir", splits,
                                 "--report", evaluation / "ood.json"])
+    run_stage("gate", gate.main, ["--checkpoint", staging, *image_args, "--metadata", metadata,
+                                  "--ood-dir", ood_dir, *gate_options,
+                                  "--report", evaluation / "gate.json"])
     comparison = ["--compare", compare, "--compare-name", compare_name or compare.stem] if compare else []
     run_stage("evaluate", evaluate.main, [
         "--checkpoint", staging, "--split", "test", "--split-csv", splits / "test.csv", *image_args,
@@ -154,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with train.csv/val.csv/test.csv of the model's split")
     parser.add_argument("--images", required=True, type=Path, nargs="+", metavar="DIR",
                         help="image folders (searched recursively)")
+    parser.add_argument("--ood-dir", required=True, type=Path,
+                        help="lateral/, ct/ and frontal/ images other than NIH's, with sources.csv "
+                             "(the input gate's fit and held-out check)")
+    parser.add_argument("--gate-option", action="append", default=[], metavar="FLAG",
+                        help="a training.gate option, e.g. --gate-option=--max-nih-fit=400")
     parser.add_argument("--metadata", type=Path, default=DEFAULT_METADATA)
     parser.add_argument("--bboxes", type=Path, help="NIH BBox_List_2017.csv: localisation figures")
     parser.add_argument("--folds", type=Path, metavar="CV_DIR",
@@ -170,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        out = bundle(args.checkpoint, args.splits, args.images, args.out, metadata=args.metadata,
-                     bboxes=args.bboxes, folds=args.folds, compare=args.compare,
-                     compare_name=args.compare_name, reports=args.report, n_boot=args.n_boot)
+        out = bundle(args.checkpoint, args.splits, args.images, args.ood_dir, args.out,
+                     metadata=args.metadata, bboxes=args.bboxes, folds=args.folds,
+                     compare=args.compare, compare_name=args.compare_name, reports=args.report,
+                     n_boot=args.n_boot, gate_options=args.gate_option)
     except (BundleError, CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -82,7 +82,7 @@ class TrainConfig:
     ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
     weight per batch, 0 = off.  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     ``mirror_average``: the exported checkpoint averages each image's logits with its
-    mirror image's (:func:`xray_app.model.model_logits`), and validation scores it so.
+    mirror image's (:func:`xray_app.scoring.score_batch`), and validation scores it so.
     ``validate``: False = no validation (a refit of a recipe chosen by cross-validation on
     all its images): the validation split is not used, every epoch runs and the last one
     is exported to ``OUT/best``.

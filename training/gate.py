@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from training.provenance import public_name
 from xray_app.gate import (
     BIAS_KEY,
     MEAN_KEY,
@@ -86,6 +87,7 @@ from xray_app.model import (
 )
 from xray_app.ood import OodGate
 from xray_app.preprocess import ImageInputError, PreprocessConfig, decode_image, to_model_input
+from xray_app.scoring import pooled_features, score_batch
 
 CLASSES = ("frontal", "lateral", "ct", "other")
 # what each held-out figure is measured on; "nih" and "other_frontal" are both frontal films
@@ -349,7 +351,9 @@ def extract_gate_inputs(
     while chunk := list(islice(iterator, batch_size)):
         batch = torch.stack([to_model_input(p, config.input_size, config.mean, config.std)
                              for p in chunk])
-        pooled = model.pool(model.forward_features(batch.to(device))).float().cpu()
+        # the features of the images as given: no mirror pass is needed for them
+        scores = score_batch(model, batch.to(device), mirror_average=False, feature_maps=True)
+        pooled = pooled_features(model, scores).cpu()
         statistics = image_statistics(unit_images(batch, config.mean[0], config.std[0]))
         features.append(gate_features(pooled, statistics).numpy())
         pooled_all.append(pooled.numpy())
@@ -560,12 +564,13 @@ def fit_gate(cfg: GateFitConfig) -> dict[str, Any]:
         "split": f"by group (NIH patient; OOD source case/paper/collection), "
         f"{cfg.held_out_fraction:.0%} of each kind's groups held out, seed {cfg.seed}",
         "held_out_groups": sorted({i.group for i in held_items if not i.group.startswith("patient:")}),
-        "fit_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-                       if k not in ("checkpoint", "images")},
+        # files and folders by name: config.json records no machine-local path
+        "fit_config": {k: public_name(str(v)) if isinstance(v, Path) else v
+                       for k, v in asdict(cfg).items() if k not in ("checkpoint", "images")},
         "commit": git_commit(),
         "date": utc_now(),
     }
-    entry["fit_config"]["images"] = [str(p) for p in cfg.images]  # as given, like --metadata
+    entry["fit_config"]["images"] = [Path(p).name for p in cfg.images]
     write_gate(checkpoint, tensors, entry)
     return entry
 

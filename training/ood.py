@@ -69,9 +69,8 @@ from xray_app.preprocess import (
     ImageInputError,
     PreprocessConfig,
     Source,
-    preprocess,
-    to_model_input,
 )
+from xray_app.scoring import score_sources
 
 FEATURE_DESCRIPTION = "penultimate (global average pool of layer4, 2048-d)"
 WARN_QUANTILE = 0.99
@@ -90,7 +89,6 @@ _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 
 # --------------------------------------------------------------------------- features
-@torch.inference_mode()
 def extract_features(
     model: ChestXrayResNet,
     sources: Sequence[Source | np.ndarray],
@@ -98,28 +96,15 @@ def extract_features(
     *,
     batch_size: int = 16,
 ) -> np.ndarray:
-    """``(N, 2048)`` float32 pooled penultimate features of N images.
+    """``(N, 2048)`` float32 pooled penultimate features of N images as given, scored by
+    :func:`xray_app.scoring.score_images` (the app's preprocessing and forward pass).
 
-    A source is a file (path, bytes), which goes through
-    :func:`xray_app.preprocess.preprocess`, the app's path; or an already decoded
-    ``(H, W)`` grey array (uint8 from the training cache, or float in [0, 1]), which goes
-    through :func:`xray_app.preprocess.to_model_input`, the same path's second step.
+    A source is a file (path, bytes) or an already decoded ``(H, W)`` grey array (uint8
+    from the training cache, or float in [0, 1]).
     """
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(sources), batch_size):
-        batch = torch.stack([_model_input(s, config) for s in sources[start : start + batch_size]])
-        chunks.append(model.pool(model.forward_features(batch.to(device))).float().cpu())
-    if not chunks:
-        return np.zeros((0, model.fc.in_features), dtype=np.float32)
-    return torch.cat(chunks).numpy()
-
-
-def _model_input(source: Source | np.ndarray, config: PreprocessConfig) -> torch.Tensor:
-    if isinstance(source, np.ndarray):
-        return to_model_input(source, config.input_size, config.mean, config.std)
-    return preprocess(source, config)[0]
+    # features describe the images as given, so no mirror pass is needed for them
+    return score_sources(model, sources, config, mirror_average=False, batch_size=batch_size,
+                         features=True).features
 
 
 # --------------------------------------------------------------------------- statistics

@@ -152,14 +152,6 @@ def average_with_mirror(outputs: torch.Tensor, *, spatial: bool = False) -> torc
     return (plain + (mirrored.flip(-1) if spatial else mirrored)) / 2
 
 
-def model_logits(model: nn.Module, batch: torch.Tensor, *, mirror_average: bool) -> torch.Tensor:
-    """Logits as a checkpoint defines them: ``model(batch)``, or with ``mirror_average``
-    the mean of the logits of each image and of its mirror image (one forward pass)."""
-    if not mirror_average:
-        return model(batch)
-    return average_with_mirror(model(with_mirror_images(batch)))
-
-
 def build_model(
     *, num_classes: int = NUM_LABELS, dropout: float = 0.0, pretrained: str | Path | None = None,
     architecture: str = ARCHITECTURE,
@@ -246,7 +238,7 @@ class ModelConfig:
     "scale": [C], "bias": [C]}`` meaning ``p = sigmoid(scale * logit + bias)``.
     ``trained`` is False for random-init checkpoints: every output made with one says so.
     ``mirror_average``: a logit is the mean of the logits of the image and of its
-    left-right mirror image (:func:`model_logits`); thresholds and calibration are fitted on
+    left-right mirror image (:func:`xray_app.scoring.score_batch`); thresholds and calibration are fitted on
     logits made this way.
     """
 

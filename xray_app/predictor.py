@@ -56,11 +56,10 @@ from xray_app.labels import DISPLAY_NAMES, LABELS, NUM_LABELS
 from xray_app.model import (
     LoadedCheckpoint,
     ModelConfig,
-    average_with_mirror,
-    with_mirror_images,
 )
 from xray_app.ood import OodGate, OodResult, OutOfDistributionError
 from xray_app.preprocess import DecodedImage, ImageInputError, Source, preprocess, to_model_input
+from xray_app.scoring import pooled_features, score_batch
 from xray_app.weights import resolve_weights
 
 # "Probably not a chest radiograph" heuristics on the decoded image.
@@ -329,25 +328,19 @@ class Predictor:
     def _infer(self, batch: torch.Tensor) -> BatchOutput:
         mirror = self.config.mirror_average
         with torch.inference_mode():
-            x = batch.to(self.device, non_blocking=True)
-            if mirror:
-                x = with_mirror_images(x)
-            if self._cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self._autocast_dtype, enabled=self._cuda):
-                features = self._model.forward_features(x)
-            features = features.float()
-            logits = self._model.forward_head(features)
-            if mirror:
-                logits = average_with_mirror(logits)
+            scores = score_batch(self._model, batch.to(self.device, non_blocking=True),
+                                 mirror_average=mirror, feature_maps=True,
+                                 autocast_dtype=self._autocast_dtype if self._cuda else None,
+                                 channels_last=self._cuda)
+            logits, features = scores.logits, scores.feature_maps
             if self._calibration is not None:
                 scale, bias = self._calibration
                 probabilities = torch.sigmoid(scale * logits + bias)
             else:
                 probabilities = torch.sigmoid(logits)
-            cams = explain.class_activation_maps(features, self._fc_weight, x.shape[-1],
+            cams = explain.class_activation_maps(features, self._fc_weight, batch.shape[-1],
                                                  mirror_average=mirror)
-            ood, gate = self._gate(batch, self._model.pool(features[: batch.shape[0]]))
+            ood, gate = self._gate(batch, pooled_features(self._model, scores))
             return BatchOutput(
                 logits.cpu().numpy().astype(np.float32),
                 probabilities.cpu().numpy().astype(np.float32),

@@ -93,7 +93,6 @@ class ImageScores(NamedTuple):
     features: np.ndarray | None
 
 
-@torch.inference_mode()
 def score_images(
     checkpoint: LoadedCheckpoint,
     sources: Sequence[Source | np.ndarray],
@@ -102,7 +101,26 @@ def score_images(
     features: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> ImageScores:
-    """Score images the way the app does, in the given order.
+    """Score images the way the app scores them with ``checkpoint``: its preprocessing and
+    its test-time policy (:func:`score_sources`)."""
+    return score_sources(checkpoint.model, sources, checkpoint.config.preprocess,
+                         mirror_average=checkpoint.config.mirror_average, batch_size=batch_size,
+                         features=features, on_batch=on_batch)
+
+
+@torch.inference_mode()
+def score_sources(
+    model: ChestXrayResNet,
+    sources: Sequence[Source | np.ndarray],
+    config: PreprocessConfig,
+    *,
+    mirror_average: bool,
+    batch_size: int = 16,
+    features: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> ImageScores:
+    """Score images in the given order through the app's preprocessing and
+    :func:`score_batch`.
 
     A source is a file (path or bytes), which goes through
     :func:`xray_app.preprocess.preprocess`, the app's path; or an already decoded
@@ -110,14 +128,13 @@ def score_images(
     through :func:`xray_app.preprocess.to_model_input`, that path's second step.
     ``on_batch(done, total)`` is called after each batch (progress).
     """
-    model, config = checkpoint.model, checkpoint.config
     model.eval()
     device = next(model.parameters()).device
     logits, pooled = [], []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start : start + batch_size]
-        batch = torch.stack([model_input(source, config.preprocess) for source in chunk])
-        scores = score_batch(model, batch.to(device), mirror_average=config.mirror_average,
+        batch = torch.stack([model_input(source, config) for source in chunk])
+        scores = score_batch(model, batch.to(device), mirror_average=mirror_average,
                              feature_maps=features)
         logits.append(scores.logits.cpu().numpy())
         if features:
