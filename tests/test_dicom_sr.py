@@ -241,3 +241,12 @@ def test_an_unwritable_sr_path_is_a_one_line_error(tmp_path, capsys, random_init
     assert status == predict.INPUT_ERROR, f"expected exit status 1, got {status}"
     assert records[0]["error"].startswith(f"{NIH_PNG.name}: cannot write its report"), records
     assert "Traceback" not in err
+
+
+def test_the_input_gates_verdict_is_recorded_after_the_warnings():
+    gate = {"verdict": "frontal", "check": None, "score": 0.01, "level": "ok", "scores": {"view": 0.01}}
+    texts = dicom_sr._comments({"file": "x.png", "warnings": ["w"], "gate": gate})
+    assert texts[1:] == ["Warning: w", "Input gate: frontal (check none fired at level ok, score 0.01)"], (
+        f"expected the warning, then the gate's verdict, got {texts[1:]}")
+    assert len(dicom_sr._comments({"file": "x.png", "warnings": [], "gate": None})) == 1, (
+        "expected no gate comment for weights without a gate")

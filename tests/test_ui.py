@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.dicom_factory import PATIENT, dicom_bytes, make_dicom, nih_gray, png_zero_bomb
 from tests.paths import DICOM_DIR, NIH_IMAGES, NIH_ORIGINALS
-from xray_app import explain, report, ui
+from xray_app import explain, model_card_view, report, ui
 from xray_app.labels import LABELS
 from xray_app.preprocess import ImageInputError
 
@@ -284,18 +284,18 @@ def test_banner_shows_the_measured_accuracy_and_data_size_beside_the_disclaimer(
 
 
 def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):
-    missing = ui.model_card_markdown(predictor, [tmp_path / "README.md"])
+    missing = model_card_view.model_card_markdown(predictor, [tmp_path / "README.md"])
     assert "No model card found" in missing, missing
     assert "**Scoring:** the radiograph as uploaded" in missing, "expected how images are scored"
     card = tmp_path / "README.md"
     card.write_text("---\nlicense: mit\n---\n# Model card\n\n| AUROC | 0.81 |\n")
-    shown = ui.model_card_markdown(predictor, [card])
+    shown = model_card_view.model_card_markdown(predictor, [card])
     assert "# Model card" in shown and "| AUROC | 0.81 |" in shown, "card and its metrics must be shown"
     assert "license: mit" not in shown, "the Hub's YAML front matter is not for readers"
     assert "could not be matched to the loaded weights" in shown, "a card of unknown weights is flagged"
     sha = predictor.model_info["sha256"]
     card.write_text(f"# Model card\n\nsha256 {sha}\n")
-    assert "could not be matched" not in ui.model_card_markdown(predictor, [card]), "card names these weights"
+    assert "could not be matched" not in model_card_view.model_card_markdown(predictor, [card]), "card names these weights"
 
 
 def test_demo_is_private_bounded_and_exposes_predict(predictor):
@@ -319,7 +319,7 @@ def test_model_tab_embeds_the_cards_local_plots(predictor, tmp_path):
     (tmp_path / "README.md").write_text(
         "# card\n\n![roc](eval/roc_test.png) ![gone](eval/missing.png) ![web](https://x.org/a.png)\n"
     )
-    rendered = ui.model_card_markdown(predictor, [tmp_path / "README.md"])
+    rendered = model_card_view.model_card_markdown(predictor, [tmp_path / "README.md"])
     assert "![roc](data:image/png;base64," in rendered, "a local plot should be inlined"
     assert "![gone](eval/missing.png)" in rendered, "a missing file keeps its link"
     assert "![web](https://x.org/a.png)" in rendered, "remote images are left alone"

@@ -96,7 +96,7 @@ _TYPE2_STUDY_PATIENT = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
 )
-_KNOWN_KEYS = frozenset({"file", "findings", "model", "warnings"})
+_KNOWN_KEYS = frozenset({"file", "findings", "model", "warnings", "gate"})
 
 
 class NoReportError(ValueError):
@@ -338,9 +338,14 @@ def _finding_group(
 
 
 def _comments(record: Mapping[str, Any]) -> list[str]:
-    """The disclaimer, each warning, then any field a later gate added (as JSON text)."""
+    """The disclaimer, each warning, the input gate's verdict (when the weights have a
+    gate), then any other field the JSON gained (as JSON text)."""
     texts = [NOT_FOR_DIAGNOSTIC_USE]
     texts += [f"Warning: {warning}" for warning in record.get("warnings", [])]
+    gate = record.get("gate")
+    if gate:
+        texts.append(f"Input gate: {gate.get('verdict')} (check {gate.get('check') or 'none'} "
+                     f"fired at level {gate.get('level')}, score {gate.get('score')})")
     for key in sorted(set(record) - _KNOWN_KEYS):
         texts.append(f"{key}: {json.dumps(record[key], sort_keys=True)}")
     return texts

@@ -21,7 +21,6 @@ forward pass at a time (the model already uses every core of the CPU).
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import json
@@ -31,7 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cv2
 import gradio as gr
@@ -39,7 +38,7 @@ import numpy as np
 
 from xray_app import dicom_sr, explain, exports, fhir, report
 from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
-from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, sha256_of
+from xray_app.model_card_view import md_escape, model_card_markdown
 from xray_app.predictor import measured_accuracy, training_data_summary
 from xray_app.preprocess import ImageInputError
 from xray_app.report_sheet import save_report_sheet
@@ -160,99 +159,19 @@ def study_notes(prediction: Prediction) -> str:
     """Markdown beside the table: warnings first, then what was read (safe DICOM fields only)."""
     lines = []
     for warning in prediction.warnings:
-        lines.append(f"**⚠ Warning:** {_md_escape(warning)}")
+        lines.append(f"**⚠ Warning:** {md_escape(warning)}")
     if prediction.gate is not None:
-        lines.append(f"Input gate: {_md_escape(gate_summary(prediction.gate))}.")
+        lines.append(f"Input gate: {md_escape(gate_summary(prediction.gate))}.")
     image = prediction.image
-    lines.append(f"Image: {image.width} × {image.height} px, {_md_escape(image.format)}.")
+    lines.append(f"Image: {image.width} × {image.height} px, {md_escape(image.format)}.")
     if image.dicom:
-        fields = " · ".join(f"{_md_escape(k)}: {_md_escape(v)}" for k, v in image.dicom.items())
+        fields = " · ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in image.dicom.items())
         lines.append(f"DICOM header (non-identifying fields only): {fields}.")
     positives = [f.display_name for f in prediction.sorted_findings() if f.positive]
     lines.append(
         "Above threshold: " + (", ".join(positives) if positives else "none of the 15 outputs") + "."
     )
     return "\n\n".join(lines)
-
-
-def _md_escape(text: Any) -> str:
-    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", str(text))
-
-
-def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str:
-    """The model card (first of ``card_paths`` that exists) after the config's facts."""
-    config = predictor.config
-    provenance = config.provenance or {}
-    facts = [
-        f"**Name:** {_md_escape(config.name)}",
-        f"**Trained:** {'yes' if config.trained else '**NO: random initialisation (UNTRAINED WEIGHTS)**'}",
-        f"**Training data:** {_md_escape(predictor.model_info['data'])}",
-        f"**Input size:** {config.input_size} px",
-        "**Scoring:** " + ("each probability averages the radiograph and its left-right mirror "
-                           "image; the heatmaps explain that average"
-                           if config.mirror_average else "the radiograph as uploaded"),
-        f"**sha256:** `{predictor.model_info.get('sha256', '')}`",
-    ]
-    metrics = provenance.get("metrics")
-    if metrics:
-        facts.append("**Training-time validation metrics at the kept epoch (uncalibrated; see the card below for the evaluation):**\n\n```json\n" + json.dumps(metrics, indent=2) + "\n```")
-    thresholds = " · ".join(
-        f"{_md_escape(label)} {threshold:.2f}" for label, threshold in zip(config.labels, config.thresholds, strict=True)
-    )
-    facts.append(f"**Class thresholds:** {thresholds}")
-    for path in card_paths:
-        if path.is_file():
-            card = path.read_text(encoding="utf-8")
-            card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)  # Hub YAML front matter
-            card = _embed_local_images(card, path.parent)
-            note = _card_mismatch_note(path, str(predictor.model_info.get("sha256", "")), card)
-            return "\n\n".join(facts) + "\n\n---\n\n" + note + card
-    names = ", ".join(str(p) for p in card_paths) or "weights/README.md"
-    return "\n\n".join(facts) + f"\n\n---\n\n**No model card found** (looked for {_md_escape(names)})."
-
-
-def _embed_local_images(markdown: str, folder: Path) -> str:
-    """Inline ``![alt](relative.png)`` images found under ``folder`` as data URIs.
-
-    The card links its plots relative to itself (as the Hub renders them); the browser
-    cannot fetch those paths from the app, so they are embedded.  Other links stay as they are.
-    """
-
-    def embed(match: re.Match[str]) -> str:
-        alt, target = match.group(1), match.group(2)
-        file = (folder / target).resolve()
-        if "://" in target or not file.is_file() or not file.is_relative_to(folder.resolve()):
-            return match.group(0)
-        encoded = base64.b64encode(file.read_bytes()).decode("ascii")
-        return f"![{alt}](data:image/png;base64,{encoded})"
-
-    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", embed, markdown)
-
-
-def _card_mismatch_note(card_path: Path, sha256: str, card: str) -> str:
-    """A caution when the card cannot be tied to the loaded weights (else an empty string).
-
-    The card belongs to the weights beside it (``model.safetensors``, or the sha256 pinned
-    in ``config.json``'s ``hub`` entry) or names the loaded weights' sha256 itself.
-    """
-    if sha256 and sha256 in card:
-        return ""
-    folder = card_path.parent
-    known: set[str] = set()
-    if (folder / WEIGHTS_FILE).is_file():
-        known.add(sha256_of(folder / WEIGHTS_FILE))
-    try:
-        hub = json.loads((folder / CONFIG_FILE).read_text()).get("hub") or {}
-        if hub.get("sha256"):
-            known.add(str(hub["sha256"]).lower())
-    except (OSError, ValueError, AttributeError):
-        pass
-    if sha256 in known:
-        return ""
-    return (
-        f"> **Note:** this card ({_md_escape(card_path)}) could not be matched to the loaded "
-        f"weights (sha256 `{sha256[:12]}`); it may describe other weights.\n\n"
-    )
 
 
 # --------------------------------------------------------------------------- images
@@ -558,6 +477,32 @@ def example_files(examples_dir: str | Path | None, limit: int = EXAMPLES_SHOWN) 
 
 
 # --------------------------------------------------------------------------- layout
+class SingleTab(NamedTuple):
+    """The components of the single-study tab that handlers read or write."""
+
+    upload: gr.File
+    notes: gr.Markdown
+    json_download: gr.DownloadButton
+    sheet_download: gr.DownloadButton
+    sr_download: gr.DownloadButton
+    fhir_download: gr.DownloadButton
+    view_caption: gr.Markdown
+    slider_view: gr.ImageSlider
+    class_select: gr.Dropdown
+    opacity: gr.Slider
+    method_select: gr.Radio
+    table: gr.Dataframe
+    gallery: gr.Gallery
+    result_json: gr.JSON
+
+
+class BatchTab(NamedTuple):
+    files: gr.File
+    button: gr.Button
+    table: gr.Dataframe
+    csv: gr.DownloadButton
+
+
 def build_demo(
     predictor: Predictor,
     *,
@@ -570,201 +515,199 @@ def build_demo(
     environment variable ``XRAY_EXAMPLES_DIR``; the repository ships none).
     ``card_paths``: where to look for the model card (default: ``weights/README.md``).
     """
-    config = predictor.config
-    model_info = dict(predictor.model_info)
     cards = [Path(p) for p in (card_paths or [BUNDLED_DIR / "README.md"])]
-    examples = example_files(examples_dir)
-    methods = ui_methods(predictor)
-
     with gr.Blocks(
         title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE, fill_width=True
     ) as demo:
         gr.Markdown(f"# {TITLE}")
-        gr.HTML(model_banner_html(config, model_info), elem_id="banner")
+        gr.HTML(model_banner_html(predictor.config, predictor.model_info), elem_id="banner")
         study_state = gr.State(None, time_to_live=STATE_TTL_S)
-
         with gr.Tab("Single study", id="single"):
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=1, min_width=260):
-                    upload = gr.File(
-                        label="Radiograph: PNG, JPEG, TIFF or DICOM (.dcm), drop or click",
-                        file_types=None,  # DICOM files often have no extension; the core checks
-                        type="filepath",
-                        height=150,
-                        elem_id="upload",
-                    )
-                    notes = gr.Markdown(elem_id="study-notes")
-                    with gr.Row():
-                        json_download = gr.DownloadButton("JSON result", value=None, size="sm")
-                        sheet_download = gr.DownloadButton("PNG report sheet", value=None, size="sm")
-                    with gr.Row():
-                        sr_download = gr.DownloadButton("DICOM SR", value=None, size="sm")
-                        fhir_download = gr.DownloadButton("FHIR report", value=None, size="sm")
-                    if examples:
-                        gr.Examples(
-                            examples=[[p] for p in examples],
-                            inputs=[upload],
-                            label=f"Examples (from XRAY_EXAMPLES_DIR, {len(examples)} shown)",
-                            cache_examples=False,
-                            examples_per_page=EXAMPLES_SHOWN,
-                            api_visibility="private",
-                        )
-                with gr.Column(scale=2, min_width=420):
-                    view_caption = gr.Markdown("Upload a radiograph to see it here.", elem_id="large-caption")
-                    slider_view = gr.ImageSlider(
-                        label="Original (left of the handle) / heatmap (right of it)",
-                        max_height=760,
-                        interactive=False,
-                        buttons=["fullscreen", "download"],
-                        elem_id="large-view",
-                    )
-                    with gr.Row():
-                        class_select = gr.Dropdown(
-                            choices=list(zip(DISPLAY_NAMES, LABELS, strict=True)),
-                            value=None,
-                            label="Class shown large",
-                            elem_id="class-select",
-                        )
-                        opacity = gr.Slider(
-                            0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity"
-                        )
-                    method_select = gr.Radio(
-                        choices=list(methods),
-                        value=explain.FAST_METHOD,
-                        label="Heatmap method",
-                        info="The fast Grad-CAM comes with the prediction; the others are "
-                        "computed on demand for the selected class (seconds on a CPU).",
-                        elem_id="method-select",
-                    )
-                with gr.Column(scale=1, min_width=400):
-                    table = gr.Dataframe(
-                        headers=TABLE_HEADERS,
-                        datatype=["str", "str", "str", "str"],
-                        column_widths=["43%", "19%", "19%", "19%"],
-                        label="Findings, highest probability first",
-                        interactive=False,
-                        max_height=640,
-                        elem_id="findings",
-                    )
-            gallery = gr.Gallery(
-                label="Heatmaps of all 15 outputs, highest probability first (click one to view it large)",
-                columns=5,
-                rows=3,
-                height="auto",
-                object_fit="contain",
-                format="jpeg",
-                allow_preview=False,
-                elem_id="heatmaps",
-            )
-            with gr.Accordion("JSON result (as `python -m xray_app.predict --json`)", open=False):
-                result_json = gr.JSON(label="result")
-
+            single = single_tab(example_files(examples_dir), ui_methods(predictor))
         with gr.Tab("Batch", id="batch"):
-            gr.Markdown(
-                f"Several files at once (up to {MAX_BATCH_FILES}). A file that cannot be read "
-                "gets its reason in its row; the CSV holds all 15 probabilities per file."
-            )
-            batch_files = gr.File(
-                file_count="multiple", file_types=None, label="Radiographs", elem_id="batch-files"
-            )
-            batch_button = gr.Button("Analyse all", variant="primary")
-            batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False)
-            batch_csv = gr.DownloadButton("CSV of all probabilities", value=None)
-
+            batch = batch_tab()
         with gr.Tab("Model", id="model"):
             gr.Markdown(model_card_markdown(predictor, cards), elem_id="model-card")
-
-        # ---- wiring: closures bind the predictor; the logic is in the functions above
-        cache_dir = gallery.GRADIO_CACHE
-
-        def run_predict(path: str | None):
-            return analyse(predictor, path, cache_dir)
-
-        def run_summary(study: Study | None):
-            return summarise(predictor, study, cache_dir)
-
-        def run_downloads(study: Study | None):
-            return downloads(study, model_info, cache_dir)
-
-        def run_report_downloads(study: Study | None):
-            return report_downloads(study, model_info, cache_dir)
-
-        def run_rerender(study: Study | None, label: str | None, method: str, alpha: float):
-            return rerender(predictor, study, label, method, alpha, cache_dir)
-
-        def run_select(study: Study | None, method: str, alpha: float, evt: gr.SelectData):
-            return select_from_gallery(predictor, study, int(evt.index), method, alpha, cache_dir)
-
-        def run_batch(paths: list[str] | None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-            return analyse_batch(predictor, paths, cache_dir, progress)
-
-        private = {"api_visibility": "private"}
-        cheap = {"concurrency_limit": RENDER_CONCURRENCY, "concurrency_id": "render"}
-        study_outputs = [result_json, gallery, study_state]
-        summary_outputs = [table, notes, view_caption, class_select, method_select, opacity, slider_view]
-        download_outputs = [json_download, sheet_download, sr_download, fhir_download]
-        predicted = upload.change(
-            run_predict,
-            inputs=[upload],
-            outputs=study_outputs,
-            api_name="predict",
-            concurrency_id="model",
-            concurrency_limit=MODEL_CONCURRENCY,
-        )
-        # a bad file must not leave the previous study's findings on screen beside it
-        predicted.failure(
-            lambda: (None, [], None, *summarise(predictor, None, cache_dir), None, None, None, None),
-            outputs=[*study_outputs, *summary_outputs, *download_outputs],
-            **private,
-            **cheap,
-        )
-        predicted.success(
-            run_summary,
-            inputs=[study_state],
-            outputs=summary_outputs,
-            **private,
-            **cheap,
-        ).success(
-            run_downloads,
-            inputs=[study_state],
-            outputs=download_outputs[:2],
-            show_progress="hidden",
-            **private,
-            **cheap,
-        ).success(
-            run_report_downloads,
-            inputs=[study_state],
-            outputs=download_outputs[2:],
-            show_progress="hidden",
-            **private,
-            **cheap,
-        )
-        render_inputs = [study_state, class_select, method_select, opacity]
-        for trigger in (class_select.input, method_select.input, opacity.release):
-            trigger(
-                run_rerender,
-                inputs=render_inputs,
-                outputs=[slider_view, view_caption, study_state],
-                **private,
-                **cheap,
-            )
-        gallery.select(
-            run_select,
-            inputs=[study_state, method_select, opacity],
-            outputs=[class_select, slider_view, view_caption, study_state],
-            **private,
-            **cheap,
-        )
-        batch_button.click(
-            run_batch,
-            inputs=[batch_files],
-            outputs=[batch_table, batch_csv],
-            api_name="predict_batch",
-            concurrency_id="model",
-            concurrency_limit=MODEL_CONCURRENCY,
-        )
+        wire_single(predictor, single, study_state)
+        wire_batch(predictor, batch, single.gallery.GRADIO_CACHE)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
     return demo
+
+
+def single_tab(examples: Sequence[str], methods: Sequence[str]) -> SingleTab:
+    """Upload, downloads and examples; the large view with its controls; the findings
+    table; the gallery of all 15 heatmaps; the JSON."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=260):
+            upload = gr.File(
+                label="Radiograph: PNG, JPEG, TIFF or DICOM (.dcm), drop or click",
+                file_types=None,  # DICOM files often have no extension; the core checks
+                type="filepath",
+                height=150,
+                elem_id="upload",
+            )
+            notes = gr.Markdown(elem_id="study-notes")
+            with gr.Row():
+                json_download = gr.DownloadButton("JSON result", value=None, size="sm")
+                sheet_download = gr.DownloadButton("PNG report sheet", value=None, size="sm")
+            with gr.Row():
+                sr_download = gr.DownloadButton("DICOM SR", value=None, size="sm")
+                fhir_download = gr.DownloadButton("FHIR report", value=None, size="sm")
+            if examples:
+                gr.Examples(
+                    examples=[[p] for p in examples],
+                    inputs=[upload],
+                    label=f"Examples (from XRAY_EXAMPLES_DIR, {len(examples)} shown)",
+                    cache_examples=False,
+                    examples_per_page=EXAMPLES_SHOWN,
+                    api_visibility="private",
+                )
+        with gr.Column(scale=2, min_width=420):
+            view_caption = gr.Markdown("Upload a radiograph to see it here.", elem_id="large-caption")
+            slider_view = gr.ImageSlider(
+                label="Original (left of the handle) / heatmap (right of it)",
+                max_height=760,
+                interactive=False,
+                buttons=["fullscreen", "download"],
+                elem_id="large-view",
+            )
+            with gr.Row():
+                class_select = gr.Dropdown(
+                    choices=list(zip(DISPLAY_NAMES, LABELS, strict=True)),
+                    value=None,
+                    label="Class shown large",
+                    elem_id="class-select",
+                )
+                opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
+            method_select = gr.Radio(
+                choices=list(methods),
+                value=explain.FAST_METHOD,
+                label="Heatmap method",
+                info="The fast Grad-CAM comes with the prediction; the others are "
+                "computed on demand for the selected class (seconds on a CPU).",
+                elem_id="method-select",
+            )
+        with gr.Column(scale=1, min_width=400):
+            table = gr.Dataframe(
+                headers=TABLE_HEADERS,
+                datatype=["str", "str", "str", "str"],
+                column_widths=["43%", "19%", "19%", "19%"],
+                label="Findings, highest probability first",
+                interactive=False,
+                max_height=640,
+                elem_id="findings",
+            )
+    gallery = gr.Gallery(
+        label="Heatmaps of all 15 outputs, highest probability first (click one to view it large)",
+        columns=5,
+        rows=3,
+        height="auto",
+        object_fit="contain",
+        format="jpeg",
+        allow_preview=False,
+        elem_id="heatmaps",
+    )
+    with gr.Accordion("JSON result (as `python -m xray_app.predict --json`)", open=False):
+        result_json = gr.JSON(label="result")
+    return SingleTab(upload, notes, json_download, sheet_download, sr_download, fhir_download,
+                     view_caption, slider_view, class_select, opacity, method_select, table,
+                     gallery, result_json)
+
+
+def batch_tab() -> BatchTab:
+    gr.Markdown(
+        f"Several files at once (up to {MAX_BATCH_FILES}). A file that cannot be read "
+        "gets its reason in its row; the CSV holds all 15 probabilities per file."
+    )
+    files = gr.File(file_count="multiple", file_types=None, label="Radiographs", elem_id="batch-files")
+    button = gr.Button("Analyse all", variant="primary")
+    table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False)
+    return BatchTab(files, button, table, gr.DownloadButton("CSV of all probabilities", value=None))
+
+
+_PRIVATE = {"api_visibility": "private"}
+_CHEAP = {"concurrency_limit": RENDER_CONCURRENCY, "concurrency_id": "render"}
+
+
+def wire_single(predictor: Predictor, tab: SingleTab, study_state: gr.State) -> None:
+    """Events of the single-study tab: closures bind the predictor; the logic is in the
+    module-level handlers."""
+    cache_dir = tab.gallery.GRADIO_CACHE
+    model_info = dict(predictor.model_info)
+
+    def run_predict(path: str | None):
+        return analyse(predictor, path, cache_dir)
+
+    def run_summary(study: Study | None):
+        return summarise(predictor, study, cache_dir)
+
+    def run_downloads(study: Study | None):
+        return downloads(study, model_info, cache_dir)
+
+    def run_report_downloads(study: Study | None):
+        return report_downloads(study, model_info, cache_dir)
+
+    def run_rerender(study: Study | None, label: str | None, method: str, alpha: float):
+        return rerender(predictor, study, label, method, alpha, cache_dir)
+
+    def run_select(study: Study | None, method: str, alpha: float, evt: gr.SelectData):
+        return select_from_gallery(predictor, study, int(evt.index), method, alpha, cache_dir)
+
+    study_outputs = [tab.result_json, tab.gallery, study_state]
+    summary_outputs = [tab.table, tab.notes, tab.view_caption, tab.class_select, tab.method_select,
+                       tab.opacity, tab.slider_view]
+    download_outputs = [tab.json_download, tab.sheet_download, tab.sr_download, tab.fhir_download]
+    predicted = tab.upload.change(
+        run_predict,
+        inputs=[tab.upload],
+        outputs=study_outputs,
+        api_name="predict",
+        concurrency_id="model",
+        concurrency_limit=MODEL_CONCURRENCY,
+    )
+    # a bad file must not leave the previous study's findings on screen beside it
+    predicted.failure(
+        lambda: (None, [], None, *summarise(predictor, None, cache_dir), None, None, None, None),
+        outputs=[*study_outputs, *summary_outputs, *download_outputs],
+        **_PRIVATE,
+        **_CHEAP,
+    )
+    predicted.success(
+        run_summary, inputs=[study_state], outputs=summary_outputs, **_PRIVATE, **_CHEAP,
+    ).success(
+        run_downloads, inputs=[study_state], outputs=download_outputs[:2], show_progress="hidden",
+        **_PRIVATE, **_CHEAP,
+    ).success(
+        run_report_downloads, inputs=[study_state], outputs=download_outputs[2:],
+        show_progress="hidden", **_PRIVATE, **_CHEAP,
+    )
+    render_inputs = [study_state, tab.class_select, tab.method_select, tab.opacity]
+    for trigger in (tab.class_select.input, tab.method_select.input, tab.opacity.release):
+        trigger(run_rerender, inputs=render_inputs,
+                outputs=[tab.slider_view, tab.view_caption, study_state], **_PRIVATE, **_CHEAP)
+    tab.gallery.select(
+        run_select,
+        inputs=[study_state, tab.method_select, tab.opacity],
+        outputs=[tab.class_select, tab.slider_view, tab.view_caption, study_state],
+        **_PRIVATE,
+        **_CHEAP,
+    )
+
+
+def wire_batch(predictor: Predictor, tab: BatchTab, cache_dir: str) -> None:
+    """The batch tab's one event, queued with the single tab's model calls."""
+
+    def run_batch(paths: list[str] | None, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+        return analyse_batch(predictor, paths, cache_dir, progress)
+
+    tab.button.click(
+        run_batch,
+        inputs=[tab.files],
+        outputs=[tab.table, tab.csv],
+        api_name="predict_batch",
+        concurrency_id="model",
+        concurrency_limit=MODEL_CONCURRENCY,
+    )
 
 
 def launch_options() -> dict[str, Any]:
