@@ -176,3 +176,13 @@ def test_the_card_says_how_a_radiograph_is_scored(card, tmp_path):
     scoring = text.split("- Scoring:", 1)[1].split("\n", 1)[0]
     assert "mirror image" in scoring and "thresholds, calibration and the metrics" in scoring, (
         "expected a mirror-averaging model's card to say its thresholds and metrics assume it")
+
+
+def test_classes_without_signal_are_marked_in_the_thresholds_table(card, tmp_path):
+    text = _card_with_provenance(
+        card, tmp_path, lambda p: p["validation_fit"].update(no_signal=["Pneumonia", "Hernia"]))
+    thresholds = text.split("## Thresholds", 1)[1].split("\n## ", 1)[0]
+    marked = [line for line in thresholds.splitlines() if "**no signal**" in line]
+    assert len(marked) == 2 and any("Pneumonia" in line for line in marked), (
+        f"expected exactly the two no-signal classes marked, got {marked}")
+    assert "Hernia, Pneumonia" in thresholds, "expected the no-signal classes named in a sentence"

@@ -121,6 +121,18 @@ def test_summary_table_is_sorted_with_thresholds_and_flags_and_the_large_view_sh
     )
 
 
+def test_a_class_without_signal_on_held_out_images_is_marked_not_judged(predictor):
+    import dataclasses
+
+    prediction = dataclasses.replace(predictor.predict(NIH_PNG), no_signal=frozenset({"Pneumonia"}))
+    rows = {row[0]: row for row in ui.findings_rows(prediction)}
+    assert rows["Pneumonia"][3] == "no signal", f"expected Pneumonia marked, got {rows['Pneumonia']}"
+    assert all(row[3] in ("no", "▲ yes") for name, row in rows.items() if name != "Pneumonia"), (
+        "expected the other classes judged against their thresholds")
+    assert "No signal on held-out images" in ui.study_notes(prediction) and "Pneumonia" in (
+        ui.study_notes(prediction)), "expected the notes to say which class has no signal"
+
+
 def test_rerender_uses_the_stored_prediction_and_computes_other_methods_once(predictor, analysed, tmp_path):
     (_, _, study), _ = analysed
     calls = {"predict": 0, "explain": 0}

@@ -242,9 +242,16 @@ def _thresholds_section(config: dict[str, Any], reports: list[dict[str, Any]]) -
         source = "never fitted on validation (defaults)"
     lines = ["## Thresholds", "", f"Shipped in `config.json`; {source}. A finding is flagged "
              "when its (calibrated) probability is at least its threshold.", ""]
-    rows = [[display_name(name), fmt(t)] for name, t in zip(config["labels"],
-                                                             config["thresholds"], strict=True)]
+    silent = set(fitted.get("no_signal") or ())
+    rows = [[display_name(name), fmt(t) + (" (fallback: **no signal** on held-out images)"
+                                           if name in silent else "")]
+            for name, t in zip(config["labels"], config["thresholds"], strict=True)]
     lines += ["| Class | Threshold |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]]
+    if silent:
+        lines += ["", "Classes with no signal on the held-out predictions the thresholds were "
+                  "fitted on (AUROC at most 0.5, or a calibration that found no relation between "
+                  "score and label) keep the 0.5 fallback; the app marks them \"no signal\" "
+                  "instead of judging them: " + ", ".join(display_name(n) for n in sorted(silent)) + "."]
     del reports  # thresholds are the config's; reports show the figures at them
     return lines
 

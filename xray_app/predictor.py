@@ -87,7 +87,9 @@ class Finding:
 
     ``label`` is the NIH name in logit order (``"Pleural_Thickening"``), ``display_name``
     the name for people; ``probability`` is calibrated when the checkpoint carries a
-    calibration; ``positive`` is ``probability >= threshold``.
+    calibration; ``positive`` is ``probability >= threshold``.  ``no_signal``: on held-out
+    images the model's score for this class showed no relation to the label
+    (``training.calibrate``), so its threshold is a fallback, not a chosen operating point.
     """
 
     label: str
@@ -95,6 +97,7 @@ class Finding:
     probability: float
     threshold: float
     positive: bool
+    no_signal: bool = False
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value; identity equality
@@ -131,6 +134,7 @@ class Prediction:
     warnings: tuple[str, ...] = ()
     ood_score: float | None = None  # distance to the training radiographs (see xray_app.ood)
     gate: GateResult | None = None  # the input gate's verdict (see xray_app.gate)
+    no_signal: frozenset[str] = frozenset()  # labels without signal on held-out images
 
     @property
     def findings(self) -> list[Finding]:
@@ -142,6 +146,7 @@ class Prediction:
                 probability=float(self.probabilities[i]),
                 threshold=float(self.thresholds[i]),
                 positive=bool(self.positive[i]),
+                no_signal=LABELS[i] in self.no_signal,
             )
             for i in range(len(LABELS))
         ]
@@ -299,6 +304,8 @@ class Predictor:
         self._model_warnings = () if self.config.trained else (UNTRAINED_WARNING,)
         self._ood = OodGate.from_checkpoint(checkpoint)  # None when config.json has no ood entry
         self._view_gate = ViewGate.from_checkpoint(checkpoint)  # None without a gate entry
+        fitted = (self.config.provenance or {}).get("validation_fit") or {}
+        self.no_signal = frozenset(fitted.get("no_signal") or ())  # from training.calibrate
 
     @classmethod
     def from_weights(
@@ -457,6 +464,7 @@ class Predictor:
             warnings=self._model_warnings + input_warnings(image) + gate_warning,
             ood_score=None if ood is None else ood.score,
             gate=gate,
+            no_signal=self.no_signal,
         )
 
     # ------------------------------------------------------------------ other methods

@@ -143,13 +143,15 @@ def caption(finding: Any) -> str:
 
 
 def findings_rows(prediction: Prediction) -> list[list[Any]]:
-    """Rows of the findings table, highest probability first."""
+    """Rows of the findings table, highest probability first.  A class that showed no
+    signal on held-out images says so instead of being judged against its fallback
+    threshold."""
     return [
         [
             finding.display_name,
             f"{finding.probability:.3f}",
             f"{finding.threshold:.3f}",
-            "▲ yes" if finding.positive else "no",
+            "no signal" if finding.no_signal else ("▲ yes" if finding.positive else "no"),
         ]
         for finding in prediction.sorted_findings()
     ]
@@ -171,6 +173,10 @@ def study_notes(prediction: Prediction) -> str:
     lines.append(
         "Above threshold: " + (", ".join(positives) if positives else "none of the 15 outputs") + "."
     )
+    silent = [f.display_name for f in prediction.findings if f.no_signal]
+    if silent:
+        lines.append("No signal on held-out images (read these as unknown, whatever their "
+                     "number): " + ", ".join(silent) + ".")
     return "\n\n".join(lines)
 
 
