@@ -18,7 +18,9 @@ os.environ.setdefault("GRADIO_TEMP_DIR", str(default_cache_folder()))  # before 
 from xray_app.mcp_tool import add_mcp_tool  # noqa: E402
 from xray_app.ui import DELETE_CACHE, build_demo, launch_options  # noqa: E402
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """Load the weights once, clear what an earlier server left, build the demo and serve it."""
     mcp = parse_command_line().mcp
     predictor = predictor_from_command_line()  # once; a missing checkpoint exits with a message
     # what an earlier server that crashed or was killed left in the cache, uploads included
@@ -29,3 +31,7 @@ if __name__ == "__main__":
     if mcp:
         add_mcp_tool(demo, predictor)
     demo.launch(**server_address(), **launch_options(), mcp_server=mcp)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,13 @@ import pytest
 
 from tests.paths import SHARED_DATA
 
+# Under pytest-xdist (pyproject's addopts), the workers share the machine's cores: each one
+# (and the processes it starts) gets its share of OpenMP threads instead of all of them,
+# set before torch is first imported.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 # Gradio's cache for the whole run (read when gradio is first imported, after this file):
 # a folder of the run's own, removed at exit, so the demos the tests launch neither leave
 # radiographs in the machine's shared cache nor meet a real app's files there.

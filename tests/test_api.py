@@ -6,7 +6,6 @@ session's random-init CPU predictor.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -136,33 +135,41 @@ def test_uploads_and_outputs_are_registered_for_cache_cleanup(served):
 
 
 # --------------------------------------------------------------------------- app.py
-def _app_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XRAY_", "GRADIO_"))}
-    return {**env, **extra}
+def test_app_without_weights_prints_how_to_provide_them_and_exits_1(tmp_path, monkeypatch):
+    import app
 
-
-def test_app_without_weights_prints_how_to_provide_them_and_exits_1(tmp_path):
     missing = tmp_path / "no-such-checkpoint"
-    done = subprocess.run(
-        [sys.executable, "app.py"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-        env=_app_env(XRAY_WEIGHTS=str(missing)),
-    )
-    assert done.returncode == 1, f"expected exit status 1, got {done.returncode}: {done.stderr[-500:]}"
-    assert str(missing) in done.stderr and "not found" in done.stderr, done.stderr[-500:]
-    assert "Traceback" not in done.stderr, "a missing checkpoint is a message, not a traceback"
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+    monkeypatch.setenv("XRAY_WEIGHTS", str(missing))
+    with pytest.raises(SystemExit) as stopped:
+        app.main()
+    message = stopped.value.code
+    # sys.exit(<str>): Python prints the string to stderr and the process exits with status 1
+    assert isinstance(message, str), f"expected a message (exit status 1), got exit code {message!r}"
+    assert str(missing) in message and "not found" in message, message
 
 
-@contextlib.contextmanager
-def _serving_app(**env: str):
-    """``python app.py`` on a free loopback port with ``env``; yields its /config once it serves."""
+@pytest.fixture(scope="module")
+def app_process(random_init_checkpoint, tmp_path_factory):
+    """``python app.py`` on a free loopback port, started once for this module, with
+    XRAY_EXAMPLES_DIR set and, in its temp dir, the files an earlier server that crashed
+    left in the app's cache and another Gradio app's file: yields (its /config, those two)."""
+    tmp = tmp_path_factory.mktemp("app-process")
+    hour_ago = time.time() - 3600
+    left_behind = tmp / "xray-app" / "0f3a" / "00000075_000.png"  # <TMPDIR>/xray-app: the default
+    other_app = tmp / "gradio" / "5c1d" / "photo.png"  # Gradio's shared folder: not ours
+    for path in (left_behind, other_app):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(NIH_PNG.read_bytes())
+        os.utime(path, (hour_ago, hour_ago))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=REPO_ROOT,
-        env=_app_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), **env),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XRAY_", "GRADIO_"))}
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), TMPDIR=str(tmp),
+               XRAY_WEIGHTS=str(random_init_checkpoint), XRAY_EXAMPLES_DIR=str(NIH_IMAGES))
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         config = None
         deadline = time.monotonic() + 120
@@ -173,33 +180,24 @@ def _serving_app(**env: str):
             except OSError:
                 time.sleep(0.5)
         assert config is not None, f"app.py did not serve on port {port} (exit status {server.poll()})"
-        yield config
+        yield config, left_behind, other_app
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def test_app_serves_on_the_configured_port_with_examples_from_the_environment(random_init_checkpoint, tmp_path):
-    env = {"XRAY_WEIGHTS": str(random_init_checkpoint), "XRAY_EXAMPLES_DIR": str(NIH_IMAGES),
-           "TMPDIR": str(tmp_path)}  # its cache in the test's folder, not the real <temp dir>/xray-app
-    with _serving_app(**env) as config:
-        text = json.dumps(config)
-        shown = ui.example_files(NIH_IMAGES)
-        assert all(Path(p).name in text for p in shown), "examples must come from XRAY_EXAMPLES_DIR"
-        assert "UNTRAINED WEIGHTS" in text, "the random-init weights must get the untrained banner"
+def test_app_serves_on_the_configured_port_with_examples_from_the_environment(app_process):
+    config, _, _ = app_process
+    text = json.dumps(config)
+    shown = ui.example_files(NIH_IMAGES)
+    assert all(Path(p).name in text for p in shown), "examples must come from XRAY_EXAMPLES_DIR"
+    assert "UNTRAINED WEIGHTS" in text, "the random-init weights must get the untrained banner"
 
 
-def test_app_removes_at_start_what_a_crashed_server_left_in_its_own_cache(random_init_checkpoint, tmp_path):
-    hour_ago = time.time() - 3600
-    left_behind = tmp_path / "xray-app" / "0f3a" / "00000075_000.png"  # <TMPDIR>/xray-app: the default
-    other_app = tmp_path / "gradio" / "5c1d" / "photo.png"  # Gradio's shared folder: not ours
-    for path in (left_behind, other_app):
-        path.parent.mkdir(parents=True)
-        path.write_bytes(NIH_PNG.read_bytes())
-        os.utime(path, (hour_ago, hour_ago))
-    with _serving_app(XRAY_WEIGHTS=str(random_init_checkpoint), TMPDIR=str(tmp_path)):
-        assert not left_behind.exists(), "an upload a crashed server left must be gone once the app serves"
-        assert other_app.exists(), "another Gradio app's cached file is not the app's to delete"
+def test_app_removes_at_start_what_a_crashed_server_left_in_its_own_cache(app_process):
+    _, left_behind, other_app = app_process
+    assert not left_behind.exists(), "an upload a crashed server left must be gone once the app serves"
+    assert other_app.exists(), "another Gradio app's cached file is not the app's to delete"
 
 
 def test_the_app_listens_on_all_interfaces_port_7860_unless_the_environment_says_otherwise(monkeypatch):
