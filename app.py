@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from xray_app.serve import (  # noqa: E402  (imports no gradio)
     default_cache_folder,
+    examples_folder,
     parse_command_line,
     predictor_from_command_line,
     purge_stale_cache,
@@ -27,7 +28,7 @@ def main() -> None:
     stale = purge_stale_cache(os.environ["GRADIO_TEMP_DIR"], older_than_s=DELETE_CACHE[1])
     if stale:
         print(f"removed {stale} cached files left by an earlier run", flush=True)
-    demo = build_demo(predictor, examples_dir=os.environ.get("XRAY_EXAMPLES_DIR"))
+    demo = build_demo(predictor, examples_dir=examples_folder())
     if mcp:
         add_mcp_tool(demo, predictor)
     demo.launch(**server_address(), **launch_options(), mcp_server=mcp)

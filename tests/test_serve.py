@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from xray_app.serve import purge_stale_cache
+from xray_app.serve import examples_folder, purge_stale_cache
 
 AGE_S = 600.0
 NOW = time.time()
@@ -63,3 +63,15 @@ def test_the_purge_removes_links_and_never_what_they_point_to(tmp_path):
 def test_a_missing_cache_folder_is_nothing_to_purge(tmp_path):
     assert purge_stale_cache(tmp_path / "never-made", AGE_S) == 0
 
+
+
+def test_examples_come_from_the_environment_else_the_bundled_folder(tmp_path, monkeypatch):
+    bundled = tmp_path / "examples"
+    monkeypatch.delenv("XRAY_EXAMPLES_DIR", raising=False)
+    assert examples_folder(bundled) is None, "expected no examples when the repository has none"
+    bundled.mkdir()
+    assert examples_folder(bundled) == bundled, "expected the bundled examples by default"
+    monkeypatch.setenv("XRAY_EXAMPLES_DIR", str(tmp_path / "mine"))
+    assert examples_folder(bundled) == tmp_path / "mine", "expected XRAY_EXAMPLES_DIR to win"
+    monkeypatch.setenv("XRAY_EXAMPLES_DIR", "")
+    assert examples_folder(bundled) is None, "expected an empty XRAY_EXAMPLES_DIR to offer none"

@@ -110,6 +110,9 @@ def test_examples_are_test_split_radiographs_with_their_labels_and_the_nih_attri
     readme = (out / "README.md").read_text()
     assert "NIH Clinical Center" in readme and "Wang et al." in readme, "expected the NIH attribution"
     assert f"| {test} |" in readme, "expected the example listed with its labels"
+    from xray_app import ui
+
+    assert "NIH Clinical Center" in ui.example_credit(out), "expected the app to credit the NIH under the examples"
     assert examples.main(["--images", str(staged["images"]), "--splits", str(staged["splits"]),
                           "--names", train, "--out", str(staged["root"] / "no")]) == 2, (
         "expected a training image refused")

@@ -5,7 +5,9 @@
 (:func:`xray_app.weights.resolve_weights`).  ``--mcp`` also serves the MCP tool of
 :mod:`xray_app.mcp_tool` (Gradio's MCP server, ``/gradio_api/mcp/``).  The server listens on
 ``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT``, by default 0.0.0.0:7860 (all interfaces:
-a Hugging Face Space or a container must be reachable from outside).
+a Hugging Face Space or a container must be reachable from outside).  The example
+radiographs offered under the upload are those of ``XRAY_EXAMPLES_DIR``, else the
+repository's ``examples/`` folder (:func:`examples_folder`).
 
 Gradio's cache (uploads, heatmaps, reports) is ``GRADIO_TEMP_DIR``, which ``app.py`` sets,
 unless it is set already, to a folder of this app's own (:func:`default_cache_folder`).
@@ -33,6 +35,7 @@ from xray_app.weights import WeightsNotFoundError
 DEFAULT_SERVER_NAME = "0.0.0.0"
 DEFAULT_SERVER_PORT = 7860
 CACHE_FOLDER_NAME = "xray-app"
+BUNDLED_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,6 +67,15 @@ def server_address() -> dict[str, Any]:
         "server_name": os.environ.get("GRADIO_SERVER_NAME", DEFAULT_SERVER_NAME),
         "server_port": int(os.environ.get("GRADIO_SERVER_PORT", str(DEFAULT_SERVER_PORT))),
     }
+
+
+def examples_folder(bundled: Path = BUNDLED_EXAMPLES) -> Path | None:
+    """The folder of example radiographs: ``XRAY_EXAMPLES_DIR`` when set (set but empty:
+    none), else the bundled ``examples/`` (NIH test-split radiographs) when present."""
+    chosen = os.environ.get("XRAY_EXAMPLES_DIR")
+    if chosen is not None:
+        return Path(chosen) if chosen else None
+    return bundled if bundled.is_dir() else None
 
 
 def default_cache_folder() -> Path:

@@ -482,6 +482,18 @@ def example_files(examples_dir: str | Path | None, limit: int = EXAMPLES_SHOWN) 
     return [str(p) for p in files[:limit]]
 
 
+def example_credit(examples_dir: str | Path | None) -> str:
+    """The credit line of the examples: the first paragraph of their ``README.md`` below its
+    title (``training.examples`` writes the NIH attribution there); empty without one."""
+    readme = Path(examples_dir) / "README.md" if examples_dir else None
+    if readme is None or not readme.is_file():
+        return ""
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            return line.strip()
+    return ""
+
+
 # --------------------------------------------------------------------------- layout
 class SingleTab(NamedTuple):
     """The components of the single-study tab that handlers read or write."""
@@ -517,8 +529,8 @@ def build_demo(
 ) -> gr.Blocks:
     """The demo for ``predictor``, queued (bounded) and ready for ``launch(**LAUNCH_OPTIONS)``.
 
-    ``examples_dir``: a folder of radiographs to offer as examples (the app passes the
-    environment variable ``XRAY_EXAMPLES_DIR``; the repository ships none).
+    ``examples_dir``: a folder of radiographs to offer as examples, with the credit line of
+    its ``README.md`` (the app passes :func:`xray_app.serve.examples_folder`).
     ``card_paths``: where to look for the model card (default: ``weights/README.md``).
     """
     cards = [Path(p) for p in (card_paths or [BUNDLED_DIR / "README.md"])]
@@ -529,7 +541,8 @@ def build_demo(
         gr.HTML(model_banner_html(predictor.config, predictor.model_info), elem_id="banner")
         study_state = gr.State(None, time_to_live=STATE_TTL_S)
         with gr.Tab("Single study", id="single"):
-            single = single_tab(example_files(examples_dir), ui_methods(predictor))
+            single = single_tab(example_files(examples_dir), ui_methods(predictor),
+                                example_credit(examples_dir))
         with gr.Tab("Batch", id="batch"):
             batch = batch_tab()
         with gr.Tab("Model", id="model"):
@@ -540,7 +553,7 @@ def build_demo(
     return demo
 
 
-def single_tab(examples: Sequence[str], methods: Sequence[str]) -> SingleTab:
+def single_tab(examples: Sequence[str], methods: Sequence[str], credit: str = "") -> SingleTab:
     """Upload, downloads and examples; the large view with its controls; the findings
     table; the gallery of all 15 heatmaps; the JSON."""
     with gr.Row(equal_height=False):
@@ -563,11 +576,13 @@ def single_tab(examples: Sequence[str], methods: Sequence[str]) -> SingleTab:
                 gr.Examples(
                     examples=[[p] for p in examples],
                     inputs=[upload],
-                    label=f"Examples (from XRAY_EXAMPLES_DIR, {len(examples)} shown)",
+                    label=f"Examples ({len(examples)}): click one to run it",
                     cache_examples=False,
                     examples_per_page=EXAMPLES_SHOWN,
                     api_visibility="private",
                 )
+                if credit:
+                    gr.Markdown(f"<small>{md_escape(credit)}</small>", elem_id="example-credit")
         with gr.Column(scale=2, min_width=420):
             view_caption = gr.Markdown("Upload a radiograph to see it here.", elem_id="large-caption")
             slider_view = gr.ImageSlider(
