@@ -110,6 +110,9 @@ def test_cli_on_the_shared_boxed_radiographs(tmp_path: Path, capsys) -> None:
     text = (out / "loc.md").read_text()
     assert "9 boxes on 9 images" in text and "| Cardiomegaly | 2 (2) |" in text, text
     assert "UNTRAINED" in text, "a random-init checkpoint is flagged in the report"
+    written = (out / "loc.json").read_text()
+    assert report["images_dirs"] == ["images"] and str(DATA) not in written, (
+        f"expected image folders by name, no machine-local path: {report['images_dirs']}")
 
 
 def test_out_of_fold_maps_each_boxed_image_with_the_fold_that_held_its_patient_out(tmp_path: Path, capsys) -> None:

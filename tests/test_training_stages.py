@@ -117,3 +117,11 @@ def test_examples_are_test_split_radiographs_with_their_labels_and_the_nih_attri
                           "--names", train, "--out", str(staged["root"] / "no")]) == 2, (
         "expected a training image refused")
     assert "patients the model never saw" in capsys.readouterr().err
+
+
+def test_with_out_of_fold_thresholds_the_test_headline_is_still_recorded_as_the_test_split():
+    oof_fit = {"validation_fit": {"split": "out-of-fold", "out_of_fold": True}}
+    assert bundle.evaluation_key({"split": "test", "thresholds": oof_fit}) == "test", (
+        "expected the test report keyed as the test split, which the banner shows first")
+    assert bundle.evaluation_key({"split": "val", "thresholds": oof_fit}) == "out_of_fold"
+    assert bundle.evaluation_key({"split": "val", "thresholds": {"validation_fit": {}}}) == "val"

@@ -121,8 +121,7 @@ def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
     for path in reports:
         report = json.loads(path.read_text())
         metrics, headline = report["metrics"], report["metrics"]["headline"]
-        oof = bool((report.get("thresholds", {}).get("validation_fit") or {}).get("out_of_fold"))
-        measured["out_of_fold" if oof else report["split"]] = {
+        measured[evaluation_key(report)] = {
             "metric": headline["name"], "value": headline["value"],
             "ci_low": headline.get("ci_low"), "ci_high": headline.get("ci_high"),
             "images": metrics["n_images"], "patients": metrics["n_patients"],
@@ -130,6 +129,15 @@ def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
     config = read_config(checkpoint / CONFIG_FILE)
     write_config(config.with_updates(provenance={**config.provenance, "evaluation": measured}),
                  checkpoint / CONFIG_FILE)
+
+
+def evaluation_key(report: dict) -> str:
+    """Where a report's headline goes in ``provenance.evaluation``: ``"out_of_fold"`` for
+    the validation report of the out-of-fold predictions the thresholds were fitted on,
+    else its split (``"test"``, ``"val"``).  A test report made with those same
+    thresholds is still the test split."""
+    fit = (report.get("thresholds", {}).get("validation_fit") or {})
+    return "out_of_fold" if report["split"] == "val" and fit.get("out_of_fold") else report["split"]
 
 
 def _copy_reports(reports: Sequence[Path], evaluation: Path) -> list[Path]:

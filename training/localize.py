@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         **described,
         "trained": bool(checkpoint.config.trained),
-        "images_dirs": [str(folder) for folder in args.images],
+        "images_dirs": [Path(folder).name for folder in args.images],  # names, not machine paths
         "boxes": len(boxes),
         "images": len({b.image for b in boxes}),
         "boxes_listed": len(all_boxes),
