@@ -92,7 +92,8 @@ def _data_section(config: dict[str, Any], reports: list[dict[str, Any]]) -> list
         lines.append(f"- Data: {data}")
     split = provenance.get("split", {})
     if split:
-        lines.append(f"- Split: {split.get('method')} (split files in `{split.get('files')}`); "
+        files = f" (split files in `{split['files']}`)" if split.get("files") else ""
+        lines.append(f"- Split: {split.get('method')}{files}; "
                      "always by patient: no patient is in two splits.")
     if per_split:
         lines.append("- Images per split: " + ", ".join(f"{k} {v}" for k, v in per_split.items())
