@@ -56,6 +56,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from training.provenance import public_name
 from xray_app.labels import LABEL_INDEX
 from xray_app.model import LoadedCheckpoint
 from xray_app.predictor import Predictor
@@ -417,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         **described,
         "trained": bool(checkpoint.config.trained),
-        "images_dirs": [Path(folder).name for folder in args.images],  # names, not machine paths
+        "images_dirs": public_name([str(folder) for folder in args.images]),
         "boxes": len(boxes),
         "images": len({b.image for b in boxes}),
         "boxes_listed": len(all_boxes),
