@@ -149,6 +149,25 @@ def _pathology_auroc(frame: pd.DataFrame) -> float:
 
 
 @pytest.mark.slow
+def test_folds_trained_without_validation_are_reported_out_of_fold_only(tmp_path, capsys):
+    argv, out = _small_cv(tmp_path, count=40, seed=4)
+    argv += ["--no-validate"]
+    assert main(argv) == 2, "expected --no-validate without --out-of-fold refused: it would have no figure"
+    assert "--out-of-fold" in capsys.readouterr().err, "expected the fix named"
+    assert main([*argv, "--out-of-fold"]) == 0, "expected exit 0"
+    report = json.loads((out / REPORT_FILE).read_text())
+    for k in (1, 2):
+        metrics = pd.read_csv(out / f"fold_{k}" / "metrics.csv")
+        assert len(metrics) == 2 and not any(c.startswith("val_") for c in metrics.columns), (
+            f"expected fold {k} to run every epoch without validating")
+    assert "final" not in report and not (out / CURVE_FILE).exists(), (
+        "expected no per-epoch figure made up for folds that did not validate")
+    assert len(report["out_of_fold"]["as_given"]["folds"]) == 2, (
+        "expected each fold's last epoch scored on its held-out patients")
+    assert len(pd.read_csv(out / OOF_FILE)) == report["images"], "expected every pooled image scored once"
+
+
+@pytest.mark.slow
 def test_refit_trains_on_all_pooled_images_and_takes_thresholds_from_out_of_fold_predictions(tmp_path):
     argv, out = _small_cv(tmp_path, count=60, seed=3)
     argv += ["--mirror-average"]

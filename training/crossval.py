@@ -17,6 +17,10 @@ the validation AUROC averaged over the 14 pathologies (No Finding left out, as i
 * ``best``: the epoch with the highest fold mean; chosen on the same folds it reports,
   so slightly optimistic, and labelled so.
 
+With ``--no-validate`` (a recipe file from a refit says so) the folds skip that
+per-epoch validation, about a quarter of a fold's time on a CPU: there is then no curve,
+and the figure is the out-of-fold one, so ``--out-of-fold`` (or ``--refit``) is required.
+
 Start every fold from weights that never saw these images (``--pretrained none`` or
 ImageNet): a checkpoint trained on the same sample would have seen each held-out fold.
 A second stage of training (say ``--swa-epochs`` after a finished recipe) is
@@ -188,6 +192,16 @@ def pathology_auroc(metrics: pd.DataFrame) -> pd.Series:
     return metrics[columns].mean(axis=1, skipna=True).set_axis(metrics["epoch"].astype(int))
 
 
+def validated(fold_runs: Sequence[Path]) -> bool:
+    """Whether the folds validated every epoch (all of them: a mix is refused)."""
+    column = f"val_auroc_{PATHOLOGIES[0]}"
+    found = {column in RunFolder(run).metrics().columns for run in fold_runs}
+    if len(found) > 1:
+        raise TrainingError("some folds validated every epoch and some did not: train them "
+                            "all with the same --validate / --no-validate")
+    return found.pop()
+
+
 def curve(fold_runs: Sequence[Path]) -> pd.DataFrame:
     """Epoch x fold table of pathology AUROC, with ``mean`` and ``sd`` (over folds) columns."""
     table = pd.concat(
@@ -209,16 +223,23 @@ def _at(table: pd.DataFrame, epoch: int) -> dict[str, Any]:
             "folds": [round(float(row[c]), 4) for c in folds]}
 
 
-def summarise(table: pd.DataFrame, splits: Sequence[Splits]) -> dict[str, Any]:
-    """The report: sizes, the unbiased final-epoch figure and the best-epoch figure."""
+def summarise(table: pd.DataFrame | None, splits: Sequence[Splits]) -> dict[str, Any]:
+    """The report: sizes, the unbiased final-epoch figure and the best-epoch figure
+    (neither when the folds trained without validation, ``table`` None)."""
     pooled = pd.concat([s.val for s in splits], ignore_index=True)
-    return {
+    report = {
         "metric": "validation AUROC, mean over the 14 pathologies, per fold",
         "folds": len(splits),
         "images": int(len(pooled)),
         "patients": int(pooled[PATIENT].nunique()),
         "fold_images": [int(len(s.val)) for s in splits],
         "test_images_left_out": int(len(splits[0].test)),
+    }
+    if table is None:
+        return {**report, "per_epoch": "not made: the folds trained without validation; "
+                                       "the figure is out_of_fold"}
+    return {
+        **report,
         "final": _at(table, int(table.index.max())),
         "best": {**_at(table, int(table["mean"].idxmax())),
                  "note": "epoch chosen on these same folds: slightly optimistic"},
@@ -226,11 +247,16 @@ def summarise(table: pd.DataFrame, splits: Sequence[Splits]) -> dict[str, Any]:
 
 
 def describe(report: dict[str, Any]) -> str:
-    final, best = report["final"], report["best"]
-    return (
+    heading = (
         f"{report['folds']}-fold cross-validation by patient on {report['images']} images / "
         f"{report['patients']} patients (train + val; {report['test_images_left_out']} test "
-        "images left out)\n"
+        "images left out)"
+    )
+    if "final" not in report:
+        return heading + "\n  no per-epoch validation" + _describe_out_of_fold(report.get("out_of_fold"))
+    final, best = report["final"], report["best"]
+    return (
+        heading + "\n"
         f"  validation AUROC, mean over 14 pathologies, mean ± sd over folds:\n"
         f"  final epoch {final['epoch']}: {final['mean']:.3f} ± {final['sd']:.3f}  "
         f"(folds {final['folds']})\n"
@@ -268,6 +294,9 @@ def cross_validate(
     """
     if isinstance(only, int) and not 1 <= only <= folds:
         raise ConfigError(f"--fold {only}: folds are numbered 1 to {folds}")
+    if not cfg.validate and not (score_out_of_fold or refit):
+        raise ConfigError("folds trained without validation (--no-validate) are only scored out of "
+                          "fold: add --out-of-fold")
     if only is not None and refit:
         raise ConfigError("--refit needs every fold: give it without --fold")
     root = Path(cfg.out)
@@ -292,10 +321,11 @@ def cross_validate(
             fold_out_of_fold(cfg, run)
     if only is not None:
         return None
-    table = curve(runs)
+    table = curve(runs) if validated(runs) else None
     report = summarise(table, parts)
     report["train_config"] = cfg.to_dict()
-    table.to_csv(root / CURVE_FILE, float_format="%.4f")
+    if table is not None:
+        table.to_csv(root / CURVE_FILE, float_format="%.4f")
     if refit or score_out_of_fold:
         oof, scores = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
         report["out_of_fold"] = out_of_fold_summary(scores, cfg.mirror_average)
