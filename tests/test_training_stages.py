@@ -10,6 +10,7 @@ import pytest
 
 from tests.paths import NIH_IMAGES, SHARED_DATA
 from training import bundle, calibrate, data, evaluate
+from training.eval_report import evaluation_key
 from xray_app.model import load_checkpoint, read_config, write_random_init
 
 METADATA = SHARED_DATA / "nih" / "Data_Entry_2017_v2020.csv.gz"
@@ -120,8 +121,8 @@ def test_examples_are_test_split_radiographs_with_their_labels_and_the_nih_attri
 
 
 def test_with_out_of_fold_thresholds_the_test_headline_is_still_recorded_as_the_test_split():
-    oof_fit = {"validation_fit": {"split": "out-of-fold", "out_of_fold": True}}
-    assert bundle.evaluation_key({"split": "test", "thresholds": oof_fit}) == "test", (
+    oof_fit = {"split": "out-of-fold", "out_of_fold": True}
+    assert evaluation_key("test", oof_fit) == "test", (
         "expected the test report keyed as the test split, which the banner shows first")
-    assert bundle.evaluation_key({"split": "val", "thresholds": oof_fit}) == "out_of_fold"
-    assert bundle.evaluation_key({"split": "val", "thresholds": {"validation_fit": {}}}) == "val"
+    assert evaluation_key("val", oof_fit) == "out_of_fold"
+    assert evaluation_key("val", {}) == "val" and evaluation_key("val", None) == "val"

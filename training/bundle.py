@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from training import evaluate, gate, localize, model_card, ood
+from training.eval_report import evaluation_key
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, write_config
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
@@ -117,27 +118,19 @@ def bundle(
 def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
     """Put each report's headline (mean AUROC over the 14 pathologies, its interval, the
     images and patients) into the bundle's ``config.json``: what the app's banner shows."""
+    config = read_config(checkpoint / CONFIG_FILE)
+    fit = config.provenance.get("validation_fit")
     measured = {}
     for path in reports:
         report = json.loads(path.read_text())
         metrics, headline = report["metrics"], report["metrics"]["headline"]
-        measured[evaluation_key(report)] = {
+        measured[evaluation_key(report["split"], fit)] = {
             "metric": headline["name"], "value": headline["value"],
             "ci_low": headline.get("ci_low"), "ci_high": headline.get("ci_high"),
             "images": metrics["n_images"], "patients": metrics["n_patients"],
         }
-    config = read_config(checkpoint / CONFIG_FILE)
     write_config(config.with_updates(provenance={**config.provenance, "evaluation": measured}),
                  checkpoint / CONFIG_FILE)
-
-
-def evaluation_key(report: dict) -> str:
-    """Where a report's headline goes in ``provenance.evaluation``: ``"out_of_fold"`` for
-    the validation report of the out-of-fold predictions the thresholds were fitted on,
-    else its split (``"test"``, ``"val"``).  A test report made with those same
-    thresholds is still the test split."""
-    fit = (report.get("thresholds", {}).get("validation_fit") or {})
-    return "out_of_fold" if report["split"] == "val" and fit.get("out_of_fold") else report["split"]
 
 
 def _copy_reports(reports: Sequence[Path], evaluation: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """Markdown rendering of an evaluation report (the dict that ``training.evaluate`` writes as JSON).
 
-Only formatting lives here: every number comes from the report dict.
+Only formatting, and which kind of report it is, live here: every number comes from the
+report dict.
 """
 
 from __future__ import annotations
@@ -8,6 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from xray_app.labels import PATHOLOGIES, display_name
+
+OUT_OF_FOLD = "out_of_fold"
+
+
+def evaluation_key(split: str, validation_fit: dict[str, Any] | None) -> str:
+    """What a report on ``split`` measured, as ``provenance.evaluation`` and the card name
+    it, given the record of the threshold fit (``config.json``'s
+    ``provenance.validation_fit``, copied into each report's ``thresholds``):
+    ``"out_of_fold"`` for the validation report of the out-of-fold predictions the
+    thresholds were fitted on (``training.crossval --refit``), else the split (``"test"``,
+    ``"val"``).  A test report made with those same thresholds is still the test split."""
+    return OUT_OF_FOLD if split == "val" and (validation_fit or {}).get("out_of_fold") else split
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.eval_report import fmt, fmt_ci, headline_sentence, metrics_table
+from training.eval_report import (
+    OUT_OF_FOLD,
+    evaluation_key,
+    fmt,
+    fmt_ci,
+    headline_sentence,
+    metrics_table,
+)
 from training.provenance import public_name
 from xray_app.labels import LABELS, display_name
 from xray_app.model import CONFIG_FILE, CheckpointError, read_config
@@ -120,7 +127,7 @@ def _held_out_lines(config: dict[str, Any], reports: list[dict[str, Any]]) -> li
     out-of-fold figures of its recipe, or nothing at all (said plainly)."""
     if any(report["split"] == "test" for report in reports):
         return []
-    if any(_out_of_fold(report, config) for report in reports):
+    if any(evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD for report in reports):
         return ["", "**No test split of its own.** This model trained on every image of its "
                 "split files; none was kept back to test it. The estimate of how it does on "
                 "patients it never saw is the out-of-fold evaluation below: the same recipe "
@@ -136,13 +143,8 @@ def _fitted(config: dict[str, Any]) -> dict[str, Any]:
     return config.get("provenance", {}).get("validation_fit") or {}
 
 
-def _out_of_fold(report: dict[str, Any], config: dict[str, Any]) -> bool:
-    """Whether ``report`` scored the out-of-fold predictions the thresholds were fitted on."""
-    return report["split"] == "val" and bool(_fitted(config).get("out_of_fold"))
-
-
 def _report_name(report: dict[str, Any], config: dict[str, Any]) -> str:
-    if _out_of_fold(report, config):
+    if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD:
         return "out-of-fold predictions on train + val (the fold models', not this model's)"
     return f"{report['split']} split"
 
@@ -190,14 +192,14 @@ def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[
     split = report["split"]
     metrics = report["metrics"]
     title = ("## Out-of-fold evaluation on train + val (cross-validation fold models)"
-             if _out_of_fold(report, config) else f"## Evaluation on the {split} split")
+             if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD else f"## Evaluation on the {split} split")
     lines = [title, "", headline_sentence(metrics), ""]
     shipped = dict(zip(config["labels"], config["thresholds"], strict=True))
     used = report["thresholds"]["values"]
     if any(abs(used[name] - shipped[name]) > 1e-9 for name in used if name in shipped):
         lines += ["**Note:** this report was made with thresholds that differ from the ones "
                   "shipped in `config.json`; re-run the evaluation to refresh it.", ""]
-    if _out_of_fold(report, config):
+    if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD:
         lines += ["These are the out-of-fold predictions of the cross-validation's fold models, "
                   "not of this model (which trained on these images); thresholds and "
                   "calibration were fitted on them, so the figures at the threshold are "
@@ -279,7 +281,7 @@ def _calibration_section(config: dict[str, Any], reports: list[dict[str, Any]]) 
     rows = []
     for report in reports:
         ece = report["calibration"]["ece"]
-        split = "out-of-fold (train + val)" if _out_of_fold(report, config) else report["split"]
+        split = "out-of-fold (train + val)" if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD else report["split"]
         rows.append(f"| {split} | {fmt(ece['pooled']['ece_before'])} | "
                     f"{fmt(ece['pooled']['ece_after'])} | "
                     f"{fmt(ece['mean_over_classes']['ece_before'])} | "
