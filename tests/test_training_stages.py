@@ -70,6 +70,11 @@ def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
     measured = loaded.config.provenance["evaluation"]["test"]
     assert measured["value"] == report["metrics"]["headline"]["value"] and measured["images"] == test_images, (
         f"expected the test headline recorded in config.json for the app, got {measured}")
+    boxes = json.loads((out / "eval" / "loc" / "loc.json").read_text())["per_class"]["all"]
+    shown = loaded.config.provenance["localization"]
+    assert (shown["boxes"], shown["heatmap_hits"], shown["random_hits"]) == (
+        boxes["boxes"], boxes["iobb>=0.1_gradcam"], boxes["iobb>=0.1_random"]), (
+        f"expected the heatmaps' measured hit rate and its random baseline recorded for the app, got {shown}")
     assert "Research demo" in (out / "README.md").read_text() or "not a medical device" in (
         out / "README.md").read_text().lower(), "expected the card's disclaimer"
     for name in ("config.json", "README.md", "eval/report_test.json", "train_config.yaml"):

@@ -19,6 +19,14 @@ from tests.dicom_factory import PATIENT, dicom_bytes, make_dicom, nih_gray, png_
 from tests.paths import DICOM_DIR, NIH_IMAGES, NIH_ORIGINALS
 from xray_app import explain, model_card_view, report, ui
 from xray_app.labels import LABELS
+from xray_app.model import (
+    CONFIG_FILE,
+    load_checkpoint,
+    read_config,
+    write_config,
+    write_random_init,
+)
+from xray_app.predictor import Predictor
 from xray_app.preprocess import ImageInputError
 
 NIH_PNG = NIH_IMAGES / "00000075_000.png"
@@ -293,6 +301,27 @@ def test_banner_shows_the_measured_accuracy_and_data_size_beside_the_disclaimer(
         f"expected the measured headline with its interval and size, got {banner}")
     unmeasured = ui.model_banner_html(config.with_updates(provenance={}), predictor.model_info)
     assert "Measured" not in unmeasured, "expected no accuracy line when nothing was measured"
+
+
+def test_under_the_heatmaps_the_app_says_what_they_were_measured_to_be_worth(tmp_path):
+    measured = {"boxes": 85, "images": 72, "out_of_fold": True, "min_overlap": 0.1,
+                "heatmap_hits": 0.2, "random_hits": 0.244, "centre_hits": 0.576}
+    note = ui.measured_localisation({"localization": measured})
+    assert "85 NIH radiologist boxes of patients the model never saw" in note and "20%" in note, note
+    assert "random maps for 24%" in note and "do not show where a finding is" in note, (
+        f"expected heatmaps no better than chance called so, got {note}")
+    better = ui.measured_localisation({"localization": {**measured, "heatmap_hits": 0.5}})
+    assert "better than random maps, but not a reliable guide" in better, better
+    assert "no check against radiologist-marked regions" in ui.measured_localisation({}), (
+        "expected unmeasured heatmaps called so")
+    checkpoint = write_random_init(tmp_path / "measured", input_size=64)
+    config = read_config(checkpoint / CONFIG_FILE)
+    write_config(config.with_updates(provenance={**config.provenance, "localization": measured}),
+                 checkpoint / CONFIG_FILE)
+    demo = ui.build_demo(Predictor(load_checkpoint(checkpoint), device="cpu"))
+    shown = [c["props"].get("value", "") for c in demo.config["components"]
+             if c["props"].get("elem_id") == "heatmap-note"]
+    assert shown and "random maps for 24%" in shown[0], f"expected the note under the gallery, got {shown}"
 
 
 def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):

@@ -16,7 +16,8 @@ all of them succeeded:
 2. the test split, scored once (``training.evaluate --split test``; ``--compare`` adds a
    reference model's predictions on the images they share);
 3. heatmap localisation against the NIH boxes (``training.localize``; out of fold with
-   ``--folds`` when the model trained on every boxed image);
+   ``--folds`` when the model trained on every boxed image); its headline goes into
+   ``config.json``'s ``provenance.localization``, which the app shows under the heatmaps;
 4. the model card (``training.model_card``), from those reports and any ``--report``
    given (e.g. the out-of-fold evaluation of a cross-validation); each report's headline
    (mean AUROC over the 14 pathologies with its interval, images, patients) also goes into
@@ -104,6 +105,8 @@ def bundle(
         run_stage("localize", localize.main, [*source, *image_args, "--bboxes", bboxes,
                                               "--out", evaluation / "loc"])
         localisation = ["--localization", evaluation / "loc" / "loc.json"]
+        _record_provenance(staging, localization=localize.headline(
+            json.loads((evaluation / "loc" / "loc.json").read_text())))
     report_args = [arg for path in card_reports for arg in ("--report", path)]
     run_stage("model card", model_card.main, ["--checkpoint", staging, *report_args,
                                               *localisation, "--out", staging / CARD_FILE])
@@ -129,7 +132,13 @@ def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
             "ci_low": headline.get("ci_low"), "ci_high": headline.get("ci_high"),
             "images": metrics["n_images"], "patients": metrics["n_patients"],
         }
-    write_config(config.with_updates(provenance={**config.provenance, "evaluation": measured}),
+    _record_provenance(checkpoint, evaluation=measured)
+
+
+def _record_provenance(checkpoint: Path, **entries: dict) -> None:
+    """Add ``entries`` to the ``provenance`` of the bundle's ``config.json``."""
+    config = read_config(checkpoint / CONFIG_FILE)
+    write_config(config.with_updates(provenance={**config.provenance, **entries}),
                  checkpoint / CONFIG_FILE)
 
 

@@ -229,6 +229,25 @@ def flat_table(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return flat
 
 
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The figure a user is shown under the heatmaps (``training.bundle`` puts it into
+    ``config.json``'s ``provenance.localization``): over all boxes, the share where the
+    model's heatmap, random maps and a centred map put at least ``IOBB_HITS[0]`` of their
+    highlighted region inside the box."""
+    overall = report["per_class"]["all"]
+    hits = _FLAT_NAMES["hit_01"]
+    return {
+        "boxes": overall["boxes"],
+        "images": overall["images"],
+        "heatmap": report["heatmap"],
+        "out_of_fold": bool(report.get("out_of_fold")),
+        "min_overlap": IOBB_HITS[0],
+        "heatmap_hits": overall[f"{hits}_gradcam"],
+        "random_hits": overall[f"{hits}_random"],
+        "centre_hits": overall[f"{hits}_centre"],
+    }
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.0f} %"
 

@@ -226,6 +226,27 @@ def measured_accuracy(provenance: dict[str, Any]) -> str | None:
     return None
 
 
+def measured_localisation(provenance: dict[str, Any]) -> str:
+    """One line for people under the heatmaps: what they were measured to be worth
+    against radiologist boxes (``training.bundle`` records ``provenance.localization``),
+    or that they were never checked."""
+    measured = provenance.get("localization") or {}
+    if not measured.get("boxes"):
+        return ("Heatmaps show the regions that raised each score; no check against "
+                "radiologist-marked regions is recorded with these weights, so do not read them "
+                "as the site of a finding.")
+    hit, random = measured["heatmap_hits"], measured["random_hits"]
+    verdict = ("no better than random maps: they do not show where a finding is"
+               if hit <= random else "better than random maps, but not a reliable guide to where "
+               "a finding is")
+    held_out = " of patients the model never saw" if measured.get("out_of_fold") else ""
+    return (f"Heatmaps show the regions that raised each score. Measured on {measured['boxes']} "
+            f"NIH radiologist boxes{held_out}, a heatmap overlapped the box (at least "
+            f"{measured['min_overlap']:.0%} of its highlighted region inside it) for {hit:.0%} of "
+            "them, "
+            f"random maps for {random:.0%}: {verdict}.")
+
+
 class BatchOutput(NamedTuple):
     """What :meth:`Predictor.infer` returns for ``N`` model inputs."""
 

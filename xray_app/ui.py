@@ -39,7 +39,7 @@ import numpy as np
 from xray_app import dicom_sr, explain, exports, fhir, report
 from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
 from xray_app.model_card_view import md_escape, model_card_markdown
-from xray_app.predictor import measured_accuracy, training_data_summary
+from xray_app.predictor import measured_accuracy, measured_localisation, training_data_summary
 from xray_app.preprocess import ImageInputError
 from xray_app.report_sheet import save_report_sheet
 from xray_app.weights import BUNDLED_DIR
@@ -542,7 +542,8 @@ def build_demo(
         study_state = gr.State(None, time_to_live=STATE_TTL_S)
         with gr.Tab("Single study", id="single"):
             single = single_tab(example_files(examples_dir), ui_methods(predictor),
-                                example_credit(examples_dir))
+                                example_credit(examples_dir),
+                                measured_localisation(predictor.config.provenance or {}))
         with gr.Tab("Batch", id="batch"):
             batch = batch_tab()
         with gr.Tab("Model", id="model"):
@@ -553,9 +554,11 @@ def build_demo(
     return demo
 
 
-def single_tab(examples: Sequence[str], methods: Sequence[str], credit: str = "") -> SingleTab:
+def single_tab(examples: Sequence[str], methods: Sequence[str], credit: str = "",
+               heatmap_note: str = "") -> SingleTab:
     """Upload, downloads and examples; the large view with its controls; the findings
-    table; the gallery of all 15 heatmaps; the JSON."""
+    table; the gallery of all 15 heatmaps, with ``heatmap_note`` (what they were measured
+    to be worth) under it; the JSON."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             upload = gr.File(
@@ -628,6 +631,8 @@ def single_tab(examples: Sequence[str], methods: Sequence[str], credit: str = ""
         allow_preview=False,
         elem_id="heatmaps",
     )
+    if heatmap_note:
+        gr.Markdown(f"<small>{md_escape(heatmap_note)}</small>", elem_id="heatmap-note")
     with gr.Accordion("JSON result (as `python -m xray_app.predict --json`)", open=False):
         result_json = gr.JSON(label="result")
     return SingleTab(upload, notes, json_download, sheet_download, sr_download, fhir_download,
