@@ -308,10 +308,13 @@ def test_under_the_heatmaps_the_app_says_what_they_were_measured_to_be_worth(tmp
                 "heatmap_hits": 0.2, "random_hits": 0.244, "centre_hits": 0.576}
     note = ui.measured_localisation({"localization": measured})
     assert "85 NIH radiologist boxes of patients the model never saw" in note and "20%" in note, note
-    assert "random maps for 24%" in note and "do not show where a finding is" in note, (
-        f"expected heatmaps no better than chance called so, got {note}")
-    better = ui.measured_localisation({"localization": {**measured, "heatmap_hits": 0.5}})
-    assert "better than random maps, but not a reliable guide" in better, better
+    assert "random maps did for 24%" in note and "image centre for 58%" in note, note
+    assert "they do not show where a finding is" in note, f"expected maps beaten by a fixed blob called so, got {note}"
+    beats_random = ui.measured_localisation({"localization": {**measured, "heatmap_hits": 0.26}})
+    assert "they do not show where a finding is" in beats_random, (
+        f"expected maps that beat random but not a fixed centre blob still called useless, got {beats_random}")
+    better = ui.measured_localisation({"localization": {**measured, "heatmap_hits": 0.7}})
+    assert "better than those, but not a reliable guide" in better, better
     assert "no check against radiologist-marked regions" in ui.measured_localisation({}), (
         "expected unmeasured heatmaps called so")
     checkpoint = write_random_init(tmp_path / "measured", input_size=64)
@@ -321,7 +324,7 @@ def test_under_the_heatmaps_the_app_says_what_they_were_measured_to_be_worth(tmp
     demo = ui.build_demo(Predictor(load_checkpoint(checkpoint), device="cpu"))
     shown = [c["props"].get("value", "") for c in demo.config["components"]
              if c["props"].get("elem_id") == "heatmap-note"]
-    assert shown and "random maps for 24%" in shown[0], f"expected the note under the gallery, got {shown}"
+    assert shown and "random maps did for 24%" in shown[0], f"expected the note under the gallery, got {shown}"
 
 
 def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):

@@ -235,16 +235,16 @@ def measured_localisation(provenance: dict[str, Any]) -> str:
         return ("Heatmaps show the regions that raised each score; no check against "
                 "radiologist-marked regions is recorded with these weights, so do not read them "
                 "as the site of a finding.")
-    hit, random = measured["heatmap_hits"], measured["random_hits"]
-    verdict = ("no better than random maps: they do not show where a finding is"
-               if hit <= random else "better than random maps, but not a reliable guide to where "
-               "a finding is")
+    hit, random, centre = measured["heatmap_hits"], measured["random_hits"], measured["centre_hits"]
+    verdict = ("no better than maps that know nothing of the image, so they do not show where "
+               "a finding is" if hit <= max(random, centre)
+               else "better than those, but not a reliable guide to where a finding is")
     held_out = " of patients the model never saw" if measured.get("out_of_fold") else ""
     return (f"Heatmaps show the regions that raised each score. Measured on {measured['boxes']} "
             f"NIH radiologist boxes{held_out}, a heatmap overlapped the box (at least "
             f"{measured['min_overlap']:.0%} of its highlighted region inside it) for {hit:.0%} of "
-            "them, "
-            f"random maps for {random:.0%}: {verdict}.")
+            f"them; random maps did for {random:.0%}, a fixed blob at the image centre for "
+            f"{centre:.0%}: {verdict}.")
 
 
 class BatchOutput(NamedTuple):
