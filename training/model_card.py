@@ -127,7 +127,7 @@ def _held_out_lines(config: dict[str, Any], reports: list[dict[str, Any]]) -> li
     out-of-fold figures of its recipe, or nothing at all (said plainly)."""
     if any(report["split"] == "test" for report in reports):
         return []
-    if any(evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD for report in reports):
+    if any(_out_of_fold(report, config) for report in reports):
         return ["", "**No test split of its own.** This model trained on every image of its "
                 "split files; none was kept back to test it. The estimate of how it does on "
                 "patients it never saw is the out-of-fold evaluation below: the same recipe "
@@ -143,8 +143,14 @@ def _fitted(config: dict[str, Any]) -> dict[str, Any]:
     return config.get("provenance", {}).get("validation_fit") or {}
 
 
+def _out_of_fold(report: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether ``report`` scored the out-of-fold predictions this model's thresholds were
+    fitted on (the rule is :func:`training.eval_report.evaluation_key`)."""
+    return evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD
+
+
 def _report_name(report: dict[str, Any], config: dict[str, Any]) -> str:
-    if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD:
+    if _out_of_fold(report, config):
         return "out-of-fold predictions on train + val (the fold models', not this model's)"
     return f"{report['split']} split"
 
@@ -192,14 +198,14 @@ def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[
     split = report["split"]
     metrics = report["metrics"]
     title = ("## Out-of-fold evaluation on train + val (cross-validation fold models)"
-             if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD else f"## Evaluation on the {split} split")
+             if _out_of_fold(report, config) else f"## Evaluation on the {split} split")
     lines = [title, "", headline_sentence(metrics), ""]
     shipped = dict(zip(config["labels"], config["thresholds"], strict=True))
     used = report["thresholds"]["values"]
     if any(abs(used[name] - shipped[name]) > 1e-9 for name in used if name in shipped):
         lines += ["**Note:** this report was made with thresholds that differ from the ones "
                   "shipped in `config.json`; re-run the evaluation to refresh it.", ""]
-    if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD:
+    if _out_of_fold(report, config):
         lines += ["These are the out-of-fold predictions of the cross-validation's fold models, "
                   "not of this model (which trained on these images); thresholds and "
                   "calibration were fitted on them, so the figures at the threshold are "
@@ -281,7 +287,7 @@ def _calibration_section(config: dict[str, Any], reports: list[dict[str, Any]]) 
     rows = []
     for report in reports:
         ece = report["calibration"]["ece"]
-        split = "out-of-fold (train + val)" if evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD else report["split"]
+        split = "out-of-fold (train + val)" if _out_of_fold(report, config) else report["split"]
         rows.append(f"| {split} | {fmt(ece['pooled']['ece_before'])} | "
                     f"{fmt(ece['pooled']['ece_after'])} | "
                     f"{fmt(ece['mean_over_classes']['ece_before'])} | "
