@@ -14,6 +14,7 @@ from tests.dicom_factory import dicom_bytes, make_dicom, nih_gray
 from tests.paths import DICOM_DIR, NIH_IMAGES, NIH_ORIGINALS
 from xray_app.labels import DISPLAY_NAMES, LABELS, NUM_LABELS
 from xray_app.model import LoadedCheckpoint
+from xray_app.model_facts import training_data_summary
 from xray_app.predictor import (
     ASPECT_RATIO_LIMIT,
     COLOURFULNESS_LIMIT,
@@ -21,7 +22,6 @@ from xray_app.predictor import (
     Prediction,
     Predictor,
     input_warnings,
-    training_data_summary,
 )
 from xray_app.preprocess import ImageInputError, NotAnImageError, TruncatedImageError, decode_image
 

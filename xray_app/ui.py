@@ -39,7 +39,7 @@ import numpy as np
 from xray_app import dicom_sr, explain, exports, fhir, report
 from xray_app.labels import DISPLAY_NAMES, LABEL_INDEX, LABELS
 from xray_app.model_card_view import md_escape, model_card_markdown
-from xray_app.predictor import measured_accuracy, measured_localisation, training_data_summary
+from xray_app.model_facts import measured_accuracy, measured_localisation, training_data_summary
 from xray_app.preprocess import ImageInputError
 from xray_app.report_sheet import save_report_sheet
 from xray_app.weights import BUNDLED_DIR
