@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.bench_gate [--weights weights] [--images DIR ...] [--ood-dir DIR]``
 
-1. Rebuilds the held-out split that :mod:`training.gate` recorded in the checkpoint
+1. Rebuilds the held-out split that :mod:`training.fit_gate` recorded in the checkpoint
    (same images, groups, fraction and seed), runs every held-out image through
    :meth:`~xray_app.predictor.Predictor.predict_batch` exactly as the app and the command
    line do, and counts per kind the images the gate flagged (warned or refused) and
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from training.gate import KINDS, held_out_items, nih_items, ood_items
+from training.fit_gate import KINDS, held_out_items, nih_items, ood_items
 from xray_app.compute import run_on_compute_thread
 from xray_app.model import load_checkpoint
 from xray_app.predictor import Predictor
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint = load_checkpoint(args.weights)
     entry = checkpoint.config.gate
     if not entry:
-        print(f"error: {args.weights} has no gate entry; run python -m training.gate first",
+        print(f"error: {args.weights} has no gate entry; run python -m training.fit_gate first",
               file=sys.stderr)
         return 2
     predictor = Predictor(checkpoint, device="cpu")

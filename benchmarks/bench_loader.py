@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.cache import ImageCache
-from training.data import find_images
-from training.datasets import CachedImages, FileImages, XrayDataset
-from training.prepare import build_cache
+from training.cache import build_cache
+from training.data.datasets import CachedImages, FileImages, XrayDataset
+from training.data.image_cache import ImageCache
+from training.data.images import find_images
 from xray_app.preprocess import decode_image, resize_gray
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.bench_train [--device cuda] [--batch-size 256] [--steps 50] [--compile]``
 
-Runs :func:`training.train.train_one_epoch` (AdamW, focal loss, gradient clipping,
+Runs :func:`training.fitting.loop.train_one_epoch` (AdamW, focal loss, gradient clipping,
 warm-up/cosine schedule) on one synthetic ``(B, 3, S, S)`` batch kept on the device, so
 the figure is the model's training speed without data loading: bf16 autocast and
 ``channels_last`` on CUDA by default, ``--compile`` for ``torch.compile``.  ``--warmup``
@@ -19,9 +19,10 @@ from collections.abc import Sequence
 
 import torch
 
-from training.config import DataConfig, TrainConfig
-from training.losses import FocalWeightedLoss
-from training.train import Runtime, make_schedule, train_one_epoch
+from training.fitting.config import DataConfig, TrainConfig
+from training.fitting.loop import make_schedule, train_one_epoch
+from training.fitting.losses import FocalWeightedLoss
+from training.fitting.runtime import Runtime
 from xray_app.model import build_model
 
 

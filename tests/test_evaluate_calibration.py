@@ -1,4 +1,4 @@
-"""Calibration maps and expected calibration error (training.calibration)."""
+"""Calibration maps and expected calibration error (training.fitting.probability_scaling)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from training.calibration import (
+from training.fitting.probability_scaling import (
     apply_calibration,
     calibration_summary,
     expected_calibration_error,
     fit_calibration,
 )
-from training.eval_metrics import ranking_metrics
+from training.metrics.classification import ranking_metrics
 
 
 def _sample(rng: np.random.Generator, n: int, true_scale: float, true_bias: float, classes: int):

@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score
 
 from tests.paths import SHARED_DATA
 from training import calibrate, evaluate
-from training.data import labels_of, read_metadata
-from training.eval_metrics import per_class_metrics
+from training.data.metadata import labels_of, read_metadata
+from training.metrics.classification import per_class_metrics
 from xray_app.labels import LABELS, NO_FINDING, PATHOLOGIES
 from xray_app.model import load_checkpoint, read_config, write_random_init
 from xray_app.preprocess import preprocess

@@ -1,4 +1,4 @@
-"""Metrics of training.eval_metrics on synthetic data whose answers are known."""
+"""Metrics of training.metrics.classification on synthetic data whose answers are known."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from training.eval_metrics import (
+from training.metrics.bootstrap import bootstrap_counts
+from training.metrics.classification import (
     accuracy_summary,
-    bootstrap_counts,
     choose_thresholds,
     compare_auroc,
     per_class_metrics,

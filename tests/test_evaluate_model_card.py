@@ -11,7 +11,7 @@ from scipy.special import logit
 
 from tests.paths import SHARED_DATA
 from training import calibrate, evaluate, model_card
-from training.eval_report import fmt, fmt_ci
+from training.reports.markdown import fmt, fmt_ci
 from xray_app.labels import NO_FINDING, PATHOLOGIES
 from xray_app.model import read_config, write_random_init
 

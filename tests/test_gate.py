@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from tests.paths import NIH_IMAGES, REPO_ROOT, SHARED_DATA
-from training import gate as fit
+from training import fit_gate as fit
 from xray_app.gate import (
     FRONTAL,
     N_STATISTICS,
@@ -167,11 +167,12 @@ def test_levels_follow_the_written_rule() -> None:
     assert warn == pytest.approx(0.45) and refuse == pytest.approx(0.5), (warn, refuse)
 
 
-def test_auroc_matches_sklearn() -> None:
+def test_separation_is_the_auroc_of_positives_against_negatives() -> None:
     rng = np.random.default_rng(0)
     neg, pos = rng.normal(size=40), rng.normal(1, size=25).round(1)
     expected = roc_auc_score(np.r_[np.zeros(40), np.ones(25)], np.r_[neg, pos])
-    assert fit.auroc(neg, pos) == pytest.approx(expected), "AUROC with ties counted half"
+    assert fit.separation(neg, pos) == pytest.approx(expected), "AUROC with ties counted half"
+    assert fit.separation(neg, pos[:0]) is None, "expected None (JSON null) without positives"
 
 
 def test_augment_and_other_images_are_grey_unit_images() -> None:
@@ -244,7 +245,7 @@ def test_fit_command_names_a_missing_ood_folder(tmp_path, capsys) -> None:
 def bundled() -> Predictor:
     checkpoint = load_checkpoint(WEIGHTS)
     if not checkpoint.config.gate:
-        pytest.fail("weights/config.json has no gate entry: run python -m training.gate")
+        pytest.fail("weights/config.json has no gate entry: run python -m training.fit_gate")
     return Predictor(checkpoint, device="cpu")
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
-from training import ood
+from training import fit_ood as ood
 from xray_app.model import load_checkpoint, write_random_init
 from xray_app.ood import (
     TENSOR_KEYS,

@@ -1,4 +1,4 @@
-"""training.augment + datasets: training images are augmented, validation ones never."""
+"""training.data.augment + datasets: training images are augmented, validation ones never."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import AugmentConfig, apply_augment, build_augment
-from training.data import find_images
-from training.datasets import FileImages, XrayDataset
+from training.data.augment import AugmentConfig, apply_augment, build_augment
+from training.data.datasets import FileImages, XrayDataset
+from training.data.images import find_images
 from xray_app.preprocess import decode_image, to_model_input
 
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih" / "images"

@@ -12,7 +12,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tests.synthetic_xray import write_dataset
-from training.config import ConfigError, from_dict, parse_config
 from training.crossval import (
     CALIBRATED_DIR,
     CURVE_FILE,
@@ -26,8 +25,10 @@ from training.crossval import (
     fold_splits,
     main,
 )
-from training.data import FINDINGS, IMAGE, PATIENT, Splits
-from training.runs import RunFolder
+from training.data.metadata import FINDINGS, IMAGE, PATIENT
+from training.data.splits import Splits
+from training.fitting.config import ConfigError, from_dict, parse_config
+from training.fitting.run_folder import RunFolder
 from xray_app.labels import PATHOLOGIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

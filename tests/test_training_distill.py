@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from tests.synthetic_xray import write_dataset
-from training.config import ConfigError, parse_config
-from training.data import IMAGE, labels_of, load_data
-from training.distill import soft_targets
-from training.predictions import Predictions
-from training.train import fit
+from training.data.metadata import IMAGE, labels_of
+from training.data.predictions import Predictions
+from training.data.run_data import load_data
+from training.data.soft_targets import soft_targets
+from training.fitting.config import ConfigError, parse_config
+from training.fitting.loop import fit
 from training.train import main as train_main
 from xray_app.labels import LABELS
 from xray_app.model import load_checkpoint

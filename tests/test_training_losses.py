@@ -1,4 +1,4 @@
-"""training.losses: focal weighted loss reduces to weighted BCE; stays finite; weight rule."""
+"""training.fitting.losses: focal weighted loss reduces to weighted BCE; stays finite; weight rule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.losses import FocalWeightedLoss, class_weights
+from training.fitting.losses import FocalWeightedLoss, class_weights
 
 
 def test_gamma_zero_neutral_alpha_equals_weighted_bce():

@@ -1,4 +1,4 @@
-"""training.metrics: one headline, the mean AUROC over the 14 pathologies."""
+"""training.metrics.headline: one headline, the mean AUROC over the 14 pathologies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import headline_auroc, mean_pathology_auroc, per_class_auroc
+from training.metrics.headline import auroc_by_label, headline_auroc, mean_pathology_auroc
 from xray_app.labels import LABELS, NO_FINDING_INDEX, PATHOLOGIES
 
 
@@ -30,7 +30,7 @@ def test_a_pathology_without_positives_is_left_out_of_the_mean():
     targets, scores = _targets_and_scores(np.random.default_rng(1))
     targets[:, 0] = 0  # Atelectasis: no positive image
     scores[:, 1] = -scores[:, 1]  # Cardiomegaly ranked backwards: AUROC 0
-    per_class = per_class_auroc(targets, scores)
+    per_class = auroc_by_label(targets, scores)
     assert math.isnan(per_class[PATHOLOGIES[0]]), "expected NaN for a class without positives"
     expected = (len(PATHOLOGIES) - 2) / (len(PATHOLOGIES) - 1)  # 12 at 1.0, one at 0.0, of 13
     assert mean_pathology_auroc(per_class) == pytest.approx(expected), (

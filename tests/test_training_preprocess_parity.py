@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.cache import ImageCache
-from training.datasets import CachedImages, FileImages, XrayDataset
-from training.prepare import build_cache
+from training.cache import build_cache
+from training.data.datasets import CachedImages, FileImages, XrayDataset
+from training.data.image_cache import ImageCache
 from xray_app.preprocess import IMAGENET_STD, decode_image, to_model_input
 
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih" / "images"

@@ -1,4 +1,4 @@
-"""training.sampling: balancing rule and the distributed, replayable epoch sampler."""
+"""training.data.sampling: balancing rule and the distributed, replayable epoch sampler."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from training.sampling import RepeatFactorSampler, effective_class_mix, repeat_factors
+from training.data.sampling import RepeatFactorSampler, effective_class_mix, repeat_factors
 from xray_app.labels import LABEL_INDEX, NO_FINDING_INDEX, NUM_LABELS
 
 

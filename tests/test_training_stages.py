@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.paths import NIH_IMAGES, SHARED_DATA
-from training import bundle, calibrate, data, evaluate
-from training.eval_report import evaluation_key
+from training import bundle, calibrate, evaluate, split
+from training.reports.markdown import evaluation_key
 from xray_app.model import load_checkpoint, read_config, write_random_init
 
 METADATA = SHARED_DATA / "nih" / "Data_Entry_2017_v2020.csv.gz"
@@ -30,7 +30,7 @@ def staged(tmp_path_factory) -> dict[str, Path]:
     for path in sorted(NIH_IMAGES.glob("*.png"))[:48]:
         (images / path.name).symlink_to(path)
     splits = root / "splits"
-    assert data.main(["--metadata", str(METADATA), "--images", str(images), "--val-fraction", "0.25",
+    assert split.main(["--metadata", str(METADATA), "--images", str(images), "--val-fraction", "0.25",
                       "--test-fraction", "0.25", "--seed", "0", "--out", str(splits)]) == 0
     trained = write_random_init(root / "trained", input_size=64, architecture="tiny-resnet")
     assert evaluate.main(["--checkpoint", str(trained), "--split", "val", "--split-csv",

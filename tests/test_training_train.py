@@ -16,15 +16,15 @@ import torch
 from safetensors.torch import load_file
 
 from tests.synthetic_xray import write_dataset
-from training import prepare
-from training.averaging import StochasticWeightAverage, WeightAverage
-from training.config import ConfigError, from_dict, parse_config, write_yaml
-from training.data import labels_of
-from training.data import main as data_main
-from training.runs import RunFolder
-from training.runtime import Runtime, TrainingError, cpu_has_native, make_runtime
-from training.sampling import RepeatFactorSampler, repeat_factors
-from training.train import fit, make_schedule, mix_batch
+from training import cache
+from training.data.metadata import labels_of
+from training.data.sampling import RepeatFactorSampler, repeat_factors
+from training.fitting.config import ConfigError, from_dict, parse_config, write_yaml
+from training.fitting.loop import fit, make_schedule, mix_batch
+from training.fitting.run_folder import RunFolder
+from training.fitting.runtime import Runtime, TrainingError, cpu_has_native, make_runtime
+from training.fitting.weight_averaging import StochasticWeightAverage, WeightAverage
+from training.split import main as data_main
 from xray_app.labels import LABELS
 from xray_app.model import build_model, load_checkpoint
 
@@ -135,7 +135,7 @@ def test_smoke_from_a_cache_alone_with_loader_workers(tmp_path):
     subset = tmp_path / "subset.csv"
     meta = pd.read_csv(SHARED / "Data_Entry_2017_v2020.csv.gz")
     meta[meta["Image Index"].isin(names)].to_csv(subset, index=False)
-    code = prepare.main(["--images", str(SHARED / "images"), "--metadata", str(subset),
+    code = cache.main(["--images", str(SHARED / "images"), "--metadata", str(subset),
                          "--out", str(tmp_path / "cache"), "--size", "64", "--workers", "2", "--no-progress"])
     assert code == 0, f"expected the cache built, got exit {code}"
     out = tmp_path / "run"
@@ -213,7 +213,7 @@ def test_no_finding_undersampling_is_logged_as_the_effective_mix(synthetic, tmp_
 def test_splits_written_by_training_data_are_reused_as_is(synthetic, tmp_path):
     metadata, images = synthetic
     assert data_main(["--metadata", str(metadata), "--images", str(images), "--seed", "11",
-                      "--out", str(tmp_path / "splits")]) == 0, "expected training.data to succeed"
+                      "--out", str(tmp_path / "splits")]) == 0, "expected training.split to succeed"
     fit(parse_config(_tiny_flags(metadata, images, tmp_path / "run", "--epochs", "1", "--limit-batches", "1",
                                  "--splits", str(tmp_path / "splits"))))
     for name in ("train", "val", "test"):
@@ -426,7 +426,7 @@ def test_cpu_bf16_without_native_instructions_is_refused_with_the_fix_named(monk
     cfg = parse_config(["--device", "cpu", "--amp", "bf16", "--pretrained", "none", "--cache", "unused"])
     if cpu_has_native("bf16"):
         assert make_runtime(cfg).amp_dtype == torch.bfloat16, "expected bf16 autocast where the CPU has it"
-        monkeypatch.setattr("training.runtime.cpu_has_native", lambda amp: False)  # the other kind of CPU
+        monkeypatch.setattr("training.fitting.runtime.cpu_has_native", lambda amp: False)  # the other kind of CPU
     with pytest.raises(TrainingError, match="use --amp none"):
         make_runtime(cfg)
     auto = parse_config(["--device", "cpu", "--pretrained", "none", "--cache", "unused"])

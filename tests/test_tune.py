@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import FixedTrial, TrialState
 
 from training import tune
-from training.config import ConfigError, from_dict, parse_config
+from training.fitting.config import ConfigError, from_dict, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "nih"
@@ -138,7 +138,7 @@ WORKER = textwrap.dedent('''
     from pathlib import Path
     import pandas as pd
     from training import tune
-    from training.config import from_dict
+    from training.fitting.config import from_dict
 
     def toy_fit(cfg, *, on_epoch_end=None):
         run = Path(cfg.out)
@@ -249,7 +249,7 @@ def test_one_real_trial_with_fit_and_the_exports(tmp_path: Path) -> None:
     settings = tune.settings_from(args, base)
     assert settings.storage == f"sqlite:///{(out / 'study.db').resolve()}", "SQLite by default"
     out.mkdir()
-    study = tune.run_worker(settings, base)  # the real training.train.fit
+    study = tune.run_worker(settings, base)  # the real training.fitting.loop.fit
     trial = study.best_trial
     assert trial.state == TrialState.COMPLETE, f"the trial should complete: {study.trials}"
     assert 0.0 <= trial.value <= 1.0, f"value is a validation mean AUROC over the 14 pathologies: {trial.value}"

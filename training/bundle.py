@@ -9,10 +9,10 @@ One command, the last stage before publishing. Starting from a calibrated checkp
 own command, into a staging folder beside ``--out``, and swaps that folder in only when
 all of them succeeded:
 
-1. the input gate, refitted for this model: the feature distance (``training.ood``:
+1. the input gate, refitted for this model: the feature distance (``training.fit_ood``:
    statistics of the training split, levels from the validation split) and the view head
    that tells frontal films from lateral films, CT slices and other images
-   (``training.gate``, on the NIH films of ``--images`` and the images of ``--ood-dir``);
+   (``training.fit_gate``, on the NIH films of ``--images`` and the images of ``--ood-dir``);
 2. the test split, scored once (``training.evaluate --split test``; ``--compare`` adds a
    reference model's predictions on the images they share);
 3. heatmap localisation against the NIH boxes (``training.localize``; out of fold with
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import yaml
 
-from training import evaluate, gate, localize, model_card, ood
-from training.eval_report import evaluation_key
+from training import evaluate, fit_gate, fit_ood, localize, model_card
+from training.reports.markdown import evaluation_key
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, write_config
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
@@ -88,9 +88,9 @@ def bundle(
         shutil.copy2(checkpoint / name, staging / name)
     evaluation = staging / EVAL_DIR
     image_args = ["--images", *images]
-    run_stage("ood", ood.main, ["--checkpoint", staging, *image_args, "--split-dir", splits,
+    run_stage("ood", fit_ood.main, ["--checkpoint", staging, *image_args, "--split-dir", splits,
                                 "--report", evaluation / "ood.json"])
-    run_stage("gate", gate.main, ["--checkpoint", staging, *image_args, "--metadata", metadata,
+    run_stage("gate", fit_gate.main, ["--checkpoint", staging, *image_args, "--metadata", metadata,
                                   "--ood-dir", ood_dir, *gate_options,
                                   "--report", evaluation / "gate.json"])
     comparison = ["--compare", compare, "--compare-name", compare_name or compare.stem] if compare else []
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lateral/, ct/ and frontal/ images other than NIH's, with sources.csv "
                              "(the input gate's fit and held-out check)")
     parser.add_argument("--gate-option", action="append", default=[], metavar="FLAG",
-                        help="a training.gate option, e.g. --gate-option=--max-nih-fit=400")
+                        help="a training.fit_gate option, e.g. --gate-option=--max-nih-fit=400")
     parser.add_argument("--metadata", type=Path, default=DEFAULT_METADATA)
     parser.add_argument("--bboxes", type=Path, help="NIH BBox_List_2017.csv: localisation figures")
     parser.add_argument("--folds", type=Path, metavar="CV_DIR",

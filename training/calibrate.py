@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from training.calibration import (
+from training.data.metadata import FINDINGS, PATIENT, MetadataError, read_metadata
+from training.data.predictions import Predictions, PredictionsFileError, read_predictions
+from training.fitting.probability_scaling import (
     CALIBRATION_METHODS,
     DEFAULT_ECE_BINS,
     apply_calibration,
@@ -39,10 +41,8 @@ from training.calibration import (
     fit_calibration,
     uninformative_classes,
 )
-from training.data import FINDINGS, PATIENT, MetadataError, read_metadata
-from training.eval_metrics import THRESHOLD_METHODS, choose_thresholds
-from training.metrics import per_class_auroc
-from training.predictions import Predictions, PredictionsFileError, read_predictions
+from training.metrics.classification import THRESHOLD_METHODS, choose_thresholds
+from training.metrics.headline import auroc_by_label
 from xray_app.labels import LABELS, label_matrix
 from xray_app.model import (
     CONFIG_FILE,
@@ -118,7 +118,7 @@ def no_signal_classes(
     """Labels whose held-out scores show no signal: one label value only, AUROC <= 0.5,
     or a calibration that found no positive relation to the label. Their threshold is the
     0.5 fallback, and the app marks them rather than presenting that threshold as chosen."""
-    per_class = per_class_auroc(y_true, probs)
+    per_class = auroc_by_label(y_true, probs)
     flat = set(uninformative_classes(calibration))
     return [name for c, name in enumerate(LABELS)
             if c in flat or not per_class[name] > 0.5]  # NaN (one label value) included

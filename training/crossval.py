@@ -4,7 +4,7 @@ On a small sample a single validation split is too noisy to choose between recip
 (on the 500 shared radiographs, 100 validation patients put about ±0.06 around a mean
 AUROC).  This pools the train and validation splits of the run (the test split is left
 out: no fold trains or validates on it), deals their *patients* into K folds, and trains the same
-configuration K times with :func:`training.train.fit`, each time validating on one fold
+configuration K times with :func:`training.fitting.loop.fit`, each time validating on one fold
 and training on the others.  Every image is then validated on exactly once, by a model
 that never saw its patient.
 
@@ -86,25 +86,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.calibrate import CalibrationError, calibrate
-from training.calibration import apply_calibration
-from training.config import ConfigError, TrainConfig, parse_config
-from training.data import (
-    IMAGE,
-    PATIENT,
-    MetadataError,
-    RunData,
-    SplitLeakError,
-    Splits,
-    check_patient_disjoint,
-    load_data,
-    write_splits,
-)
+from training.data.metadata import IMAGE, PATIENT, MetadataError
+from training.data.predictions import Predictions, write_predictions
+from training.data.run_data import RunData, load_data
+from training.data.splits import SplitLeakError, Splits, check_patient_disjoint, write_splits
 from training.evaluate import EvalConfig, EvaluationError, evaluate
-from training.metrics import mean_pathology_auroc, per_class_auroc
-from training.predictions import Predictions, write_predictions
-from training.runs import RunFolder
-from training.runtime import Runtime, TrainingError, make_runtime
-from training.train import fit, predict
+from training.fitting.config import ConfigError, TrainConfig, parse_config
+from training.fitting.loop import fit, predict
+from training.fitting.probability_scaling import apply_calibration
+from training.fitting.run_folder import RunFolder
+from training.fitting.runtime import Runtime, TrainingError, make_runtime
+from training.metrics.headline import auroc_by_label, mean_pathology_auroc
 from xray_app.labels import LABELS, PATHOLOGIES
 from xray_app.model import (
     PretrainedWeightsUnavailable,
@@ -362,9 +354,9 @@ def out_of_fold_summary(scores: dict[str, list[float]], mirror_average: bool) ->
 
 
 def pathology_mean_auroc(targets: np.ndarray, logits: np.ndarray) -> float:
-    """The headline (:mod:`training.metrics`): AUROC averaged over the 14 pathologies
+    """The headline (:mod:`training.metrics.headline`): AUROC averaged over the 14 pathologies
     that have both a positive and a negative."""
-    return mean_pathology_auroc(per_class_auroc(targets, logits))
+    return mean_pathology_auroc(auroc_by_label(targets, logits))
 
 
 def held_out_scoring(cfg: TrainConfig, run: Path) -> tuple[torch.nn.Module, RunData, Runtime]:

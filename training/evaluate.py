@@ -35,33 +35,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.calibration import (
-    DEFAULT_ECE_BINS,
-    apply_calibration,
-    calibration_summary,
-)
-from training.data import (
-    FINDINGS,
-    IMAGE,
-    PATIENT,
-    MetadataError,
-    find_images,
-    read_metadata,
-)
-from training.eval_metrics import (
-    DEFAULT_THRESHOLD,
-    compare_auroc,
-    per_class_metrics,
-)
-from training.eval_plots import plot_pr_grid, plot_reliability, plot_roc_grid
-from training.eval_report import render_markdown
-from training.predictions import (
+from training.data.images import find_images
+from training.data.metadata import FINDINGS, IMAGE, PATIENT, MetadataError, read_metadata
+from training.data.predictions import (
     Predictions,
     PredictionsFileError,
     read_predictions,
     write_predictions,
 )
-from training.provenance import public_name
+from training.fitting.probability_scaling import (
+    DEFAULT_ECE_BINS,
+    apply_calibration,
+    calibration_summary,
+)
+from training.fitting.provenance import public_name
+from training.metrics.classification import DEFAULT_THRESHOLD, compare_auroc, per_class_metrics
+from training.reports.markdown import render_markdown
+from training.reports.plots import plot_pr_grid, plot_reliability, plot_roc_grid
 from xray_app.labels import LABELS, label_matrix
 from xray_app.model import (
     CONFIG_FILE,

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.data import FINDINGS, IMAGE, MetadataError, find_images, read_splits
+from training.data.images import find_images
+from training.data.metadata import FINDINGS, IMAGE, MetadataError
+from training.data.splits import read_splits
 
 MAX_SIDE = 512
 ATTRIBUTION = (

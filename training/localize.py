@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from training.provenance import public_name
+from training.fitting.provenance import public_name
 from xray_app.labels import LABEL_INDEX
 from xray_app.model import LoadedCheckpoint
 from xray_app.predictor import Predictor
@@ -323,10 +323,10 @@ class FoldModel:
 
 def fold_models(cv_dir: Path) -> list[FoldModel]:
     """Every ``CV_DIR/fold_K`` as its last finished epoch (its weight average when it kept
-    one, as :meth:`training.runs.RunFolder.last_epoch_model` gives it to the out-of-fold
+    one, as :meth:`training.fitting.run_folder.RunFolder.last_epoch_model` gives it to the out-of-fold
     predictions), in the exported checkpoint's preprocessing, scoring images as the fold's
     recipe did (``mirror_average``)."""
-    from training.runs import RunFolder
+    from training.fitting.run_folder import RunFolder
     from xray_app.model import load_checkpoint
 
     runs = sorted((p for p in cv_dir.glob("fold_*") if p.name.removeprefix("fold_").isdigit()),
@@ -390,9 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="side of the square the box coordinates refer to")
     args = parser.parse_args(argv)
 
-    from training.config import ConfigError
-    from training.data import MetadataError, find_images
-    from training.runtime import TrainingError
+    from training.data.images import find_images
+    from training.data.metadata import MetadataError
+    from training.fitting.config import ConfigError
+    from training.fitting.runtime import TrainingError
     from xray_app.model import CheckpointError, load_checkpoint
     from xray_app.preprocess import ImageInputError
 

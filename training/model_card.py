@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.eval_report import (
+from training.fitting.provenance import public_name
+from training.reports.markdown import (
     OUT_OF_FOLD,
     evaluation_key,
     fmt,
@@ -27,7 +28,6 @@ from training.eval_report import (
     headline_sentence,
     metrics_table,
 )
-from training.provenance import public_name
 from xray_app.labels import LABELS, display_name
 from xray_app.model import CONFIG_FILE, CheckpointError, read_config
 
@@ -145,7 +145,7 @@ def _fitted(config: dict[str, Any]) -> dict[str, Any]:
 
 def _out_of_fold(report: dict[str, Any], config: dict[str, Any]) -> bool:
     """Whether ``report`` scored the out-of-fold predictions this model's thresholds were
-    fitted on (the rule is :func:`training.eval_report.evaluation_key`)."""
+    fitted on (the rule is :func:`training.reports.markdown.evaluation_key`)."""
     return evaluation_key(report["split"], _fitted(config)) == OUT_OF_FOLD
 
 
@@ -367,7 +367,7 @@ def _gate_section(config: dict[str, Any]) -> list[str]:
     gate = config.get("gate")
     if not gate:
         return [*lines, "This checkpoint has no view head: only the out-of-distribution "
-                "distance above screens its inputs (`python -m training.gate` adds one)."]
+                "distance above screens its inputs (`python -m training.fit_gate` adds one)."]
     others = [GATE_CLASS_NAMES.get(c, c) for c in gate.get("classes", [])[1:]]
     lines += [
         f"The view head ({gate.get('method')}: {gate.get('features')}) tells a frontal chest "
@@ -397,7 +397,7 @@ def _gate_section(config: dict[str, Any]) -> list[str]:
               + f" ({sum(variants.values())} images with augmented variants and "
               f"{variants.get('other', 0)} generated non-radiographs: document pages, "
               "photographs, an MR slice, synthetic scenes). Design, split and levels: "
-              "`docs/input-gate.md`; rerun `python -m training.gate` whenever the weights change."]
+              "`docs/input-gate.md`; rerun `python -m training.fit_gate` whenever the weights change."]
     return lines
 
 

@@ -1,13 +1,13 @@
-"""Hyperparameter search with Optuna: a thin layer over :func:`training.train.fit`.
+"""Hyperparameter search with Optuna: a thin layer over :func:`training.fitting.loop.fit`.
 
     python -m training.tune --config base.yaml [training.train flags...] \\
         --study-name NAME [--storage sqlite:///study.db | URL | journal:PATH] \\
         [--n-trials N] [--timeout S] [--workers K] --out DIR
 
-Each trial maps its parameters into the same :class:`~training.config.TrainConfig`
+Each trial maps its parameters into the same :class:`~training.fitting.config.TrainConfig`
 (:func:`apply_params`, a pure function) and calls the same ``fit``; ``fit`` reports the
 headline metric, the validation mean AUROC over the 14 pathologies
-(:mod:`training.metrics`), after every epoch to :func:`report_and_maybe_prune`, which
+(:mod:`training.metrics.headline`), after every epoch to :func:`report_and_maybe_prune`, which
 feeds Optuna's median pruner.  The objective value is the best epoch's headline
 (threshold-free).  The test split is never read: ``fit`` uses train and validation only.
 
@@ -39,7 +39,7 @@ Failed trials are retried (``--max-retry``, default 1) with the same parameters:
   and Optuna's ``RetryHeartbeatStaleTrialCallback`` (the new name of
   ``RetryFailedTrialCallback``, deprecated in Optuna 4.9) re-queues it.  RDB storages
   (SQLite, SQLAlchemy URLs) have heartbeats in Optuna; the journal gets them from
-  :class:`~training.journal_heartbeat.HeartbeatJournalStorage` (workers on several
+  :class:`~training.fitting.journal_storage.HeartbeatJournalStorage` (workers on several
   machines need synchronised clocks there).
 
 A retried trial runs in its original trial's folder and resumes from its ``last.ckpt``
@@ -75,9 +75,9 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from training.config import ConfigError, TrainConfig, from_dict, load_yaml, parse_config
-from training.journal_heartbeat import HeartbeatJournalStorage
-from training.metrics import VAL_HEADLINE
+from training.fitting.config import ConfigError, TrainConfig, from_dict, load_yaml, parse_config
+from training.fitting.journal_storage import HeartbeatJournalStorage
+from training.metrics.headline import VAL_HEADLINE
 
 OBJECTIVE = VAL_HEADLINE
 THRESHOLD = "threshold"
@@ -182,12 +182,14 @@ def macro_f1(targets: np.ndarray, probabilities: np.ndarray, threshold: float) -
 
 def val_macro_f1(best_dir: Path, cfg: TrainConfig, threshold: float) -> float:
     """Validation macro-F1 over the 14 pathologies at ``threshold`` of the exported model
-    in ``best_dir``, scored as the app scores it (:func:`training.train.predict`, with the
+    in ``best_dir``, scored as the app scores it (:func:`training.fitting.loop.predict`, with the
     checkpoint's own test-time policy)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from training.train import Runtime, load_data, predict
+    from training.data.run_data import load_data
+    from training.fitting.loop import predict
+    from training.fitting.runtime import Runtime
     from xray_app.labels import PATHOLOGIES
     from xray_app.model import load_checkpoint
 
@@ -204,7 +206,7 @@ def val_macro_f1(best_dir: Path, cfg: TrainConfig, threshold: float) -> float:
 
 
 def _default_fit() -> FitFunction:
-    from training.train import fit
+    from training.fitting.loop import fit
 
     return fit
 
@@ -238,14 +240,14 @@ def objective(
 
 def best_value(run: Path) -> float:
     """Best validation headline in ``fit``'s ``metrics.csv`` (all epochs, resumed or not)."""
-    from training.runs import RunFolder  # imports torch: workers start without it
+    from training.fitting.run_folder import RunFolder  # imports torch: workers start without it
 
     return RunFolder(run).best_value(OBJECTIVE)
 
 
 def _tidy(run: Path, *, keep_best: bool) -> None:
     """A finished trial needs no resume state; a pruned one no exported model either."""
-    from training.runs import RunFolder
+    from training.fitting.run_folder import RunFolder
 
     RunFolder(run).tidy(keep_best=keep_best)
 

@@ -21,7 +21,7 @@ radiographs that the view head does not recognise), the check that fired (``None
 none did), its score and the level ``"ok"``, ``"warn"`` (findings shown with the gate's
 message) or ``"refuse"`` (no findings).
 
-Storage (written by :mod:`training.gate`): ``model.safetensors`` holds float32
+Storage (written by :mod:`training.fit_gate`): ``model.safetensors`` holds float32
 ``ood.view.mean`` ``(F,)``, ``ood.view.scale`` ``(F,)``, ``ood.view.weight`` ``(C, F)`` and
 ``ood.view.bias`` ``(C,)``, ``F = 2048 + N_STATISTICS``; ``config.json``'s ``gate`` entry
 holds the class names in logit order (``"frontal"`` first), the two levels on the score,

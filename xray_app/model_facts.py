@@ -19,7 +19,7 @@ def training_data_summary(provenance: dict[str, Any]) -> str:
         return "not recorded in config.json"
     if not isinstance(data, dict):
         return str(data)
-    if data.get("description"):  # what the data is, written by training.provenance
+    if data.get("description"):  # what the data is, written by training.fitting.provenance
         summary = str(data["description"])
     else:
         counts = ", ".join(f"{n} {split}" for split, n in (data.get("images") or {}).items())

@@ -17,14 +17,14 @@ bundled model) but in its exact compact form: fitted on N training images, ``S``
     z = f - mean;  w = outside z + ((z @ basis^T) * coef) @ basis;  score = ||w||
 
 ``config.json``'s ``ood`` entry holds the method and the two levels, chosen on validation
-radiographs by :mod:`training.ood`:
+radiographs by :mod:`training.fit_ood`:
 
 * ``score <= warn``: ``"ok"``;
 * ``warn < score <= refuse``: ``"warn"``: the prediction is shown with a warning;
 * ``score > refuse``: ``"refuse"``: no prediction is shown.
 
 This module is app-side: numpy/torch only.  The statistics are fitted in
-:mod:`training.ood` (which uses scikit-learn); scoring lives here so that the app, the
+:mod:`training.fit_ood` (which uses scikit-learn); scoring lives here so that the app, the
 command line and the training-side evaluation compute exactly the same number.
 """
 
@@ -153,7 +153,7 @@ class OodGate:
         missing = [k for k in TENSOR_KEYS if k not in extra_tensors]
         if missing:
             hint = (
-                " (it has the older dense ood.whitening: re-run python -m training.ood)"
+                " (it has the older dense ood.whitening: re-run python -m training.fit_ood)"
                 if DENSE_WHITENING_KEY in extra_tensors else ""
             )
             raise OodConfigError(

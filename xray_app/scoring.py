@@ -6,7 +6,7 @@ checkpoint's ``config.json`` names is applied in one place:
 * :func:`score_batch`: a batch of model inputs -> :class:`Scores`. Used by the app's
   :class:`~xray_app.predictor.Predictor` (which also needs the layer4 feature maps for
   the heatmaps and the out-of-distribution gate) and by training's validation
-  (:func:`training.train.predict`), through which cross-validation and tuning score;
+  (:func:`training.fitting.loop.predict`), through which cross-validation and tuning score;
 * :func:`score_images`: files or decoded arrays -> logits and pooled features, through
   the app's own preprocessing. Used by evaluation and the out-of-distribution fit.
 

@@ -2,7 +2,7 @@
 
 One command, rerun whenever the bundled model changes (its features change with it)::
 
-    python -m training.gate --checkpoint DIR --images NIH_DIR [NIH_DIR ...] \\
+    python -m training.fit_gate --checkpoint DIR --images NIH_DIR [NIH_DIR ...] \\
         --metadata Data_Entry_2017_v2020.csv.gz --ood-dir ../shared/data/ood [--seed 0] \\
         [--held-out-fraction 0.4] [--max-nih-fit N] [--max-nih-held-out N] [--device cpu] \\
         [--report FILE.json]
@@ -61,7 +61,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from training.provenance import public_name
+from training.fitting.provenance import public_name
+from training.metrics.auroc import auroc
 from xray_app.gate import (
     BIAS_KEY,
     MEAN_KEY,
@@ -167,7 +168,8 @@ def ood_items(ood_dir: Path) -> list[Item]:
 
 def nih_items(image_dirs: Sequence[Path], metadata: Path) -> list[Item]:
     """NIH frontal films found under ``image_dirs``, grouped by patient from ``metadata``."""
-    from training.data import IMAGE, PATIENT, find_images, read_metadata
+    from training.data.images import find_images
+    from training.data.metadata import IMAGE, PATIENT, read_metadata
 
     frame = read_metadata(metadata)
     patient = dict(zip(frame[IMAGE], frame[PATIENT], strict=True))
@@ -311,8 +313,8 @@ def document_page(rng: np.random.Generator, size: int = 512) -> np.ndarray:
 
 def other_images(n: int, rng: np.random.Generator) -> list[np.ndarray]:
     """``n`` grey non-radiographs: document pages, augmented photographs and MR slice,
-    and the synthetic scenes of :func:`training.ood.generate_non_radiographs`."""
-    from training.ood import generate_non_radiographs
+    and the synthetic scenes of :func:`training.fit_ood.generate_non_radiographs`."""
+    from training.fit_ood import generate_non_radiographs
 
     photos = sample_photographs()
     scenes = [decode_image(png).pixels for _, png in
@@ -477,13 +479,11 @@ def choose_levels(nih_scores: np.ndarray, other_frontal_scores: np.ndarray) -> t
 
 
 # --------------------------------------------------------------------------- figures
-def auroc(negatives: np.ndarray, positives: np.ndarray) -> float | None:
-    """AUROC of a score for positives against negatives (ties count half); None if empty."""
-    if negatives.size == 0 or positives.size == 0:
-        return None
-    greater = (positives[:, None] > negatives[None, :]).mean()
-    ties = (positives[:, None] == negatives[None, :]).mean()
-    return float(greater + 0.5 * ties)
+def separation(negatives: np.ndarray, positives: np.ndarray) -> float | None:
+    """AUROC of a score for ``positives`` against ``negatives`` (ties count half);
+    None (a JSON null) when either is empty."""
+    value = auroc(np.r_[np.zeros(negatives.size), np.ones(positives.size)], np.r_[negatives, positives])
+    return None if np.isnan(value) else value
 
 
 def held_out_figures(
@@ -510,7 +510,7 @@ def held_out_figures(
         gate_flagged = int((levels[mask] != "ok").sum())
         figures[kind] = {
             "n": count,
-            "auroc_vs_nih_frontal": None if kind == "nih_frontal" else auroc(nih, scores[mask]),
+            "auroc_vs_nih_frontal": None if kind == "nih_frontal" else separation(nih, scores[mask]),
             "view_flagged": view_flagged,
             "view_refused": int((scores[mask] > refuse).sum()),
             "gate_flagged": gate_flagged,
@@ -604,7 +604,7 @@ def write_gate(checkpoint: LoadedCheckpoint, tensors: dict[str, torch.Tensor], e
     The weights keep their stored dtype and every other ``ood.*`` tensor is kept; the
     gate is read back through the app's loader before returning.
     """
-    from training.ood import stored_weight_dtype
+    from training.fit_ood import stored_weight_dtype
     from xray_app.model import WEIGHTS_FILE
 
     directory = checkpoint.directory
@@ -635,7 +635,7 @@ def summary_lines(entry: dict[str, Any]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.gate",
+    parser = argparse.ArgumentParser(prog="python -m training.fit_gate",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory (rewritten)")
     parser.add_argument("--images", required=True, type=Path, nargs="+",
@@ -669,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         augment_copies=args.augment_copies, n_other=args.n_other, folds=args.folds, c=args.c,
         batch_size=args.batch_size, device=args.device, seed=args.seed,
     )
-    from training.data import MetadataError
+    from training.data.metadata import MetadataError
 
     try:
         entry = fit_gate(cfg)

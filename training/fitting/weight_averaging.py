@@ -11,7 +11,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader
 
-from training.runtime import Runtime, autocast, to_device
+from training.fitting.runtime import Runtime, autocast, to_device
 from xray_app.model import ChestXrayResNet
 
 

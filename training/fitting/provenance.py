@@ -23,9 +23,10 @@ import torch
 from xray_app.model import git_commit, utc_now
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
-    from training.data import RunData, Splits
-    from training.runtime import Runtime
+    from training.data.run_data import RunData
+    from training.data.splits import Splits
+    from training.fitting.config import TrainConfig
+    from training.fitting.runtime import Runtime
 
 NIH_IMAGES = 112_120  # radiographs in NIH ChestX-ray14
 # recipe fields that hold a file or folder of the machine that trained: recorded by name

@@ -1,6 +1,6 @@
 """Knowledge distillation from a teacher model's predictions on the training images.
 
-With ``--teacher CSV`` (a predictions file, see :mod:`training.predictions`, e.g. a
+With ``--teacher CSV`` (a predictions file, see :mod:`training.data.predictions`, e.g. a
 stronger reference model's ``prob_<Label>`` columns) each training target the teacher
 covers becomes a soft target
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from training.predictions import Predictions, read_predictions
+from training.data.predictions import Predictions, read_predictions
 from xray_app.labels import LABELS
 
 

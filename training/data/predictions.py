@@ -4,7 +4,7 @@ A predictions CSV has ``Image Index`` and either ``logit_<Label>`` or ``prob_<La
 columns (any subset of the 15 labels, e.g. a 14-class reference model such as
 ``../shared/data/nih/chexnet_repro_preds.csv``).  ``training.evaluate`` writes them
 (logits) and reads them (``--predictions``, ``--compare``); ``training.train`` reads a
-teacher's (``--teacher``, see :mod:`training.distill`).
+teacher's (``--teacher``, see :mod:`training.data.soft_targets`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.calibration import apply_calibration
-from training.data import IMAGE, PATIENT
+from training.data.metadata import IMAGE, PATIENT
+from training.fitting.probability_scaling import apply_calibration
 from xray_app.labels import LABELS
 
 LOGIT_PREFIX = "logit_"

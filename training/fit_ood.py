@@ -26,7 +26,7 @@ after this step.
 
 Command line::
 
-    python -m training.ood --checkpoint RUN/best --images DIR --split-dir RUN
+    python -m training.fit_ood --checkpoint RUN/best --images DIR --split-dir RUN
         [--max-train N] [--max-val N] [--n-generated 64] [--batch-size 16] [--seed 0]
         [--report FILE.json]
 """
@@ -47,6 +47,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 
+from training.metrics.auroc import auroc
 from xray_app.model import (
     WEIGHTS_FILE,
     CheckpointError,
@@ -188,13 +189,10 @@ def choose_levels(
 
 def separation_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """AUROC of the score for out-of-distribution (positive) vs radiographs (negative)."""
-    from sklearn.metrics import roc_auc_score
-
     y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
-    return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
+    return auroc(y, np.r_[in_scores, out_scores])
 
 
-# --------------------------------------------------------------------------- non-radiographs
 def _smooth_field(rng: np.random.Generator, size: int, channels: int, cells: int) -> np.ndarray:
     """Low-frequency random field in [0, 1], ``(size, size, channels)``."""
     coarse = rng.random((cells, cells, channels)).astype(np.float32)
@@ -387,7 +385,9 @@ def attach_ood_gate(
 
 # --------------------------------------------------------------------------- command line
 def _split_images(split_dir: Path, images: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    from training.data import IMAGE, find_images, read_splits
+    from training.data.images import find_images
+    from training.data.metadata import IMAGE
+    from training.data.splits import read_splits
 
     directory = split_dir if (split_dir / "train.csv").is_file() else split_dir / "splits"
     splits = read_splits(directory)  # checks patient-disjointness; test names are not used
@@ -405,7 +405,7 @@ def _subsample(paths: list[Path], limit: int | None, rng: np.random.Generator) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.ood", description=__doc__.split("\n")[0]
+        prog="python -m training.fit_ood", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--images", required=True, type=Path, nargs="+", metavar="DIR",
@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
-    from training.data import MetadataError, SplitLeakError
+    from training.data.metadata import MetadataError
+    from training.data.splits import SplitLeakError
 
     try:
         train, val = _split_images(args.split_dir, args.images)

@@ -1,4 +1,4 @@
-"""A training run's folder, as :func:`training.train.fit` writes it, and its resume state.
+"""A training run's folder, as :func:`training.fitting.loop.fit` writes it, and its resume state.
 
 ``RUN/`` holds ``config.yaml`` (the resolved recipe, valid ``--config`` input),
 ``train.csv``/``val.csv``/``test.csv`` and ``prevalence.csv`` (the split), ``metrics.csv``
@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from training.averaging import WeightAverage
-from training.config import TrainConfig, parse_config
-from training.runtime import TrainingError
+from training.fitting.config import TrainConfig, parse_config
+from training.fitting.runtime import TrainingError
+from training.fitting.weight_averaging import WeightAverage
 from xray_app.model import CONFIG_FILE, ChestXrayResNet, build_model
 
 

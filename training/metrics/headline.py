@@ -1,8 +1,9 @@
-"""The headline metric, and the per-class AUROC it is made of.
+"""The headline metric, and the per-label AUROC it is made of
+(:func:`training.metrics.auroc.per_class_auroc`).
 
 Every report leads with one number: the **mean AUROC over the 14 pathologies**
 (:data:`xray_app.labels.PATHOLOGIES`).  Epoch selection and early stopping
-(:mod:`training.train`), Optuna's pruning and objective (:mod:`training.tune`),
+(:mod:`training.fitting.loop`), Optuna's pruning and objective (:mod:`training.tune`),
 cross-validation (:mod:`training.crossval`) and evaluation (:mod:`training.evaluate`)
 all use it.  "No Finding" is not a pathology: its AUROC is reported on its own line
 (``auroc_No Finding``) and never averaged in.
@@ -13,29 +14,25 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from training.metrics.auroc import per_class_auroc
 from xray_app.labels import LABELS, NO_FINDING, PATHOLOGIES
 
 HEADLINE = "mean AUROC over the 14 pathologies"
 VAL_HEADLINE = "val_mean_auroc"  # the headline on the validation split: metrics.csv column
 
 
-def per_class_auroc(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def auroc_by_label(
+    targets: np.ndarray, scores: np.ndarray, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
     """AUROC of each of the 15 outputs, by label; NaN for a class without both a
     positive and a negative image.
 
     ``targets`` ``(N, 15)`` 0/1 in logit order, ``scores`` ``(N, 15)`` any monotone score
-    (logits or probabilities).
+    (logits or probabilities), ``sample_weight`` ``(N,)`` optional image weights.
     """
-    per_class: dict[str, float] = {}
-    for c, name in enumerate(LABELS):
-        column = targets[:, c]
-        if 0 < column.sum() < len(column):
-            per_class[name] = float(roc_auc_score(column, scores[:, c]))
-        else:
-            per_class[name] = math.nan
-    return per_class
+    values = per_class_auroc(targets, scores, sample_weight)
+    return {name: float(value) for name, value in zip(LABELS, values, strict=True)}
 
 
 def mean_pathology_auroc(per_class: dict[str, float]) -> float:
@@ -47,5 +44,5 @@ def mean_pathology_auroc(per_class: dict[str, float]) -> float:
 
 def headline_auroc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, float, dict[str, float]]:
     """``(mean over the 14 pathologies, "No Finding" AUROC, per-class AUROC)``."""
-    per_class = per_class_auroc(targets, scores)
+    per_class = auroc_by_label(targets, scores)
     return mean_pathology_auroc(per_class), per_class[NO_FINDING], per_class

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from training.config import TrainConfig
+from training.fitting.config import TrainConfig
 
 
 class TrainingError(RuntimeError):

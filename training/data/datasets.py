@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from training.augment import apply_augment
-from training.cache import ImageCache
+from training.data.augment import apply_augment
+from training.data.image_cache import ImageCache
 from xray_app.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_image, to_model_input
 
 
@@ -64,7 +64,7 @@ class XrayDataset(Dataset):
     """``dataset[i]`` or ``dataset[(i, seed)]`` -> ``((3, S, S) float32, (15,) float32)``.
 
     ``labels`` is ``(N, 15)`` in logit order.  The ``(index, seed)`` form (from
-    :class:`~training.sampling.RepeatFactorSampler`) seeds the augmentation of that draw;
+    :class:`~training.data.sampling.RepeatFactorSampler`) seeds the augmentation of that draw;
     a plain index uses seed = index.  Without ``augment`` the tensor is exactly the app's.
     """
 

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from training.calibration import DEFAULT_ECE_BINS, reliability_bins
+from training.fitting.probability_scaling import DEFAULT_ECE_BINS, reliability_bins
 from xray_app.labels import display_name
 
 Curves = dict[str, np.ndarray]  # model name -> (N, C) probabilities

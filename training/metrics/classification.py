@@ -1,7 +1,7 @@
 """Evaluation metrics over arrays, with confidence intervals resampled by patient.
 
 Pure functions: arrays in, JSON-ready dicts out; no files, no plotting, no model.
-(:mod:`training.metrics` holds the trainer's per-epoch validation AUROC.)
+(:mod:`training.metrics.headline` holds the trainer's per-epoch validation AUROC.)
 
 Conventions
 -----------
@@ -27,74 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from training.metrics.auroc import auroc_from_sums, group_sums, tie_groups
+from training.metrics.bootstrap import CI_LEVEL, bootstrap_counts, interval
 from xray_app.labels import PATHOLOGIES
 
-CI_LEVEL = 0.95
 HEADLINE_NAME = "mean AUROC over the 14 pathologies"
 _MAX_CHUNK_CELLS = 4_000_000  # resamples x tie groups per block: bounds memory on big splits
 
 
-# --------------------------------------------------------------------------- resampling
-def bootstrap_counts(
-    groups: Sequence[Any], n_boot: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw patient-level bootstrap resamples.
-
-    Returns ``(counts, inverse)``: ``counts`` is ``(n_boot, P)`` int, how many times each
-    of the P distinct patients was drawn; ``inverse`` is ``(N,)``, the patient index of
-    each image, so ``counts[:, inverse]`` are the ``(n_boot, N)`` image weights (every
-    image of a patient gets the patient's count).
-    """
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    inverse = inverse.ravel()
-    n_patients = int(inverse.max()) + 1 if inverse.size else 0
-    if n_boot <= 0 or n_patients == 0:
-        return np.zeros((0, n_patients), dtype=np.int32), inverse
-    counts = rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=n_boot)
-    return counts.astype(np.int32), inverse
-
-
+# --------------------------------------------------------------------------- ranking metrics
 def _chunks(n_rows: int, n_cols: int) -> list[slice]:
     step = max(1, _MAX_CHUNK_CELLS // max(1, n_cols))
     return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
-
-
-# --------------------------------------------------------------------------- ranking metrics
-def _tie_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Descending sort order of ``scores`` and the start index of each run of equal scores."""
-    order = np.argsort(-scores, kind="stable")
-    ranked = scores[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-    return order, starts
-
-
-def _group_sums(
-    positive: np.ndarray, starts: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted positives and negatives per tie group: two ``(B, G)`` float arrays.
-
-    ``positive`` ``(N,)`` bool and ``weights`` ``(B, N)`` are already in descending score
-    order; ``starts`` are the first indices of the G tie groups.  Positives are gathered
-    on their own (they are usually few) and the negatives are the rest of each group.
-    """
-    total = np.add.reduceat(weights, starts, axis=1).astype(np.float64)
-    pos = np.zeros_like(total)
-    columns = np.flatnonzero(positive)
-    if columns.size:
-        group = np.searchsorted(starts, columns, side="right") - 1
-        first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        pos[:, group[first]] = np.add.reduceat(weights[:, columns], first, axis=1)
-    return pos, total - pos
-
-
-def _auroc_from_sums(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """``(B,)`` AUROC (ties count one half); NaN where a row lacks positives or negatives."""
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    neg_below = n_neg[:, None] - np.cumsum(neg, axis=1)  # negatives with a strictly lower score
-    wins = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = wins / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
 def _ap_from_sums(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -124,12 +68,12 @@ def ranking_metrics(
     ap = np.full(weights.shape[0], np.nan)
     if y.size == 0:
         return auroc, ap
-    order, starts = _tie_groups(scores)
+    order, starts = tie_groups(scores)
     positive = y[order].astype(bool)
     weights = np.asarray(weights)
     for block in _chunks(weights.shape[0], y.size):
-        pos, neg = _group_sums(positive, starts, weights[block][:, order])
-        auroc[block] = _auroc_from_sums(pos, neg)
+        pos, neg = group_sums(positive, starts, weights[block][:, order])
+        auroc[block] = auroc_from_sums(pos, neg)
         ap[block] = _ap_from_sums(pos, neg)
     return auroc, ap
 
@@ -143,31 +87,14 @@ def _boot_ranking(
     auroc, ap = np.full(n_boot, np.nan), np.full(n_boot, np.nan)
     if y.size == 0:
         return auroc, ap
-    order, starts = _tie_groups(np.asarray(scores, dtype=np.float64))
+    order, starts = tie_groups(np.asarray(scores, dtype=np.float64))
     positive = np.asarray(y)[order].astype(bool)
     owner = inverse[order]
     for block in _chunks(n_boot, y.size):
-        pos, neg = _group_sums(positive, starts, counts[block][:, owner])
-        auroc[block] = _auroc_from_sums(pos, neg)
+        pos, neg = group_sums(positive, starts, counts[block][:, owner])
+        auroc[block] = auroc_from_sums(pos, neg)
         ap[block] = _ap_from_sums(pos, neg)
     return auroc, ap
-
-
-def _interval(point: float | None, samples: np.ndarray, reason: str | None = None) -> dict:
-    """``{"value", "ci_low", "ci_high", "n_valid_resamples", "n_resamples", "reason"}``."""
-    valid = samples[np.isfinite(samples)]
-    low = high = None
-    if point is not None and valid.size >= 2:
-        alpha = (1.0 - CI_LEVEL) / 2.0
-        low, high = (float(v) for v in np.quantile(valid, [alpha, 1.0 - alpha]))
-    return {
-        "value": point,
-        "ci_low": low,
-        "ci_high": high,
-        "n_valid_resamples": int(valid.size),
-        "n_resamples": int(samples.size),
-        "reason": reason,
-    }
 
 
 # --------------------------------------------------------------------------- threshold metrics
@@ -265,8 +192,8 @@ def _class_entry(
         "n_negative": n_neg,
         "prevalence": n_pos / y.size if y.size else None,
         "threshold": float(threshold),
-        "auroc": _interval(None if auroc_reason else auroc_point, auroc_boot, auroc_reason),
-        "auprc": _interval(None if ap_reason else ap_point, ap_boot, ap_reason),
+        "auroc": interval(None if auroc_reason else auroc_point, auroc_boot, auroc_reason),
+        "auprc": interval(None if ap_reason else ap_point, ap_boot, ap_reason),
         **decisions,
         **rates_from_counts(decisions),
     }
@@ -279,11 +206,11 @@ def _mean_over(values: dict[str, float | None], boot: dict[str, np.ndarray], wha
     classes = [name for name, value in values.items() if value is not None]
     left_out = [name for name, value in values.items() if value is None]
     if not classes:
-        return {**_interval(None, np.array([]), f"no class has a defined {what}"),
+        return {**interval(None, np.array([]), f"no class has a defined {what}"),
                 "classes": [], "classes_left_out": left_out}
     point = float(np.mean([values[name] for name in classes]))
     samples = np.stack([boot[name] for name in classes]).mean(axis=0)  # NaN if any undefined
-    return {**_interval(point, samples), "classes": classes, "classes_left_out": left_out}
+    return {**interval(point, samples), "classes": classes, "classes_left_out": left_out}
 
 
 def _micro(
@@ -298,9 +225,9 @@ def _micro(
     has_positive = flat_y.sum() > 0
     has_both = has_positive and flat_y.sum() < flat_y.size
     return {
-        "auroc": _interval(auroc_point if has_both else None, auroc_boot,
+        "auroc": interval(auroc_point if has_both else None, auroc_boot,
                            None if has_both else "undefined: one label value only"),
-        "auprc": _interval(ap_point if has_positive else None, ap_boot,
+        "auprc": interval(ap_point if has_positive else None, ap_boot,
                            None if has_positive else "undefined: no positives"),
         **decisions,
         **rates_from_counts(decisions),
@@ -426,7 +353,7 @@ def compare_auroc(
         defined = bool(np.isfinite(points[0]))
         differences[name] = float(points[0] - points[1]) if defined else None
         boots[name] = samples[0] - samples[1]
-        per_class[name] = {"auroc_difference": _interval(
+        per_class[name] = {"auroc_difference": interval(
             differences[name], boots[name], None if defined else "undefined AUROC")}
     pathologies = {n: differences[n] for n in labels if n in PATHOLOGIES}
     return {
@@ -464,7 +391,7 @@ def choose_thresholds(
     image (recall 1 at precision = prevalence); 0.5 on a calibrated probability means
     "more likely than not", which such a class will rarely reach.  The same goes for the
     classes in ``uninformative`` (from
-    :func:`training.calibration.uninformative_classes`): their calibration found no
+    :func:`training.fitting.probability_scaling.uninformative_classes`): their calibration found no
     positive relation between score and label, so every image gets about the same
     probability and a max-F1 cut through it would be arbitrary.
     """
@@ -485,10 +412,10 @@ def choose_thresholds(
             notes.append(f"{names[c]}: {n_pos} positive and {n_neg} negative images; "
                          f"threshold left at {DEFAULT_THRESHOLD}")
             continue
-        order, starts = _tie_groups(p)
-        pos, neg = _group_sums(y[order].astype(bool), starts, np.ones((1, y.size)))
+        order, starts = tie_groups(p)
+        pos, neg = group_sums(y[order].astype(bool), starts, np.ones((1, y.size)))
         tp, fp = np.cumsum(pos[0]), np.cumsum(neg[0])
-        auroc = float(np.sum(pos[0] * (n_neg - fp + 0.5 * neg[0])) / (n_pos * n_neg))
+        auroc = float(auroc_from_sums(pos, neg)[0])
         if auroc <= 0.5:
             notes.append(f"{names[c]}: validation AUROC {auroc:.3f} <= 0.5 (no signal); "
                          f"threshold set to {DEFAULT_THRESHOLD} instead of flagging every image")

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from training.augment import AugmentConfig
+from training.data.augment import AugmentConfig
 from xray_app.architectures import ARCHITECTURES
 
 DEFAULT_METADATA = "../shared/data/nih/Data_Entry_2017_v2020.csv.gz"
@@ -36,8 +36,8 @@ class DataConfig:
     """Where the images and labels come from and how they are split.
 
     Exactly one of ``images`` (one or more folders, searched recursively; an image name
-    found twice is refused) and ``cache`` (built by ``python -m training.prepare``).  ``splits`` reuses ``train.csv``/``val.csv``/
-    ``test.csv`` written by ``python -m training.data``; otherwise splits come from
+    found twice is refused) and ``cache`` (built by ``python -m training.cache``).  ``splits`` reuses ``train.csv``/``val.csv``/
+    ``test.csv`` written by ``python -m training.split``; otherwise splits come from
     ``split_lists`` (list files) or a patient-random split with the given fractions.
     """
 
@@ -67,11 +67,11 @@ class TrainConfig:
     """One training run.  The tuner maps trials onto these fields with ``dataclasses.replace``.
 
     Balancing (``no_finding_fraction``, ``repeat_threshold``, ``max_repeat``): see
-    :mod:`training.sampling`.  Loss (``focal_alpha``, ``focal_gamma``,
-    ``max_class_weight``): see :mod:`training.losses`.  ``amp``: ``auto`` = bf16 on CUDA,
+    :mod:`training.data.sampling`.  Loss (``focal_alpha``, ``focal_gamma``,
+    ``max_class_weight``): see :mod:`training.fitting.losses`.  ``amp``: ``auto`` = bf16 on CUDA,
     none on CPU.  ``limit_batches`` caps train and validation batches per epoch (smoke
     runs).  ``teacher``/``distill_weight``: soft targets from another model's predictions
-    on the training images (:mod:`training.distill`).  ``ema_decay``: keep an exponential
+    on the training images (:mod:`training.data.soft_targets`).  ``ema_decay``: keep an exponential
     moving average of the weights (updated after every optimiser step, batch-norm buffers
     included); when above 0 the average, not the raw weights, is validated, selected and
     exported.  ``swa_epochs``: stochastic weight averaging (Izmailov et al. 2018): the last
@@ -207,8 +207,8 @@ _TYPES = {"int": int, "float": float, "str": str}
 _HELP = {
     "metadata": "NIH Data_Entry_2017*.csv[.gz]",
     "images": "image folders, searched recursively (or --cache)",
-    "cache": "cache directory from python -m training.prepare (or --images)",
-    "splits": "directory with train.csv/val.csv/test.csv from python -m training.data",
+    "cache": "cache directory from python -m training.cache (or --images)",
+    "splits": "directory with train.csv/val.csv/test.csv from python -m training.split",
     "split_lists": "directory of NIH or CheXNet split lists (default: patient-random split)",
     "out": "run directory",
     "pretrained": "imagenet, none, or a local state dict PATH (a training run's last.ckpt: "

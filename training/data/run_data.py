@@ -1,0 +1,105 @@
+"""One training run's data: its splits, restricted to the images at hand, as datasets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from training.data.augment import build_augment
+from training.data.datasets import CachedImages, FileImages, XrayDataset
+from training.data.image_cache import ImageCache
+from training.data.images import Availability, find_images, keep_available
+from training.data.metadata import IMAGE, labels_of
+from training.data.sampling import repeat_factors
+from training.data.soft_targets import DistillSummary, distill_targets
+from training.data.splits import Splits, prepare_splits, read_splits
+from training.fitting.runtime import TrainingError
+
+if TYPE_CHECKING:
+    from training.fitting.config import TrainConfig
+
+
+@dataclass
+class RunData:
+    """The datasets of one run and what they were made from."""
+
+    train: XrayDataset
+    val: XrayDataset
+    train_labels: np.ndarray
+    factors: np.ndarray
+    splits: Splits
+    availability: Availability
+    source: str
+    distill: DistillSummary | None = None
+
+
+def load_data(cfg: TrainConfig) -> RunData:
+    """Splits (from files or made here), restricted to the images we have, as datasets."""
+    data = cfg.data
+    if data.cache:
+        cache = ImageCache(data.cache)
+        names: set[str] = cache.available_names()
+        source = f"a uint8 cache of the images at {cache.size} px"
+    else:
+        paths = find_images(data.images)
+        names = set(paths)
+        source = "image files, decoded as they are read"
+    if data.splits:
+        splits = read_splits(data.splits)
+        parts = {}
+        for name, part in splits.items():
+            parts[name], _ = keep_available(part, names)
+        availability = Availability(
+            sum(len(p) for _, p in splits.items()), sum(len(p) for p in parts.values()), ()
+        )
+        splits = Splits(parts["train"], parts["val"], parts["test"], splits.method)
+    else:
+        splits, availability = prepare_splits(
+            data.metadata,
+            image_names=names,
+            split_lists=data.split_lists,
+            val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction,
+            seed=cfg.seed,
+        )
+    checked = (("train", splits.train), ("val", splits.val)) if cfg.validate else (("train", splits.train),)
+    for name, part in checked:
+        if len(part) == 0:
+            raise TrainingError(
+                f"the {name} split is empty with the {availability.available} available images "
+                f"({splits.method}); with a partial download use the patient-random split "
+                "(no --split-lists), or download the images the lists name"
+            )
+
+    def dataset(part: pd.DataFrame, train: bool, labels: np.ndarray | None = None) -> XrayDataset:
+        if data.cache:
+            images = CachedImages(cache, part[IMAGE].tolist())
+        else:
+            images = FileImages([paths[n] for n in part[IMAGE]])
+        return XrayDataset(
+            images,
+            labels_of(part) if labels is None else labels,
+            input_size=data.input_size,
+            augment=build_augment(cfg.augment, train=train),
+        )
+
+    train_labels = labels_of(splits.train)
+    factors = repeat_factors(
+        train_labels,
+        no_finding_fraction=cfg.no_finding_fraction,
+        repeat_threshold=cfg.repeat_threshold,
+        max_repeat=cfg.max_repeat,
+    )
+    # the sampler and the class weights count the 0/1 labels; only the loss sees soft targets
+    targets, distill = None, None
+    if cfg.teacher:
+        targets, distill = distill_targets(
+            cfg.teacher, splits.train[IMAGE].tolist(), train_labels, cfg.distill_weight
+        )
+    return RunData(
+        dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
+        splits, availability, source, distill,
+    )
