@@ -12,9 +12,11 @@ from PIL import Image
 
 from tests.dicom_factory import dicom_bytes, make_dicom, nih_gray
 from tests.paths import DICOM_DIR, NIH_IMAGES, NIH_ORIGINALS
+from xray_app.flags import flag_findings
 from xray_app.labels import DISPLAY_NAMES, LABELS, NUM_LABELS
 from xray_app.model import LoadedCheckpoint
 from xray_app.model_facts import training_data_summary
+from xray_app.population import Population, PopulationError
 from xray_app.predictor import (
     ASPECT_RATIO_LIMIT,
     COLOURFULNESS_LIMIT,
@@ -98,9 +100,9 @@ def test_calibration_and_thresholds_follow_the_config(cpu_predictor, prediction)
     )
     np.testing.assert_array_equal(after.thresholds, np.float32(thresholds),
                                   err_msg="expected the config's thresholds")
-    expected_positive = after.probabilities >= np.float32(thresholds)
+    expected_positive = flag_findings(after.probabilities, np.float32(thresholds))
     np.testing.assert_array_equal(after.positive, expected_positive,
-                                  err_msg="expected positive = probability >= threshold")
+                                  err_msg="expected positive = the one flag rule on these thresholds")
     assert 0 < expected_positive.sum() < NUM_LABELS, (
         f"expected a mix of positive and negative classes, got {expected_positive.tolist()}"
     )
@@ -241,3 +243,37 @@ def test_training_data_line_says_when_targets_came_partly_from_a_teacher():
     assert training_data_summary(provenance).endswith(
         "; training targets partly a teacher model's probabilities (chexnet_repro_preds.csv)"
     ), "expected the banner's training-data line to mention the teacher"
+
+
+def _population(name: str, value: float) -> dict:
+    return {"name": name, "prevalence": dict.fromkeys(LABELS, value)}
+
+
+def test_population_moves_probabilities_and_thresholds_together(cpu_predictor, prediction):
+    """A config with a population record shows probabilities for that population; another
+    prevalence table given at start-up moves them and the thresholds by the same odds, so
+    the same findings stay flagged."""
+    thresholds = tuple(float(t) for t in np.linspace(0.05, 0.95, NUM_LABELS))
+    record = {**_population("all films", 0.05), "sample": _population("training sample", 0.25)}
+    config = cpu_predictor.config.with_updates(thresholds=thresholds, population=record)
+    checkpoint = LoadedCheckpoint(cpu_predictor._model, config, cpu_predictor.sha256, {}, Path("."))
+    shifted = Predictor(checkpoint, device="cpu").predict(PNG_512)
+    offset = np.log(0.05 / 0.95) - np.log(0.25 / 0.75)
+    np.testing.assert_allclose(shifted.probabilities, sigmoid(prediction.logits + offset),
+                               rtol=1e-5, atol=1e-6, err_msg="expected p = sigmoid(logit + offset)")
+    np.testing.assert_allclose(shifted.thresholds, thresholds, rtol=1e-6,
+                               err_msg="the config's thresholds are on its population's scale")
+
+    hospital = Population("a hospital", (0.5,) * NUM_LABELS)
+    moved = Predictor(checkpoint, device="cpu", population=hospital).predict(PNG_512)
+    expected = sigmoid(prediction.logits + np.log(0.5 / 0.5) - np.log(0.25 / 0.75))
+    np.testing.assert_allclose(moved.probabilities, expected, rtol=1e-5, atol=1e-6,
+                               err_msg="a prevalence table given at start-up replaces the config's")
+    np.testing.assert_array_equal(moved.positive, shifted.positive,
+                                  err_msg="moving the population must not change which findings are flagged")
+
+
+def test_population_without_a_calibration_sample_is_refused(cpu_predictor):
+    checkpoint = LoadedCheckpoint(cpu_predictor._model, cpu_predictor.config, cpu_predictor.sha256, {}, Path("."))
+    with pytest.raises(PopulationError, match="calibration sample"):
+        Predictor(checkpoint, device="cpu", population=Population("x", (0.1,) * NUM_LABELS))

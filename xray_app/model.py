@@ -38,6 +38,7 @@ from torch import nn
 
 from xray_app.architectures import ARCHITECTURE, ARCHITECTURES
 from xray_app.labels import LABELS, NUM_LABELS
+from xray_app.population import PopulationError, PriorShift
 from xray_app.preprocess import (
     DEFAULT_INPUT_SIZE,
     IMAGENET_MEAN,
@@ -48,7 +49,7 @@ from xray_app.preprocess import (
 FEATURE_DIM = 2048
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 2  # 2: mirror_average
+FORMAT_VERSION = 3  # 2: mirror_average; 3: population, operating_points
 OOD_TENSOR_PREFIX = "ood."  # extra (non-parameter) tensors stored in model.safetensors
 
 
@@ -256,6 +257,11 @@ class ModelConfig:
     provenance: dict[str, Any] = field(default_factory=dict)
     ood: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None  # the input gate's view head (xray_app.gate)
+    # The population the probabilities refer to, and the sample they were calibrated on
+    # (xray_app.population); thresholds are on that population's probability scale.
+    population: dict[str, Any] | None = None
+    # How the thresholds were chosen and what they did out of fold (training.calibrate).
+    operating_points: dict[str, Any] | None = None
     hub: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
@@ -280,6 +286,11 @@ class ModelConfig:
                 values = self.calibration.get(key)
                 if values is None or len(values) != len(self.labels):
                     raise CheckpointError(f"calibration[{key!r}] must have {len(self.labels)} values")
+        if self.population is not None:
+            try:
+                PriorShift.from_dict(self.population, self.labels)
+            except PopulationError as error:
+                raise CheckpointError(f"config.json 'population': {error}") from None
 
     @property
     def preprocess(self) -> PreprocessConfig:

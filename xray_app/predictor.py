@@ -43,6 +43,7 @@ import torch
 
 from xray_app import explain
 from xray_app.compute import run_on_compute_thread
+from xray_app.flags import flag_findings
 from xray_app.gate import (
     GateRefusedError,
     GateResult,
@@ -59,6 +60,7 @@ from xray_app.model import (
 )
 from xray_app.model_facts import training_data_summary
 from xray_app.ood import OodGate, OodResult, OutOfDistributionError
+from xray_app.population import Population, PopulationError, PriorShift, move_thresholds
 from xray_app.preprocess import DecodedImage, ImageInputError, Source, preprocess, to_model_input
 from xray_app.scoring import pooled_features, score_batch
 from xray_app.weights import resolve_weights
@@ -88,7 +90,8 @@ class Finding:
 
     ``label`` is the NIH name in logit order (``"Pleural_Thickening"``), ``display_name``
     the name for people; ``probability`` is calibrated when the checkpoint carries a
-    calibration; ``positive`` is ``probability >= threshold``.  ``no_signal``: on held-out
+    calibration (and moved to the config's population); ``positive`` follows
+    :func:`xray_app.flags.flag_findings`.  ``no_signal``: on held-out
     images the model's score for this class showed no relation to the label
     (``training.calibrate``), so its threshold is a fallback, not a chosen operating point.
     """
@@ -107,10 +110,12 @@ class Prediction:
 
     ``name``: the file's base name only (never a directory, which may name a patient).
     ``logits``: ``(15,)`` float32 in logit order (:data:`xray_app.labels.LABELS`).
-    ``probabilities``: ``(15,)`` float32 in [0, 1]; ``sigmoid(scale * logit + bias)`` when
-    the config carries calibration, else ``sigmoid(logit)``.
-    ``thresholds``: ``(15,)`` float32, the config's per-class decision thresholds.
-    ``positive``: ``(15,)`` bool, ``probabilities >= thresholds``.
+    ``probabilities``: ``(15,)`` float32 in [0, 1]; ``sigmoid(scale * logit + bias + shift)``
+    where ``scale, bias`` are the config's calibration (none: 1, 0) and ``shift`` moves them
+    to the config's population (:mod:`xray_app.population`; none: 0).
+    ``thresholds``: ``(15,)`` float32, the per-class operating points on that scale.
+    ``positive``: ``(15,)`` bool, :func:`xray_app.flags.flag_findings` (pathologies at or
+    above their threshold; No Finding only when no pathology is flagged).
     ``cams``: ``(15, S, S)`` float32 in [0, 1], Grad-CAM of each class at the model's input
     size S, normalised per class exactly like pytorch-grad-cam (ReLU, min-max,
     ``cv2.resize``, min-max); draw them with :func:`xray_app.explain.overlay` and
@@ -218,14 +223,16 @@ class Predictor:
         *,
         device: str | torch.device | None = None,
         score_cam_batch_size: int | None = None,
+        population: Population | None = None,
     ) -> None:
-        run_on_compute_thread(self._setup, checkpoint, device, score_cam_batch_size)
+        run_on_compute_thread(self._setup, checkpoint, device, score_cam_batch_size, population)
 
     def _setup(
         self,
         checkpoint: LoadedCheckpoint,
         device: str | torch.device | None,
         score_cam_batch_size: int | None,
+        population: Population | None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -248,16 +255,14 @@ class Predictor:
             torch.bfloat16 if self._cuda and torch.cuda.is_bf16_supported() else torch.float16
         )
         self._fc_weight = model.fc.weight.detach().float()
-        self._thresholds = np.asarray(self.config.thresholds, dtype=np.float32)
+        offsets, thresholds = self._population_scale(population)
+        self._thresholds = thresholds.astype(np.float32)
         self._thresholds.setflags(write=False)
-        calibration = self.config.calibration
-        if calibration is None:
-            self._calibration = None
-        else:
-            self._calibration = tuple(
-                torch.tensor(calibration[key], dtype=torch.float32, device=self.device)
-                for key in ("scale", "bias")
-            )
+        calibration = self.config.calibration or {"scale": [1.0] * len(offsets), "bias": [0.0] * len(offsets)}
+        self._calibration = (
+            torch.tensor(calibration["scale"], dtype=torch.float32, device=self.device),
+            torch.tensor(np.asarray(calibration["bias"]) + offsets, dtype=torch.float32, device=self.device),
+        )
         self.score_cam_batch_size = score_cam_batch_size or (128 if self._cuda else 32)
         provenance = self.config.provenance or {}
         self.model_info: dict[str, Any] = {
@@ -272,17 +277,47 @@ class Predictor:
         fitted = (self.config.provenance or {}).get("validation_fit") or {}
         self.no_signal = frozenset(fitted.get("no_signal") or ())  # from training.calibrate
 
+    def _population_scale(self, population: Population | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(C,)`` log-odds offsets added to the calibrated logits and the ``(C,)``
+        thresholds on the resulting probability scale.
+
+        The config's ``population`` record moves probabilities calibrated on the training
+        sample to its population; its thresholds are on that scale.  ``population`` (a
+        prevalence table given at start-up) replaces the config's: probabilities and
+        thresholds move together, so the same films stay flagged.
+        """
+        thresholds = np.asarray(self.config.thresholds, dtype=np.float64)
+        record = self.config.population
+        if record is None:
+            if population is not None:
+                raise PopulationError(
+                    "these weights record no calibration sample (config.json has no "
+                    "'population'), so their probabilities cannot be moved to another population"
+                )
+            self.population = None
+            return np.zeros(len(thresholds)), thresholds
+        shift = PriorShift.from_dict(record, self.config.labels)
+        if population is not None:
+            moved = shift.to(population)
+            thresholds = move_thresholds(thresholds, moved.offsets() - shift.offsets())
+            shift = moved
+        self.population = shift.population
+        return shift.offsets(), thresholds
+
     @classmethod
     def from_weights(
-        cls, weights: str | Path | None = None, *, device: str | torch.device | None = None
+        cls, weights: str | Path | None = None, *, device: str | torch.device | None = None,
+        population: Population | None = None,
     ) -> Predictor:
-        """Resolve weights like :func:`xray_app.weights.resolve_weights` and load them.
+        """Resolve weights like :func:`xray_app.weights.resolve_weights` and load them;
+        ``population`` replaces the config's (probabilities and thresholds move together).
 
-        Raises :class:`~xray_app.weights.WeightsNotFoundError` or
-        :class:`~xray_app.model.CheckpointError`; never falls back to random weights.
+        Raises :class:`~xray_app.weights.WeightsNotFoundError`,
+        :class:`~xray_app.model.CheckpointError` or
+        :class:`~xray_app.population.PopulationError`; never falls back to random weights.
         """
         checkpoint = run_on_compute_thread(resolve_weights(weights).load, device="cpu")
-        return cls(checkpoint, device=device)
+        return cls(checkpoint, device=device, population=population)
 
     # ------------------------------------------------------------------ inference
     def infer(self, batch: torch.Tensor) -> BatchOutput:
@@ -415,7 +450,7 @@ class Predictor:
         if gate is not None and gate.refused:
             raise GateRefusedError(Path(image.name).name, gate)
         gate_warning = (gate.message,) if gate is not None and gate.level == "warn" else ()
-        positive = probabilities >= self._thresholds
+        positive = flag_findings(probabilities, self._thresholds)
         for array in (logits, probabilities, positive, cams):
             array.setflags(write=False)
         return Prediction(
