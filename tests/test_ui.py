@@ -1,4 +1,4 @@
-"""Handlers of the web demo (xray_app.ui), called directly: no server, no browser.
+"""Handlers and rendering of the web demo (xray_app.ui), called directly: no server, no browser.
 
 All run on the session's random-init CPU predictor and the shared real radiographs.
 """
@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.dicom_factory import PATIENT, dicom_bytes, make_dicom, nih_gray, png_zero_bomb
 from tests.paths import DICOM_DIR, NIH_IMAGES, NIH_ORIGINALS
-from xray_app import explain, model_card_view, report, ui
+from xray_app import explain, model_card_view, model_facts, report, ui
 from xray_app.labels import LABELS
 from xray_app.model import (
     CONFIG_FILE,
@@ -28,6 +28,7 @@ from xray_app.model import (
 )
 from xray_app.predictor import Predictor
 from xray_app.preprocess import ImageInputError
+from xray_app.ui import events, handlers, render
 
 NIH_PNG = NIH_IMAGES / "00000075_000.png"
 CAPTION = re.compile(r"^.+ — \d\.\d\d \(threshold \d\.\d\d\) (▲ above|▽ below)$")
@@ -82,27 +83,28 @@ def test_analyse_returns_the_cli_json_then_15_captioned_heatmaps(predictor, anal
     assert len(gallery) == 15, f"expected one heatmap per output, got {len(gallery)}"
     probabilities = [p for p in study.prediction.probabilities[list(study.order)]]
     assert probabilities == sorted(probabilities, reverse=True), "gallery must be sorted by probability"
-    drawn = ui.gallery_items(study.prediction, study.order)
-    for (path, text), (image, same_text), index in zip(gallery, drawn, study.order, strict=True):
+    gray = explain.shrink(study.prediction.image.pixels, ui.GALLERY_MAX_SIDE)
+    for (path, text), index in zip(gallery, study.order, strict=True):
         assert CAPTION.match(text), f"caption {text!r} is not 'Name — p (threshold t) ▲ above/▽ below'"
         finding = study.prediction.findings[index]
-        assert text == same_text and text.startswith(finding.display_name), f"{text!r} should name {finding.display_name}"
-        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, "RGB uint8 overlay expected"
-        assert max(image.shape[:2]) <= ui.GALLERY_MAX_SIDE, f"gallery image too large: {image.shape}"
+        assert text == render.caption(finding), f"{text!r} should be the caption of {finding.display_name}"
         assert Path(path).resolve().is_relative_to(cache.resolve()), "gallery files live in Gradio's cache"
         with Image.open(path) as written:
             pixels = np.asarray(written.convert("RGB")).astype(int)
-        assert np.abs(pixels - image).mean() < 3, f"{path}: the JPEG must show the drawn overlay"
+        assert max(pixels.shape[:2]) <= ui.GALLERY_MAX_SIDE, f"gallery image too large: {pixels.shape}"
+        drawn = explain.overlay(gray, study.prediction.cams[index], opacity=render.DEFAULT_OPACITY,
+                                strength=explain.display_strength(finding.probability, finding.threshold))
+        assert np.abs(pixels - drawn).mean() < 3, f"{path}: the JPEG must show that class's heatmap overlay"
 
 
 def test_large_view_is_full_resolution_and_opacity_zero_shows_the_original(predictor):
     study = ui.Study.of(predictor.predict(NIH_ORIGINALS / "00000075_000.png"))
-    original, overlay = ui.large_view(predictor, study, study.order[0], explain.FAST_METHOD, 0.0)
+    original, overlay = handlers.large_view(predictor, study, study.order[0], explain.FAST_METHOD, 0.0)
     assert original.shape == overlay.shape == (1024, 1024, 3), f"expected 1024 px, got {original.shape}"
     assert np.abs(original.astype(int) - overlay.astype(int)).max() <= 1, (
         "with opacity 0 the overlay must be the radiograph itself"
     )
-    _, coloured = ui.large_view(predictor, study, study.order[0], explain.FAST_METHOD, 1.0)
+    _, coloured = handlers.large_view(predictor, study, study.order[0], explain.FAST_METHOD, 1.0)
     assert np.abs(coloured.astype(int) - original.astype(int)).max() > 50, (
         "at full opacity the top class's heatmap must visibly colour the image"
     )
@@ -112,7 +114,7 @@ def test_summary_table_is_sorted_with_thresholds_and_flags_and_the_large_view_sh
     predictor, analysed
 ):
     (_, _, study), cache = analysed
-    rows, notes, title, selector, method, opacity, slider = ui.summarise(predictor, study, cache)
+    rows, notes, title, selector, method, opacity, slider = handlers.summarise(predictor, study, cache)
     assert [row[0] for row in rows] == [f.display_name for f in study.prediction.sorted_findings()]
     for name, probability, threshold, above in rows:
         expected = "▲ yes" if float(probability) >= float(threshold) else "no"
@@ -120,7 +122,7 @@ def test_summary_table_is_sorted_with_thresholds_and_flags_and_the_large_view_sh
     assert "UNTRAINED" in notes, "the untrained predictor's warning must be visible in the notes"
     top = study.prediction.findings[study.order[0]]
     assert top.display_name in title and selector.value == top.label, "large view starts on the top class"
-    assert (method, opacity) == (explain.FAST_METHOD, ui.DEFAULT_OPACITY), "controls reset per study"
+    assert (method, opacity) == (explain.FAST_METHOD, render.DEFAULT_OPACITY), "controls reset per study"
     original, overlay = (Image.open(p) for p in slider)
     assert original.size == overlay.size == (512, 512), "large view keeps the 512 px radiograph's size"
     assert original.mode == "L", "the original is written as lossless greyscale PNG"
@@ -133,12 +135,12 @@ def test_a_class_without_signal_on_held_out_images_is_marked_not_judged(predicto
     import dataclasses
 
     prediction = dataclasses.replace(predictor.predict(NIH_PNG), no_signal=frozenset({"Pneumonia"}))
-    rows = {row[0]: row for row in ui.findings_rows(prediction)}
+    rows = {row[0]: row for row in render.findings_rows(prediction)}
     assert rows["Pneumonia"][3] == "no signal", f"expected Pneumonia marked, got {rows['Pneumonia']}"
     assert all(row[3] in ("no", "▲ yes") for name, row in rows.items() if name != "Pneumonia"), (
         "expected the other classes judged against their thresholds")
-    assert "No signal on held-out images" in ui.study_notes(prediction) and "Pneumonia" in (
-        ui.study_notes(prediction)), "expected the notes to say which class has no signal"
+    assert "No signal on held-out images" in render.study_notes(prediction) and "Pneumonia" in (
+        render.study_notes(prediction)), "expected the notes to say which class has no signal"
 
 
 def test_rerender_uses_the_stored_prediction_and_computes_other_methods_once(predictor, analysed, tmp_path):
@@ -157,20 +159,20 @@ def test_rerender_uses_the_stored_prediction_and_computes_other_methods_once(pre
             return predictor.explain(*args, **kwargs)
 
     label = LABELS[study.order[2]]
-    paths, title, _ = ui.rerender(Counting(), study, label, explain.FAST_METHOD, 0.7, tmp_path)
+    paths, title, _ = handlers.rerender(Counting(), study, label, explain.FAST_METHOD, 0.7, tmp_path)
     assert calls == {"predict": 0, "explain": 0}, "the fast method must reuse the prediction's maps"
     assert study.prediction.findings[study.order[2]].display_name in title
     assert all(Path(p).is_file() for p in paths), "both slider images must be written"
     for _ in range(2):
-        ui.rerender(Counting(), study, label, "Grad-CAM++", 0.5, tmp_path)
+        handlers.rerender(Counting(), study, label, "Grad-CAM++", 0.5, tmp_path)
     assert calls == {"predict": 0, "explain": 1}, f"Grad-CAM++ must be computed once per class, got {calls}"
     with pytest.raises(gr.Error, match="not offered"):
-        ui.rerender(Counting(), study, label, "ScoreCAM", 0.5, tmp_path)  # minutes on a CPU
+        handlers.rerender(Counting(), study, label, "ScoreCAM", 0.5, tmp_path)  # minutes on a CPU
 
 
 def test_gallery_click_selects_the_class_at_that_position(predictor, analysed, tmp_path):
     (_, gallery, study), _ = analysed
-    label, paths, title, _ = ui.select_from_gallery(predictor, study, 4, explain.FAST_METHOD, 0.5, tmp_path)
+    label, paths, title, _ = handlers.select_from_gallery(predictor, study, 4, explain.FAST_METHOD, 0.5, tmp_path)
     assert label == LABELS[study.order[4]], "tile 4 is the 5th most probable class"
     assert gallery[4][1].split(" — ")[0] in title, "large-view caption names the clicked tile's class"
 
@@ -204,7 +206,7 @@ def test_non_chest_image_warns_and_the_note_says_so(predictor, tmp_path):
     Image.fromarray(wide).save(path)
     with pytest.warns(UserWarning, match="probably not a chest radiograph"):
         _, _, study = ui.analyse(predictor, str(path), tmp_path)
-    notes = ui.summarise(predictor, study, tmp_path)[1]
+    notes = handlers.summarise(predictor, study, tmp_path)[1]
     assert "probably not a chest radiograph" in notes, f"the warning must also be visible: {notes!r}"
 
 
@@ -213,7 +215,7 @@ def test_dicom_shows_only_safe_header_fields(predictor, tmp_path):
     path.write_bytes(dicom_bytes(make_dicom(nih_gray(), bits_stored=8, patient=PATIENT)))
     with pytest.warns(UserWarning):
         result, _, study = ui.analyse(predictor, str(path), tmp_path)
-    notes = ui.summarise(predictor, study, tmp_path)[1]
+    notes = handlers.summarise(predictor, study, tmp_path)[1]
     assert "Modality: CR" in notes and "ViewPosition: PA" in notes, f"modality and view expected: {notes}"
     json_path, _ = ui.downloads(study, predictor.model_info, tmp_path)
     shown = notes + json.dumps(result) + Path(json_path).read_text()
@@ -229,13 +231,13 @@ def test_real_dicom_file_is_analysed(predictor, tmp_path):
             predictor, str(DICOM_DIR / "siim_pneumothorax_example.dcm"), tmp_path
         )
     assert result["file"] == "siim_pneumothorax_example.dcm" and len(gallery) == 15
-    slider = ui.summarise(predictor, study, tmp_path)[-1]
+    slider = handlers.summarise(predictor, study, tmp_path)[-1]
     assert Image.open(slider[0]).size == (1024, 1024), "the DICOM's own 1024 px resolution"
 
 
 def test_no_file_clears_the_outputs(predictor, tmp_path):
     assert ui.analyse(predictor, None, tmp_path) == (None, [], None)
-    cleared = ui.summarise(predictor, None, tmp_path)
+    cleared = handlers.summarise(predictor, None, tmp_path)
     assert cleared[:3] == ([], "", "") and cleared[-1] is None, "cleared upload leaves no stale findings"
 
 
@@ -265,23 +267,23 @@ def test_batch_without_files_or_with_too_many_is_a_clear_error(predictor, tmp_pa
     with pytest.raises(gr.Error, match="Choose one or more files"):
         ui.analyse_batch(predictor, [], tmp_path)
     with pytest.raises(gr.Error, match="limit"):
-        ui.analyse_batch(predictor, [str(NIH_PNG)] * (ui.MAX_BATCH_FILES + 1), tmp_path)
+        ui.analyse_batch(predictor, [str(NIH_PNG)] * (handlers.MAX_BATCH_FILES + 1), tmp_path)
 
 
 # --------------------------------------------------------------------------- text and layout
 def test_examples_only_from_the_named_folder():
     shown = ui.example_files(NIH_IMAGES)
-    assert len(shown) == ui.EXAMPLES_SHOWN and shown == sorted(shown), shown
+    assert len(shown) == handlers.EXAMPLES_SHOWN and shown == sorted(shown), shown
     assert ui.example_files(None) == [] and ui.example_files("/nonexistent/folder") == []
 
 
 def test_banner_is_loud_for_untrained_and_names_the_training_data(predictor):
-    untrained = ui.model_banner_html(predictor.config, predictor.model_info)
+    untrained = render.model_banner_html(predictor.config, predictor.model_info)
     assert "UNTRAINED WEIGHTS" in untrained and "not a medical device" in untrained
     trained = predictor.config.with_updates(
         trained=True, name="<b>x</b>", provenance={"data": "NIH ChestX-ray14, 78k train images"}
     )
-    banner = ui.model_banner_html(trained, predictor.model_info)
+    banner = render.model_banner_html(trained, predictor.model_info)
     assert "UNTRAINED" not in banner, "no untrained warning for trained weights"
     assert "NIH ChestX-ray14, 78k train images" in banner, "the training data must be named"
     assert "<b>x</b>" not in banner and "&lt;b&gt;x&lt;/b&gt;" in banner, "config text must be escaped"
@@ -293,29 +295,29 @@ def test_banner_shows_the_measured_accuracy_and_data_size_beside_the_disclaimer(
     config = predictor.config.with_updates(trained=True, provenance={
         "data": {"description": "1,753 NIH ChestX-ray14 radiographs from 1,357 patients, a public subset"},
         "evaluation": {"test": measured}})
-    banner = ui.model_banner_html(config, predictor.model_info)
+    banner = render.model_banner_html(config, predictor.model_info)
     assert "not a medical device" in banner, "expected the disclaimer"
     assert "1,753 NIH ChestX-ray14 radiographs from 1,357 patients, a public subset" in banner, (
         "expected the data described by what it is")
     assert "mean AUROC 0.71 (95% CI 0.68-0.74) over the 14 findings on 352 test radiographs" in banner, (
         f"expected the measured headline with its interval and size, got {banner}")
-    unmeasured = ui.model_banner_html(config.with_updates(provenance={}), predictor.model_info)
+    unmeasured = render.model_banner_html(config.with_updates(provenance={}), predictor.model_info)
     assert "Measured" not in unmeasured, "expected no accuracy line when nothing was measured"
 
 
 def test_under_the_heatmaps_the_app_says_what_they_were_measured_to_be_worth(tmp_path):
     measured = {"boxes": 85, "images": 72, "out_of_fold": True, "min_overlap": 0.1,
                 "heatmap_hits": 0.2, "random_hits": 0.244, "centre_hits": 0.576}
-    note = ui.measured_localisation({"localization": measured})
+    note = model_facts.measured_localisation({"localization": measured})
     assert "85 NIH radiologist boxes of patients the model never saw" in note and "20%" in note, note
     assert "random maps did for 24%" in note and "image centre for 58%" in note, note
     assert "they do not show where a finding is" in note, f"expected maps beaten by a fixed blob called so, got {note}"
-    beats_random = ui.measured_localisation({"localization": {**measured, "heatmap_hits": 0.26}})
+    beats_random = model_facts.measured_localisation({"localization": {**measured, "heatmap_hits": 0.26}})
     assert "they do not show where a finding is" in beats_random, (
         f"expected maps that beat random but not a fixed centre blob still called useless, got {beats_random}")
-    better = ui.measured_localisation({"localization": {**measured, "heatmap_hits": 0.7}})
+    better = model_facts.measured_localisation({"localization": {**measured, "heatmap_hits": 0.7}})
     assert "better than those, but not a reliable guide" in better, better
-    assert "no check against radiologist-marked regions" in ui.measured_localisation({}), (
+    assert "no check against radiologist-marked regions" in model_facts.measured_localisation({}), (
         "expected unmeasured heatmaps called so")
     checkpoint = write_random_init(tmp_path / "measured", input_size=64)
     config = read_config(checkpoint / CONFIG_FILE)
@@ -346,13 +348,13 @@ def test_demo_is_private_bounded_and_exposes_predict(predictor):
     demo = ui.build_demo(predictor, examples_dir=NIH_IMAGES)
     assert demo.analytics_enabled is False, "analytics must be off"
     assert demo.delete_cache == ui.DELETE_CACHE, "uploads and outputs must be cleaned up"
-    assert demo._queue.max_size == ui.QUEUE_MAX_SIZE, "queue must be bounded"
+    assert demo._queue.max_size == events.QUEUE_MAX_SIZE, "queue must be bounded"
     named = {dep["api_name"]: dep for dep in demo.config["dependencies"] if dep.get("api_name")}
     assert "predict" in named, f"an event with api_name='predict' is required, got {sorted(named)}"
     first_output = demo.blocks[named["predict"]["outputs"][0]]
     assert isinstance(first_output, gr.JSON), "predict's first output must be the JSON result"
     predict_fn = next(fn for fn in demo.fns.values() if fn.api_name == "predict")
-    assert predict_fn.concurrency_limit == ui.MODEL_CONCURRENCY, "one forward pass at a time"
+    assert predict_fn.concurrency_limit == events.MODEL_CONCURRENCY, "one forward pass at a time"
 
 
 def test_model_tab_embeds_the_cards_local_plots(predictor, tmp_path):
