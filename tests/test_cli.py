@@ -47,13 +47,16 @@ def test_json_lines_have_the_exact_shape(json_run, random_init_checkpoint):
         assert record["file"] == path.name, f"expected file {path.name}, got {record['file']}"
         labels = [finding["label"] for finding in record["findings"]]
         assert labels == list(LABELS), f"expected 15 findings in logit order, got {labels}"
+        pathology_flagged = any(f["positive"] for f in record["findings"][:-1])
         for finding in record["findings"]:
             assert list(finding) == ["label", "probability", "threshold", "positive"], (
                 f"expected finding keys label/probability/threshold/positive, got {list(finding)}"
             )
             assert 0.0 <= finding["probability"] <= 1.0, f"expected a probability, got {finding}"
-            assert finding["positive"] == (finding["probability"] >= finding["threshold"]), (
-                f"expected positive = probability >= threshold in {finding}"
+            above = finding["probability"] >= finding["threshold"]
+            expected = above and not pathology_flagged if finding["label"] == "No Finding" else above
+            assert finding["positive"] == expected, (
+                f"expected the flag rule (No Finding never beside a pathology) in {finding}"
             )
         assert set(record["model"]) == {"name", "sha256"}, f"expected model name/sha256: {record['model']}"
         assert len(record["model"]["sha256"]) == 64, "expected a sha256 hex digest"
@@ -117,3 +120,14 @@ def test_heatmaps_writes_15_pngs_per_input_at_original_resolution(
             assert "Pleural effusion" in image.text.get("Description", ""), (
                 f"expected the caption in the PNG text, got {image.text}"
             )
+
+
+def test_population_table_that_cannot_apply_exits_2_with_the_reason(random_init_checkpoint, tmp_path, capsys):
+    table = tmp_path / "hospital.json"
+    table.write_text('{"name": "hospital", "prevalence": {"Atelectasis": 0.1}}')
+    assert main([str(GOOD[0]), "--weights", str(random_init_checkpoint), "--population", str(table)]) == 2
+    assert "lacks" in capsys.readouterr().err, "a table missing labels is named as such"
+    table.write_text(json.dumps({"name": "hospital", "prevalence": dict.fromkeys(LABELS, 0.1)}))
+    assert main([str(GOOD[0]), "--weights", str(random_init_checkpoint), "--population", str(table)]) == 2
+    assert "calibration sample" in capsys.readouterr().err, \
+        "weights without a population record cannot be moved to another population"

@@ -41,6 +41,7 @@ from xray_app.dicom_sr import (
     SourceReference,
     algorithm_version,
 )
+from xray_app.flags import ABOVE, flag_wording
 from xray_app.labels import display_name
 
 FHIR_VERSION = "4.3.0"  # fhir.resources.R4B.__fhir_version__
@@ -123,9 +124,9 @@ def _observation(index: int, finding: Mapping[str, Any]) -> dict[str, Any]:
             "system": INTERPRETATION_SYSTEM,
             "code": "POS" if positive else "NEG",
             "display": "Positive" if positive else "Negative",
-        }], "text": "at or above the class threshold" if positive else "below the class threshold"}],
+        }], "text": flag_wording(positive)}],
         "component": [{
-            "code": {"coding": [_coding(codes.THRESHOLD)], "text": "decision threshold of this class"},
+            "code": {"coding": [_coding(codes.THRESHOLD)], "text": "operating point (decision threshold) of this class"},
             "valueQuantity": _unitless(finding["threshold"], "probability"),
         }],
         "device": {"reference": f"#{DEVICE_ID}"},
@@ -148,7 +149,7 @@ def _device(model_info: Mapping[str, Any], sha256: str) -> dict[str, Any]:
 def _conclusion(record: Mapping[str, Any]) -> str:
     positives = [display_name(str(f["label"])) for f in record["findings"] if f["positive"]]
     parts = [NOT_FOR_DIAGNOSTIC_USE,
-             "Above threshold: " + (", ".join(positives) if positives else "none of the 15 outputs") + "."]
+             "Flagged (" + ABOVE + "): " + (", ".join(positives) if positives else "none of the 15 outputs") + "."]
     parts += [f"Warning: {warning}" for warning in record.get("warnings", [])]
     return " ".join(parts)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .labels import NO_FINDING_INDEX
 
-__all__ = ["ABOVE", "BELOW", "NO_FINDING_RULE", "flag_findings"]
+__all__ = ["ABOVE", "BELOW", "NO_FINDING_RULE", "flag_findings", "flag_wording"]
 
 # The one wording of above/below used wherever a probability is compared with its threshold.
 ABOVE = "at or above its operating point"
@@ -44,3 +44,8 @@ def flag_findings(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarr
     flags = above.copy()
     flags[..., NO_FINDING_INDEX] = above[..., NO_FINDING_INDEX] & ~pathology.any(axis=-1)
     return flags
+
+
+def flag_wording(flagged: bool) -> str:
+    """The one wording of a flag beside a probability and its operating point."""
+    return f"flagged: {ABOVE}" if flagged else BELOW

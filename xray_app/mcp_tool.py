@@ -59,7 +59,7 @@ def add_mcp_tool(demo: gr.Blocks, predictor: Predictor) -> None:
             radiograph: the radiograph file (a URL, or a data: URL with the file base64-encoded)
 
         Returns:
-            JSON: "file" (base name), "findings" (15 entries in a fixed order: "label", calibrated "probability" 0-1, the class "threshold", "positive" = probability >= threshold), "model" (name and weights sha256), "warnings" (list of caveats; empty when none), as `python -m xray_app.predict --json` prints it.
+            JSON: "file" (base name), "findings" (15 entries in a fixed order: "label", calibrated "probability" 0-1, the class "threshold", "positive" = flagged: a pathology at or above its threshold; No Finding only when no pathology is flagged), "model" (name and weights sha256), "warnings" (list of caveats; empty when none), as `python -m xray_app.predict --json` prints it.
         """
         return classify(predictor, radiograph)
 

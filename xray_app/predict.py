@@ -37,8 +37,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from xray_app import explain, exports
+from xray_app.flags import flag_wording
 from xray_app.labels import LABELS
 from xray_app.model import CheckpointError
+from xray_app.population import PopulationError, read_population
 from xray_app.predictor import Prediction, Predictor
 from xray_app.preprocess import ImageInputError
 from xray_app.report import DISCLAIMER, error_to_json, prediction_to_json
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N",
                         help="images per forward pass (default 8)")
+    parser.add_argument("--population", metavar="JSON", type=Path,
+                        help="a prevalence table {\"name\", \"prevalence\": {label: p}} to state "
+                        "probabilities for instead of the weights' own population (default: "
+                        "the one config.json names); thresholds move with them, so the same "
+                        "findings are flagged")
     return parser
 
 
@@ -89,8 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        predictor = Predictor.from_weights(args.weights, device=args.device)
-    except (WeightsNotFoundError, CheckpointError) as error:
+        population = read_population(args.population) if args.population else None
+        predictor = Predictor.from_weights(args.weights, device=args.device, population=population)
+    except (WeightsNotFoundError, CheckpointError, PopulationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except (ValueError, RuntimeError) as error:  # --device cuda without CUDA, --device gpu
@@ -188,7 +196,7 @@ def format_table(prediction: Prediction, model_info: dict) -> str:
     lines += [f"  WARNING: {warning}" for warning in prediction.warnings]
     lines.append(f"  {'finding':<20} {'probability':>11} {'threshold':>9}  result")
     for finding in prediction.sorted_findings():
-        result = "POSITIVE" if finding.positive else "-"
+        result = "FLAGGED" if finding.positive else "-"
         lines.append(
             f"  {finding.display_name:<20} {finding.probability:>11.4f} "
             f"{finding.threshold:>9.4f}  {result}"
@@ -213,7 +221,7 @@ def write_heatmaps(
         cam = predictor.explain(prediction, index, method)
         strength = explain.display_strength(finding.probability, finding.threshold)
         image = explain.overlay(prediction.image.pixels, cam, strength=strength)
-        verdict = "POSITIVE" if finding.positive else "negative"
+        verdict = flag_wording(finding.positive)
         caption = (
             f"{prediction.name}: {finding.display_name} p={finding.probability:.4f} "
             f"(threshold {finding.threshold:.4f}, {verdict}); heatmap: {method}, drawn at "

@@ -24,8 +24,9 @@ for weights without a gate.
 
 ``file`` is the base name only: directories can name patients.  Probabilities and
 thresholds are the model's float32 values written with the fewest digits that read back
-as the same float32 (``0.123``, not ``0.12300000339746475``), so ``positive`` always agrees
-with ``probability >= threshold`` as written.  ``label`` is the NIH spelling in logit
+as the same float32 (``0.123``, not ``0.12300000339746475``).  ``positive`` is the flag of
+:func:`xray_app.flags.flag_findings`: a pathology's ``probability >= threshold`` as written;
+"No Finding" only when, besides, no pathology is flagged.  ``label`` is the NIH spelling in logit
 order (:data:`xray_app.labels.LABELS`).
 """
 

@@ -117,7 +117,7 @@ def render_report_sheet(prediction: Prediction, model_info: Mapping[str, Any]) -
         sheet.paste(Image.fromarray(tile), (x0, y0))
         colour = _POSITIVE if finding.positive else _INK
         draw.text((x0, y0 + tile.shape[0] + 3), finding.display_name, fill=colour, font=caption_font)
-        mark = "ABOVE" if finding.positive else "below"
+        mark = "FLAGGED" if finding.positive else "-"
         draw.text(
             (x0, y0 + tile.shape[0] + 21),
             f"{finding.probability:.2f} (thr {finding.threshold:.2f}) {mark}",
@@ -137,12 +137,12 @@ def _order(prediction: Prediction) -> list[int]:
 def _draw_findings(draw: ImageDraw.ImageDraw, prediction: Prediction, x: int, y: int) -> None:
     bar_width = 300
     draw.text((x, y), f"Top {TOP_FINDINGS} of {len(prediction.findings)} outputs", fill=_INK, font=_font(22))
-    draw.text((x, y + 32), "finding / probability / class threshold (|)", fill=_MUTED, font=_font(15))
+    draw.text((x, y + 32), "finding / probability / operating point (|)", fill=_MUTED, font=_font(15))
     y += 64
     for finding_index in _order(prediction)[:TOP_FINDINGS]:
         finding = prediction.findings[finding_index]
         colour = _POSITIVE if finding.positive else _INK
-        mark = "ABOVE threshold" if finding.positive else "below threshold"
+        mark = "FLAGGED" if finding.positive else "below"
         draw.text((x, y), finding.display_name, fill=colour, font=_font(20))
         draw.text(
             (x + 250, y),
