@@ -1,0 +1,35 @@
+"""The population the app's probabilities refer to, from a metadata table.
+
+By default that is every film NIH ChestX-ray14 lists (112,120 films of 30,805 patients in
+``Data_Entry_2017_v2020.csv.gz``): the share of films with each of the 15 labels, as NIH's
+text-mined labels give it.  It is NIH's population of films as NIH took them (many
+follow-up films of in-patients), not any hospital's case mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from training.data.metadata import PATIENT, labels_of, read_metadata
+from xray_app.labels import LABELS
+from xray_app.population import Population
+
+__all__ = ["population_of", "population_from_metadata"]
+
+
+def population_of(frame: pd.DataFrame, name: str, source: str) -> Population:
+    """The 15 label prevalences of the films in ``frame`` (rows of a metadata table)."""
+    prevalence = labels_of(frame).mean(axis=0)
+    return Population(name=name, prevalence=tuple(float(p) for p in prevalence),
+                      labels=LABELS, source=source)
+
+
+def population_from_metadata(path: str | Path) -> Population:
+    """Every film of a metadata file, named by its count of films and patients."""
+    frame = read_metadata(path)
+    name = (f"all {len(frame):,} NIH ChestX-ray14 films "
+            f"({frame[PATIENT].nunique():,} patients)")
+    source = f"label shares of every film listed in {Path(path).name}"
+    return population_of(frame, name, source)
