@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import LABELS
+from xray_app.labels import LABELS
 
 __all__ = [
     "Population",
