@@ -67,6 +67,10 @@ def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
     test_images = len((staged["splits"] / "test.csv").read_text().strip().splitlines()) - 1
     assert report["metrics"]["n_images"] == test_images, "expected the test split scored, all of it"
     assert "comparison" in report, "expected the reference model scored on the shared images"
+    reference = loaded.config.provenance["evaluation"]["reference"]
+    assert (reference["name"], reference["value"], reference["images"]) == (
+        "CheXNet reproduction", report["comparison"]["other_model"]["headline"]["value"],
+        report["comparison"]["n_images"]), "expected the reference model's figure on the same films recorded for the app"
     measured = loaded.config.provenance["evaluation"]["test"]
     assert measured["value"] == report["metrics"]["headline"]["value"] and measured["images"] == test_images, (
         f"expected the test headline recorded in config.json for the app, got {measured}")

@@ -132,7 +132,22 @@ def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
             "ci_low": headline.get("ci_low"), "ci_high": headline.get("ci_high"),
             "images": metrics["n_images"], "patients": metrics["n_patients"],
         }
+        if report["split"] == "test" and report.get("comparison"):
+            measured["reference"] = reference_headline(report["comparison"])
     _record_provenance(checkpoint, evaluation=measured)
+
+
+def reference_headline(comparison: dict) -> dict:
+    """A reference model on the test films it has predictions for, beside this model on
+    the same films: ``{"name", "value", "ours_on_same", "images", "patients"}``."""
+    return {
+        "name": comparison["other_name"],
+        "metric": comparison["other_model"]["headline"]["name"],
+        "value": comparison["other_model"]["headline"]["value"],
+        "ours_on_same": comparison["this_model"]["headline"]["value"],
+        "images": comparison["n_images"],
+        "patients": comparison["n_patients"],
+    }
 
 
 def _record_provenance(checkpoint: Path, **entries: dict) -> None:
