@@ -13,6 +13,11 @@ This file is not scanned: its patterns would match themselves.
 wording; the test prints them on every run (and warns while the list is not empty) and
 fails when a file has a hit count other than its listed one: more means new wording,
 fewer means the entry is stale and must be lowered or removed.
+
+The hand-written docs (README.md, docs/*.md) are also checked for earlier models called
+"current" (STYLE.md, habit 16): such a name drifts when another model is bundled, so
+earlier models are named by the date or commit they were bundled;
+``KNOWN_CURRENT_MODEL_WORDING`` works as ``KNOWN_OFFENDERS`` does.
 """
 
 from __future__ import annotations
@@ -130,3 +135,73 @@ def test_repository_text_speaks_of_the_product_not_of_its_making():
         + "\n".join(problems)
     )
 
+
+
+# --- earlier models are named by date or commit (STYLE.md, habit 16) ---------------------
+
+# "current" drifts: the model it meant when written is not the one bundled when it is read.
+# An anchor such as ``#how-the-current-weights-was-made`` is not matched (hyphens, not spaces).
+CURRENT_MODEL = re.compile(
+    r"\bcurrent(?:ly)?\s+(?:bundled\s+)?(?:model|one|best|recipe)s?\b"
+    r"|\bcurrent(?:ly)?\s+bundled\b",
+    re.IGNORECASE,
+)
+
+# (path, hits) of hand-written docs still known to call a model "current". Lower or remove
+# an entry once its file is fixed; the test fails on any other count.
+KNOWN_CURRENT_MODEL_WORDING: tuple[tuple[str, int], ...] = (
+    ("README.md", 1),  # "as the current one" (Benchmarks): name the model by date instead
+)
+
+
+def hand_written_docs() -> list[str]:
+    """README.md and docs/*.md, repository-relative (weights/README.md is generated)."""
+    return ["README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))]
+
+
+def current_model_hits(name: str) -> list[str]:
+    """``path:line: phrase`` for every "current model" phrase in one file.
+
+    The whole text is searched, so a phrase wrapped over two lines is found too.
+    """
+    text = (REPO / name).read_text(encoding="utf-8")
+    return [
+        f"{name}:{text.count(chr(10), 0, match.start()) + 1}: {' '.join(match.group(0).split())!r}"
+        for match in CURRENT_MODEL.finditer(text)
+    ]
+
+
+def test_current_model_pattern_matches_drifting_names_and_not_anchors():
+    should_match = ["the current bundled model (160 px)", "the model bundled before the current one",
+                    "the Current Model", "replaces the current best", "the currently bundled weights",
+                    "the current bundled model's recipe", "is above the current\n  model's"]
+    should_not = ["[training.md](training.md#how-the-current-weights-was-made)",
+                  "the model bundled 2026-11-26 (160 px, 400 radiographs)", "the best recipe so far",
+                  "CurrentRequestedProcedureEvidenceSequence"]
+    missed = [s for s in should_match if not CURRENT_MODEL.search(s)]
+    wrong = [s for s in should_not if CURRENT_MODEL.search(s)]
+    assert not missed, f"pattern should match a model called current: {missed}"
+    assert not wrong, f"pattern should not match: {wrong}"
+
+
+def test_hand_written_docs_name_earlier_models_by_date_or_commit_never_current():
+    docs = hand_written_docs()
+    assert len(docs) > 5 and all((REPO / d).is_file() for d in docs), f"expected README.md and docs/*.md: {docs}"
+    allowed = dict(KNOWN_CURRENT_MODEL_WORDING)
+    if allowed:
+        warnings.warn(f'docs still calling a model "current": {allowed}', UserWarning, stacklevel=1)
+
+    problems = []
+    for name in docs:
+        hits = current_model_hits(name)
+        if len(hits) != allowed.get(name, 0):
+            problems.append(f"{name}: {len(hits)} hits, {allowed.get(name, 0)} allowed")
+            problems.extend(f"  {hit}" for hit in hits)
+    problems.extend(f"{name}: listed in KNOWN_CURRENT_MODEL_WORDING but not a hand-written doc"
+                    for name in allowed if name not in docs)
+    assert not problems, (
+        'a doc calls a model "current" (name it by the date or commit it was bundled, e.g. '
+        '"the model bundled 2026-11-26 (160 px, 400 radiographs)", or refer to '
+        "weights/config.json for the bundled one; or update KNOWN_CURRENT_MODEL_WORDING to "
+        "the exact count if it is a known file):\n" + "\n".join(problems)
+    )
