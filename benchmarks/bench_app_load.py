@@ -35,6 +35,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from training.data.images import find_images
+from training.data.metadata import MetadataError
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "nih"
 # OpenMP worker threads keep spinning for a while after a parallel region; a pause between
@@ -229,7 +232,7 @@ def forward_vs_predict(url: str, weights: Path, image: Path, repeats: int) -> di
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_app_load", description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=200)
@@ -241,43 +244,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="repeats of the latency comparison")
     parser.add_argument("--max-growth-mb", type=float, default=300.0,
                         help="bound on the server's memory growth over the load")
-    args = parser.parse_args(argv)
+    return parser
 
-    with tempfile.TemporaryDirectory(prefix="bench-app-") as scratch:
-        weights = args.weights
-        if args.random_init:
-            from xray_app.model import write_random_init
 
-            weights = write_random_init(Path(scratch) / "random-init")
-        if weights is None:
-            parser.error("give --weights PATH (or XRAY_WEIGHTS), or --random-init")
-        images = sorted(args.images.glob("*.png"))
-        if not images:
-            parser.error(f"no PNG radiographs in {args.images}")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/"
-        server = start_server(Path(weights), port, Path(scratch) / "server.log")
-        try:
-            run_load(url, images, clients=1, requests=4, on_progress=lambda n: None)  # warm-up
-            baseline = rss_mb(server.pid)
-            samples: list[float] = []
-            marks = {max(1, args.requests * k // 4) for k in (1, 2, 3)}
+def radiographs(folder: Path) -> list[Path]:
+    """The radiographs under ``folder`` in name order (none when it is missing)."""
+    try:
+        found = find_images(folder)
+    except MetadataError:
+        return []
+    return [found[name] for name in sorted(found)]
 
-            def on_progress(done: int) -> None:
-                if done in marks:
-                    samples.append(round(rss_mb(server.pid), 1))
 
-            print(f"load: {args.clients} clients, {args.requests} requests to {url}predict", flush=True)
-            load = run_load(url, images, args.clients, args.requests, on_progress)
-            after = rss_mb(server.pid)
-            print("latency: /predict on a 1024 px radiograph vs a bare forward pass (idle server)", flush=True)
-            ratio = forward_vs_predict(url, Path(weights), args.original, args.repeats)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+def measure(args: argparse.Namespace, weights: Path, images: Sequence[Path], scratch: Path) -> dict:
+    """Serve ``weights``, put the load on it while sampling its memory, then compare one
+    idle ``/predict`` with the bare forward pass."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = start_server(weights, port, scratch / "server.log")
+    try:
+        run_load(url, images, clients=1, requests=4, on_progress=lambda n: None)  # warm-up
+        baseline = rss_mb(server.pid)
+        samples: list[float] = []
+        marks = {max(1, args.requests * k // 4) for k in (1, 2, 3)}
 
+        def on_progress(done: int) -> None:
+            if done in marks:
+                samples.append(round(rss_mb(server.pid), 1))
+
+        print(f"load: {args.clients} clients, {args.requests} requests to {url}predict", flush=True)
+        load = run_load(url, images, args.clients, args.requests, on_progress)
+        after = rss_mb(server.pid)
+        print("latency: /predict on a 1024 px radiograph vs a bare forward pass (idle server)", flush=True)
+        ratio = forward_vs_predict(url, weights, args.original, args.repeats)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"load": load, "baseline": baseline, "samples": samples, "after": after, "ratio": ratio}
+
+
+def figures_of(args: argparse.Namespace, measured: dict) -> dict:
+    load, ratio = measured["load"], measured["ratio"]
+    baseline, after = measured["baseline"], measured["after"]
     latencies = load["latencies"]
-    figures = {
+    return {
         "clients": args.clients,
         "requests": args.requests,
         "errors": len(load["errors"]),
@@ -285,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p50_s": round(percentile(latencies, 50), 3) if latencies else None,
         "p95_s": round(percentile(latencies, 95), 3) if latencies else None,
         "server_rss_mb_before": round(baseline, 1),
-        "server_rss_mb_during": samples,
+        "server_rss_mb_during": measured["samples"],
         "server_rss_mb_after": round(after, 1),
         "server_rss_growth_mb": round(after - baseline, 1),
         "memory_bounded": after - baseline <= args.max_growth_mb,
@@ -294,32 +304,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
+
+
+def print_summary(figures: dict, errors: Sequence[str], max_growth_mb: float) -> None:
     print(f"throughput {figures['throughput_rps']} requests/s, errors {figures['errors']}")
     print(f"latency p50 {figures['p50_s']} s, p95 {figures['p95_s']} s")
     print(
-        f"server memory {figures['server_rss_mb_before']} MiB before, {samples} during, "
+        f"server memory {figures['server_rss_mb_before']} MiB before, "
+        f"{figures['server_rss_mb_during']} during, "
         f"{figures['server_rss_mb_after']} after: growth {figures['server_rss_growth_mb']} MiB "
-        f"({'bounded' if figures['memory_bounded'] else 'ABOVE'} the {args.max_growth_mb:g} MiB bound)"
+        f"({'bounded' if figures['memory_bounded'] else 'ABOVE'} the {max_growth_mb:g} MiB bound)"
     )
     print(
-        f"/predict handler on 1024 px (in process, no HTTP): {ratio['handler_1024_ms']} ms, "
-        f"{ratio['handler_over_forward']}x the bare forward"
+        f"/predict handler on 1024 px (in process, no HTTP): {figures['handler_1024_ms']} ms, "
+        f"{figures['handler_over_forward']}x the bare forward"
     )
     print(
-        f"/predict on 1024 px over HTTP (upload, call, result): {ratio['predict_1024_ms']} ms; bare "
-        f"forward at {ratio['input_size']} px: {ratio['forward_ms']} ms; ratio "
-        f"{ratio['predict_over_forward']}x (target <= 3x)"
+        f"/predict on 1024 px over HTTP (upload, call, result): {figures['predict_1024_ms']} ms; bare "
+        f"forward at {figures['input_size']} px: {figures['forward_ms']} ms; ratio "
+        f"{figures['predict_over_forward']}x (target <= 3x)"
         + (f"; the forward holds the image and its mirror image, and the image alone takes "
-           f"{ratio['forward_without_mirror_ms']} ms ({ratio['predict_over_forward_without_mirror']}x)"
-           if ratio["mirror_average"] else "")
+           f"{figures['forward_without_mirror_ms']} ms ({figures['predict_over_forward_without_mirror']}x)"
+           if figures["mirror_average"] else "")
     )
     print(
-        f"/predict through gradio_client: {ratio['predict_1024_gradio_client_ms']} ms "
-        f"({ratio['gradio_client_over_forward']}x; its 50 ms message polling included), "
-        f"{ratio['predict_1024_gradio_client_with_downloads_ms']} ms with it downloading the 15 images"
+        f"/predict through gradio_client: {figures['predict_1024_gradio_client_ms']} ms "
+        f"({figures['gradio_client_over_forward']}x; its 50 ms message polling included), "
+        f"{figures['predict_1024_gradio_client_with_downloads_ms']} ms with it downloading the 15 images"
     )
-    for error in load["errors"][:5]:
+    for error in errors[:5]:
         print(f"error: {error}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as scratch:
+        weights = args.weights
+        if args.random_init:
+            from xray_app.model import write_random_init
+
+            weights = write_random_init(Path(scratch) / "random-init")
+        if weights is None:
+            parser.error("give --weights PATH (or XRAY_WEIGHTS), or --random-init")
+        images = radiographs(args.images)
+        if not images:
+            parser.error(f"no radiographs in {args.images}")
+        measured = measure(args, Path(weights), images, Path(scratch))
+    figures = figures_of(args, measured)
+    print_summary(figures, measured["load"]["errors"], args.max_growth_mb)
     print(json.dumps(figures))
     return 0 if figures["errors"] == 0 and figures["memory_bounded"] else 1
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from training.data.images import find_images
 from training.fit_gate import KINDS, held_out_items, nih_items, ood_items
 from xray_app.compute import run_on_compute_thread
 from xray_app.model import load_checkpoint
@@ -135,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({figures['flagged_share']:.1%}), refused {figures['refused']:>4}; "
               f"config.json: flagged {stored.get('gate_flagged')} of {stored.get('n')}")
     nih_dir = args.images[0]
-    sample = sorted(p for p in nih_dir.glob("*.png"))[: args.batch_size]
+    found = find_images(nih_dir)
+    sample = [found[name] for name in sorted(found)][: args.batch_size]
     cost = gate_cost(predictor, sample, args.repeats)
     print(f"gate {cost['gate_ms_per_image']:.2f} ms/image vs forward "
           f"{cost['forward_ms_per_image']:.1f} ms/image: ratio {cost['gate_vs_forward']:.4f} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,6 +86,8 @@ def test_upload_path_and_pin(checkpoint: Path, tmp_path: Path, monkeypatch, caps
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     RecordingApi.calls = []
     pin_file = tmp_path / "weights" / "config.json"
+    pin_file.parent.mkdir()
+    shutil.copyfile(checkpoint / "config.json", pin_file)  # the shipped weights' config
     code = publish.main(["--checkpoint", str(checkpoint), "--repo-id", "team/cxr",
                          "--revision", "v1", "--allow-untrained", "--pin-file", str(pin_file)])
     assert code == 0, capsys.readouterr().err

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data.metadata import FINDINGS, PATIENT, MetadataError, read_metadata
+from training.data.metadata import PATIENT, MetadataError, labels_of, read_metadata
 from training.data.predictions import Predictions, PredictionsFileError, read_predictions
 from training.fitting.probability_scaling import (
     CALIBRATION_METHODS,
@@ -43,7 +43,7 @@ from training.fitting.probability_scaling import (
 )
 from training.metrics.classification import THRESHOLD_METHODS, choose_thresholds
 from training.metrics.headline import auroc_by_label
-from xray_app.labels import LABELS, label_matrix
+from xray_app.labels import LABELS
 from xray_app.model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -145,7 +145,7 @@ def calibrate(
         raise CalibrationError(f"{len(missing)} predicted image(s) have no row in {metadata} "
                                f"(first: {missing[0]!r})")
     rows = frame.loc[list(predictions.images)]
-    y_true = label_matrix(rows[FINDINGS].tolist()).astype(np.int64)
+    y_true = labels_of(rows).astype(np.int64)
     fitted = fit_on_predictions(predictions, y_true, rows[PATIENT].to_numpy(),
                                 method=method, threshold_method=threshold_method)
     record = {

@@ -36,13 +36,14 @@ import numpy as np
 import pandas as pd
 
 from training.data.images import find_images
-from training.data.metadata import FINDINGS, IMAGE, PATIENT, MetadataError, read_metadata
+from training.data.metadata import FINDINGS, IMAGE, PATIENT, MetadataError, labels_of, read_metadata
 from training.data.predictions import (
     Predictions,
     PredictionsFileError,
     read_predictions,
     write_predictions,
 )
+from training.data.splits import read_split
 from training.fitting.probability_scaling import (
     DEFAULT_ECE_BINS,
     apply_calibration,
@@ -52,7 +53,7 @@ from training.fitting.provenance import public_name
 from training.metrics.classification import DEFAULT_THRESHOLD, compare_auroc, per_class_metrics
 from training.reports.markdown import render_markdown
 from training.reports.plots import plot_pr_grid, plot_reliability, plot_roc_grid
-from xray_app.labels import LABELS, label_matrix
+from xray_app.labels import LABELS
 from xray_app.model import (
     CONFIG_FILE,
     CheckpointError,
@@ -94,15 +95,13 @@ class EvalConfig:
 
 
 # --------------------------------------------------------------------------- data
-def read_split_images(path: Path) -> list[str]:
-    """Image names of a split CSV written by :mod:`training.data` (``Image Index`` column)."""
+def split_images(path: Path) -> list[str]:
+    """Image names of a split CSV (``Image Index`` column, see
+    :func:`training.data.splits.read_split`)."""
     try:
-        frame = pd.read_csv(path, dtype={IMAGE: str})
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: split file not found") from None
-    if IMAGE not in frame.columns:
-        raise EvaluationError(f"{path}: no {IMAGE!r} column; found {list(frame.columns)[:8]}")
-    return frame[IMAGE].tolist()
+        return read_split(path, required=(IMAGE,))[IMAGE].tolist()
+    except MetadataError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def truth_for(images: Sequence[str], metadata: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -162,7 +161,7 @@ def _model_predictions(
         predictions = read_predictions(cfg.predictions)
         sources["predictions"] = cfg.predictions.name
         if split_csv is not None:
-            wanted = set(read_split_images(split_csv))
+            wanted = set(split_images(split_csv))
             keep = np.array([name in wanted for name in predictions.images])
             sources["predictions_outside_split"] = int((~keep).sum())
             predictions = predictions.subset(np.flatnonzero(keep))
@@ -175,7 +174,7 @@ def _model_predictions(
                 f"to run the model on the {cfg.split} split, pass --split-csv and --images "
                 "(or evaluate a --predictions file)"
             )
-        names = read_split_images(split_csv)
+        names = split_images(split_csv)
         if cfg.limit:
             names = names[: cfg.limit]
         found = find_images(images_dir)
@@ -299,7 +298,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             predictions, truth[PATIENT].tolist(), out / f"predictions_{cfg.split}.csv").name
     labels = list(predictions.labels)
     index = [LABELS.index(name) for name in labels]
-    y_true = label_matrix(truth[FINDINGS].tolist())[:, index].astype(np.int64)
+    y_true = labels_of(truth)[:, index].astype(np.int64)
     patients = truth[PATIENT].to_numpy()
 
     thresholds, calibration, threshold_info, notes = _thresholds_and_calibration(

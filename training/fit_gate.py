@@ -87,8 +87,8 @@ from xray_app.model import (
     utc_now,
 )
 from xray_app.ood import OodGate
-from xray_app.preprocess import ImageInputError, PreprocessConfig, decode_image, to_model_input
-from xray_app.scoring import pooled_features, score_batch
+from xray_app.preprocess import ImageInputError, PreprocessConfig, decode_image
+from xray_app.scoring import model_input, score_sources
 
 CLASSES = ("frontal", "lateral", "ct", "other")
 # what each held-out figure is measured on; "nih" and "other_frontal" are both frontal films
@@ -346,19 +346,16 @@ def extract_gate_inputs(
     and the model as the app runs them (the image as given, float32 features).  ``pixels``
     may be a generator: images are consumed ``batch_size`` at a time, never all held.
     """
-    model.eval()
-    device = next(model.parameters()).device
     features, pooled_all = [], []
     iterator = iter(pixels)
     while chunk := list(islice(iterator, batch_size)):
-        batch = torch.stack([to_model_input(p, config.input_size, config.mean, config.std)
-                             for p in chunk])
-        # the features of the images as given: no mirror pass is needed for them
-        scores = score_batch(model, batch.to(device), mirror_average=False, feature_maps=True)
-        pooled = pooled_features(model, scores).cpu()
+        # the features of the images as given, scored as the app scores them: no mirror pass
+        pooled = score_sources(model, chunk, config, mirror_average=False,
+                               batch_size=batch_size, features=True).features
+        batch = torch.stack([model_input(p, config) for p in chunk])
         statistics = image_statistics(unit_images(batch, config.mean[0], config.std[0]))
-        features.append(gate_features(pooled, statistics).numpy())
-        pooled_all.append(pooled.numpy())
+        features.append(gate_features(torch.from_numpy(pooled), statistics).numpy())
+        pooled_all.append(pooled)
     if not features:
         width = model.fc.in_features
         return np.zeros((0, width + N_STATISTICS), np.float32), np.zeros((0, width), np.float32)

@@ -370,7 +370,7 @@ def out_of_fold_scorer(
     return kept, HeatmapScorer(checkpoints, lambda box: owner[box.image], images)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.localize",
                                      description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -388,13 +388,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--box-space", type=int, default=BOX_SPACE,
                         help="side of the square the box coordinates refer to")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def choose_scorer(
+    args: argparse.Namespace, boxes: list[Box], images: dict[str, Path]
+) -> tuple[list[Box], HeatmapScorer, LoadedCheckpoint, dict[str, Any]]:
+    """The boxes to score, who scores them, the checkpoint that sets the input size, and
+    how the model is described: one checkpoint, or each fold for the patients it held out."""
+    from xray_app.model import load_checkpoint
+
+    if args.folds is not None:
+        folds = fold_models(args.folds)
+        boxes, scorer = out_of_fold_scorer(boxes, folds, images)
+        checkpoint = folds[0].checkpoint
+        described = {
+            "checkpoint": f"{args.folds.name} (out of fold)",
+            "model": f"last epochs of the {len(folds)} folds of {args.folds.name} "
+                     f"({checkpoint.config.name}), each box scored by the fold that held its "
+                     f"patient out; input {checkpoint.config.input_size} px",
+            "out_of_fold": {f.name: sorted({b.image for b in boxes} & f.held_out)
+                            for f in folds},
+        }
+        return boxes, scorer, checkpoint, described
+    checkpoint = load_checkpoint(args.checkpoint)
+    scorer = HeatmapScorer({"checkpoint": checkpoint}, lambda box: "checkpoint", images)
+    described = {
+        "checkpoint": args.checkpoint.name,
+        "model": f"{checkpoint.config.name}, sha256 {checkpoint.sha256[:12]}, "
+                 f"input {checkpoint.config.input_size} px",
+    }
+    return boxes, scorer, checkpoint, described
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from training.data.images import find_images
     from training.data.metadata import MetadataError
     from training.fitting.config import ConfigError
     from training.fitting.runtime import TrainingError
-    from xray_app.model import CheckpointError, load_checkpoint
+    from xray_app.model import CheckpointError
     from xray_app.preprocess import ImageInputError
 
     try:
@@ -404,26 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not boxes:
             raise BoxFileError(f"none of the {len(all_boxes)} boxed images is in "
                                   f"{', '.join(map(str, args.images))}")
-        if args.folds is not None:
-            folds = fold_models(args.folds)
-            boxes, scorer = out_of_fold_scorer(boxes, folds, images)
-            checkpoint = folds[0].checkpoint
-            described = {
-                "checkpoint": f"{args.folds.name} (out of fold)",
-                "model": f"last epochs of the {len(folds)} folds of {args.folds.name} "
-                         f"({checkpoint.config.name}), each box scored by the fold that held its "
-                         f"patient out; input {checkpoint.config.input_size} px",
-                "out_of_fold": {f.name: sorted({b.image for b in boxes} & f.held_out)
-                                for f in folds},
-            }
-        else:
-            checkpoint = load_checkpoint(args.checkpoint)
-            scorer = HeatmapScorer({"checkpoint": checkpoint}, lambda box: "checkpoint", images)
-            described = {
-                "checkpoint": args.checkpoint.name,
-                "model": f"{checkpoint.config.name}, sha256 {checkpoint.sha256[:12]}, "
-                         f"input {checkpoint.config.input_size} px",
-            }
+        boxes, scorer, checkpoint, described = choose_scorer(args, boxes, images)
         native = max(1, checkpoint.config.input_size // 32)
         scores = evaluate_localisation(
             boxes, scorer.heatmap_of, native_resolution=native, threshold=args.threshold,

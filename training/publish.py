@@ -31,13 +31,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from xray_app.model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     load_checkpoint,
+    read_config,
     write_config,
 )
 
@@ -110,11 +110,10 @@ def pin_line(repo_id: str, commit: str, sha256: str) -> str:
 
 
 def write_pin(path: Path, repo_id: str, commit: str, sha256: str) -> None:
-    """Set the ``hub`` entry of ``path`` (a config.json), keeping everything else."""
-    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    data["hub"] = hub_entry(repo_id, commit, sha256)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    """Set the ``hub`` entry of ``path`` (the config.json of the weights the app ships
+    with), keeping everything else; written by :func:`xray_app.model.write_config`."""
+    config = read_config(path)
+    write_config(config.with_updates(hub=hub_entry(repo_id, commit, sha256)), path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="visibility of a repository created now")
     parser.add_argument("--message", default=None, help="commit message")
     parser.add_argument("--pin-file", type=Path,
-                        help="after uploading, write the hub entry into this config.json")
+                        help="after uploading, write the hub entry into this config.json (an existing model config)")
     parser.add_argument("--allow-untrained", action="store_true")
     return parser
 
@@ -150,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             sha = stage(args.checkpoint, card, folder, repo_id=args.repo_id,
                         revision=args.revision, allow_untrained=args.allow_untrained)
+            if args.pin_file:
+                read_config(args.pin_file)  # the file to pin must be a model config: checked before uploading
         except (PublishError, CheckpointError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -75,7 +75,7 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from training.fitting.config import ConfigError, TrainConfig, from_dict, load_yaml, parse_config
+from training.fitting.config import ConfigError, TrainConfig, parse_config
 from training.fitting.journal_storage import HeartbeatJournalStorage
 from training.metrics.headline import VAL_HEADLINE
 
@@ -558,11 +558,6 @@ def _without(argv: Sequence[str], flags: set[str]) -> list[str]:
             continue
         kept.append(token)
     return kept
-
-
-def load_best_config(path: str | Path) -> TrainConfig:
-    """Read ``best_config.yaml`` back (what ``training.train --config`` does)."""
-    return from_dict(load_yaml(path))
 
 
 if __name__ == "__main__":

@@ -234,6 +234,36 @@ def _micro(
     }
 
 
+def _macro(
+    per_class: dict[str, Any], average_over: Sequence[str],
+    auroc_boot: dict[str, np.ndarray], ap_boot: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """Unweighted means over the ``average_over`` classes whose figure is defined: AUROC
+    and AUPRC with bootstrap intervals, the rates at the thresholds without."""
+    macro: dict[str, Any] = {
+        "classes_considered": list(average_over),
+        "auroc": _mean_over({n: per_class[n]["auroc"]["value"] for n in average_over},
+                            auroc_boot, "AUROC"),
+        "auprc": _mean_over({n: per_class[n]["auprc"]["value"] for n in average_over},
+                            ap_boot, "AUPRC"),
+    }
+    for rate in ("precision", "recall", "specificity", "f1"):
+        defined = [n for n in average_over if per_class[n][rate] is not None]
+        macro[rate] = {
+            "value": float(np.mean([per_class[n][rate] for n in defined])) if defined else None,
+            "classes": defined,
+        }
+    return macro
+
+
+def _headline_name(classes: Sequence[str]) -> str:
+    """The headline's name, saying when it averages fewer than the 14 pathologies."""
+    if set(PATHOLOGIES) <= set(classes):
+        return HEADLINE_NAME
+    return (f"mean AUROC over {len(classes)} of the 14 pathologies "
+            "(the others are absent or undefined here)")
+
+
 def per_class_metrics(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -280,25 +310,7 @@ def per_class_metrics(
         )
 
     averaged = [labels.index(name) for name in average_over]
-    macro: dict[str, Any] = {
-        "classes_considered": list(average_over),
-        "auroc": _mean_over({n: per_class[n]["auroc"]["value"] for n in average_over},
-                            auroc_boot, "AUROC"),
-        "auprc": _mean_over({n: per_class[n]["auprc"]["value"] for n in average_over},
-                            ap_boot, "AUPRC"),
-    }
-    for rate in ("precision", "recall", "specificity", "f1"):
-        defined = [n for n in average_over if per_class[n][rate] is not None]
-        macro[rate] = {
-            "value": float(np.mean([per_class[n][rate] for n in defined])) if defined else None,
-            "classes": defined,
-        }
-    headline_classes = macro["auroc"]["classes"]
-    if set(PATHOLOGIES) <= set(headline_classes):
-        headline_name = HEADLINE_NAME
-    else:
-        headline_name = (f"mean AUROC over {len(headline_classes)} of the 14 pathologies "
-                         "(the others are absent or undefined here)")
+    macro = _macro(per_class, average_over, auroc_boot, ap_boot)
     predicted = probs >= thresholds[None, :]
     return {
         "labels": labels,
@@ -314,7 +326,7 @@ def per_class_metrics(
         "macro": macro,
         "micro": _micro(y_true[:, averaged], probs[:, averaged], thresholds[averaged],
                         counts, inverse),
-        "headline": {"name": headline_name, **macro["auroc"]},
+        "headline": {"name": _headline_name(macro["auroc"]["classes"]), **macro["auroc"]},
         "accuracy": {
             "averaged_classes": accuracy_summary(y_true[:, averaged], predicted[:, averaged]),
             "all_classes": accuracy_summary(y_true, predicted),
