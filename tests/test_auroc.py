@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.metrics.auroc import auroc, per_class_auroc
+from training.metrics.auroc import auroc, per_class_auroc, roc_points
 from training.metrics.bootstrap import bootstrap_counts, interval, resample_indices
 
 
@@ -88,3 +88,11 @@ def test_interval_is_a_percentile_interval_over_finite_resamples():
     assert (entry["n_valid_resamples"], entry["n_resamples"]) == (1001, 1002), (
         "expected the NaN resample counted but not used")
     assert interval(None, samples)["ci_low"] is None, "expected no interval without a point value"
+
+
+def test_roc_points_enclose_the_auroc():
+    y, score = _tied_scores(np.random.default_rng(40), 250)
+    fpr, tpr = roc_points(y, score)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0), "expected (0,0) to (1,1)"
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(y, score), abs=1e-12), (
+        "expected the trapezoid area under the points to be the AUROC")

@@ -98,3 +98,20 @@ def per_class_auroc(
         raise ValueError(f"y_true {y_true.shape} and scores {scores.shape} must be the same (N, C)")
     return np.array([auroc(y_true[:, c], scores[:, c], sample_weight)
                      for c in range(y_true.shape[1])], dtype=np.float64)
+
+
+def roc_points(
+    y_true: np.ndarray, score: np.ndarray, sample_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve whose area :func:`auroc` is: ``(fpr, tpr)``, each ``(G + 1,)`` from
+    (0, 0), one point per tie group of ``score`` in descending order (a tie group is a
+    straight segment, which is why ties count one half).  Needs a positive and a negative."""
+    y_true = np.asarray(y_true).ravel()
+    weights = np.ones(y_true.size) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
+    order, starts = tie_groups(score)
+    pos, neg = group_sums(y_true[order].astype(bool), starts, weights[order][None, :])
+    if pos.sum() <= 0 or neg.sum() <= 0:
+        raise ValueError("a ROC curve needs a positive and a negative image")
+    tpr = np.r_[0.0, np.cumsum(pos[0]) / pos.sum()]
+    fpr = np.r_[0.0, np.cumsum(neg[0]) / neg.sum()]
+    return fpr, tpr

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import precision_recall_curve
 
 from training.fitting.probability_scaling import DEFAULT_ECE_BINS, reliability_bins
+from training.metrics.auroc import roc_points
 from xray_app.labels import display_name
 
 Curves = dict[str, np.ndarray]  # model name -> (N, C) probabilities
@@ -54,7 +55,7 @@ def plot_roc_grid(
             for model, probs in models.items():
                 if np.isnan(probs[:, c]).all():
                     continue
-                fpr, tpr, _ = roc_curve(y, probs[:, c])
+                fpr, tpr = roc_points(y, probs[:, c])
                 axis.plot(fpr, tpr, linewidth=1.2, label=model)
         else:
             axis.text(0.5, 0.5, "undefined:\none label value", ha="center", va="center")
