@@ -20,7 +20,7 @@ import pytest
 
 from tests.paths import DICOM_DIR, NIH_IMAGES
 from xray_app import ui
-from xray_app.labels import DISPLAY_NAMES
+from xray_app.labels import DISPLAY_NAMES, NO_FINDING_INDEX
 
 pytestmark = pytest.mark.browser
 
@@ -33,7 +33,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-CAPTION = re.compile(r"^.+ — \d\.\d\d \(threshold \d\.\d\d\) (▲ above|▽ below)$")
+CAPTION = re.compile(  # the one wording of xray_app.flags, with the operating point's value
+    r"^.+ — \d\.\d\d (▲ at or above its operating point \(\d\.\d\d\)"
+    r"|▽ below its operating point \(\d\.\d\d\)"
+    r"|at or above its operating point \(\d\.\d\d\), not flagged beside a flagged pathology)$"
+)
 TIMEOUT_MS = 60_000  # generous: the CPU is shared; the measured times are printed
 
 
@@ -95,6 +99,8 @@ def test_clinician_path_in_chromium(demo_url, tmp_path):
             page.wait_for_selector("#upload")
             assert "UNTRAINED WEIGHTS" in page.locator("#banner").inner_text(), "untrained banner missing"
             assert "not a medical device" in page.locator("#banner").inner_text()
+            assert "A flag means" in page.locator("#first-screen").inner_text(), "first screen missing"
+            assert not page.locator("#result-extras").is_visible(), "downloads shown before any result"
 
             # 1. a shared NIH radiograph -> findings and 15 captioned heatmaps
             start = _upload(page, NIH_IMAGES / "00000075_000.png")
@@ -103,12 +109,12 @@ def test_clinician_path_in_chromium(demo_url, tmp_path):
             print(f"\nNIH PNG: 15 heatmaps in the browser {seconds:.2f} s after choosing the file")
             assert all(CAPTION.match(c) for c in captions), f"captions not in the agreed format: {captions}"
             page.wait_for_function(
-                "document.querySelector('#findings').innerText.includes('▲') || "
-                "document.querySelector('#findings').innerText.includes('no')"
+                "document.querySelector('#findings').innerText.includes('operating point')"
             )
             table = page.locator("#findings").inner_text()
-            missing = [name for name in DISPLAY_NAMES if name not in table]
+            missing = [name for name in DISPLAY_NAMES[:NO_FINDING_INDEX] if name not in table]
             assert not missing, f"findings table lacks {missing}"
+            assert "No finding:" in page.locator("#findings-summary").inner_text(), "No finding's own line"
 
             # 2. pick the third most probable class in the gallery -> it is shown large
             third = captions[2].split(" — ")[0]
@@ -117,7 +123,9 @@ def test_clinician_path_in_chromium(demo_url, tmp_path):
                 f"document.querySelector('#large-caption').innerText.startsWith({third!r})"
             )
 
-            # 3. another heatmap method for that class, computed on demand
+            # 3. another heatmap method for that class, computed on demand, from the result section
+            page.wait_for_selector("#result-extras", state="visible")
+            page.locator("#result-extras button").first.click()  # open the collapsed section
             page.locator("#method-select label", has_text="Grad-CAM++").click()
             page.wait_for_function(
                 "document.querySelector('#large-caption').innerText.includes('Grad-CAM++')"

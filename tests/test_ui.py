@@ -18,6 +18,8 @@ from PIL import Image
 from tests.dicom_factory import PATIENT, dicom_bytes, make_dicom, nih_gray, png_zero_bomb
 from tests.paths import DICOM_DIR, NIH_IMAGES, NIH_ORIGINALS
 from xray_app import explain, model_card_view, model_facts, report, ui
+from xray_app.flags import ABOVE, BELOW, flag_findings
+from xray_app.gate import GateResult
 from xray_app.labels import LABELS
 from xray_app.model import (
     CONFIG_FILE,
@@ -31,7 +33,11 @@ from xray_app.preprocess import ImageInputError
 from xray_app.ui import events, handlers, render
 
 NIH_PNG = NIH_IMAGES / "00000075_000.png"
-CAPTION = re.compile(r"^.+ — \d\.\d\d \(threshold \d\.\d\d\) (▲ above|▽ below)$")
+CAPTION = re.compile(  # the one wording of xray_app.flags, with the operating point's value
+    r"^.+ — \d\.\d\d (▲ at or above its operating point \(\d\.\d\d\)"
+    r"|▽ below its operating point \(\d\.\d\d\)"
+    r"|at or above its operating point \(\d\.\d\d\), not flagged beside a flagged pathology)$"
+)
 
 
 def bad_inputs(directory: Path) -> dict[str, Path]:
@@ -85,7 +91,7 @@ def test_analyse_returns_the_cli_json_then_15_captioned_heatmaps(predictor, anal
     assert probabilities == sorted(probabilities, reverse=True), "gallery must be sorted by probability"
     gray = explain.shrink(study.prediction.image.pixels, ui.GALLERY_MAX_SIDE)
     for (path, text), index in zip(gallery, study.order, strict=True):
-        assert CAPTION.match(text), f"caption {text!r} is not 'Name — p (threshold t) ▲ above/▽ below'"
+        assert CAPTION.match(text), f"caption {text!r} is not 'Name — p ▲ at or above / ▽ below its operating point (t)'"
         finding = study.prediction.findings[index]
         assert text == render.caption(finding), f"{text!r} should be the caption of {finding.display_name}"
         assert Path(path).resolve().is_relative_to(cache.resolve()), "gallery files live in Gradio's cache"
@@ -110,15 +116,22 @@ def test_large_view_is_full_resolution_and_opacity_zero_shows_the_original(predi
     )
 
 
-def test_summary_table_is_sorted_with_thresholds_and_flags_and_the_large_view_shows_the_top_class(
-    predictor, analysed
-):
+def test_table_ranks_the_14_findings_flagged_first_and_no_finding_has_its_own_line(predictor, analysed):
     (_, _, study), cache = analysed
-    rows, notes, title, selector, method, opacity, slider = handlers.summarise(predictor, study, cache)
-    assert [row[0] for row in rows] == [f.display_name for f in study.prediction.sorted_findings()]
-    for name, probability, threshold, above in rows:
-        expected = "▲ yes" if float(probability) >= float(threshold) else "no"
-        assert above == expected, f"{name}: {probability} vs threshold {threshold} flagged {above!r}"
+    rows, summary, notes, title, selector, method, opacity, slider, extras = handlers.summarise(
+        predictor, study, cache)
+    findings = {f.display_name: f for f in study.prediction.findings}
+    assert len(rows) == 14 and "No finding" not in [row[0] for row in rows], (
+        f"expected the 14 pathologies in the table and No finding apart, got {[row[0] for row in rows]}")
+    flags = [findings[row[0]].positive for row in rows]
+    assert flags == sorted(flags, reverse=True), "expected the flagged findings first"
+    for group in (True, False):
+        chances = [float(row[1]) for row in rows if findings[row[0]].positive is group]
+        assert chances == sorted(chances, reverse=True), "expected each group ranked by probability"
+    for name, probability, threshold, compared in rows:
+        expected = f"▲ {ABOVE}" if findings[name].positive else f"▽ {BELOW}"
+        assert compared == expected, f"{name}: {probability} vs operating point {threshold} said {compared!r}"
+    assert summary.splitlines()[-1].startswith("**No finding:**"), f"expected No finding's own line: {summary!r}"
     assert "UNTRAINED" in notes, "the untrained predictor's warning must be visible in the notes"
     top = study.prediction.findings[study.order[0]]
     assert top.display_name in title and selector.value == top.label, "large view starts on the top class"
@@ -129,18 +142,46 @@ def test_summary_table_is_sorted_with_thresholds_and_flags_and_the_large_view_sh
     assert all(Path(p).resolve().is_relative_to(cache.resolve()) for p in slider), (
         "slider files must be written inside Gradio's cache so that delete_cache removes them"
     )
+    assert extras.visible is True, "expected the downloads and other methods shown once there is a result"
 
 
-def test_a_class_without_signal_on_held_out_images_is_marked_not_judged(predictor):
+def test_above_and_below_have_one_wording_in_table_captions_and_notes(predictor, analysed):
+    (_, gallery, study), cache = analysed
+    rows, summary, notes = handlers.summarise(predictor, study, cache)[:3]
+    compared = [row[3] for row in rows] + [text for _, text in gallery] + summary.splitlines()[::2]
+    for text in compared:
+        assert ABOVE in text or BELOW in text, f"expected the one wording of xray_app.flags in {text!r}"
+    for text in [*compared, notes]:
+        assert "threshold" not in text.lower(), f"expected 'operating point', never 'threshold': {text!r}"
+
+
+def test_no_finding_is_not_flagged_beside_a_flagged_pathology_and_says_so(predictor):
     import dataclasses
 
-    prediction = dataclasses.replace(predictor.predict(NIH_PNG), no_signal=frozenset({"Pneumonia"}))
-    rows = {row[0]: row for row in render.findings_rows(prediction)}
-    assert rows["Pneumonia"][3] == "no signal", f"expected Pneumonia marked, got {rows['Pneumonia']}"
-    assert all(row[3] in ("no", "▲ yes") for name, row in rows.items() if name != "Pneumonia"), (
-        "expected the other classes judged against their thresholds")
-    assert "No signal on held-out images" in render.study_notes(prediction) and "Pneumonia" in (
-        render.study_notes(prediction)), "expected the notes to say which class has no signal"
+    prediction = predictor.predict(NIH_PNG)
+    everything = np.zeros(15, dtype=np.float32)  # every probability at or above its operating point
+    flagged = dataclasses.replace(prediction, thresholds=everything,
+                                  positive=flag_findings(prediction.probabilities, everything))
+    summary = render.findings_summary(flagged)
+    assert "**Flagged (14 of 14):**" in summary, summary
+    assert summary.splitlines()[-1].endswith("not flagged beside a flagged pathology."), (
+        f"expected No finding above its point but not flagged, and why: {summary!r}")
+
+
+def test_the_input_check_speaks_plainly_with_scores_and_levels_in_details(predictor):
+    import dataclasses
+
+    lateral = GateResult("lateral", "view", 0.62, "warn", "", {"view": 0.62, "feature_distance": 41.7})
+    prediction = dataclasses.replace(predictor.predict(NIH_PNG), gate=lateral)
+    notes = render.study_notes(prediction, {"view": (0.245, 0.977), "feature_distance": (102.4, 140.1)})
+    plain, details = notes.split("<details>")[0], notes.split("<details>")[1]
+    assert "Input check: this looks like a lateral chest film" in plain, f"expected the verdict in words: {plain!r}"
+    assert "probably meaningless" in plain and "0.62" not in plain, (
+        f"expected what it means, and no score, in the plain line: {plain!r}")
+    assert "view score 0.620 (warning at 0.245, refusal at 0.977)" in details, details
+    assert "distance to the training radiographs 41.700 (warning at 102.400" in details, details
+    frontal = GateResult("frontal", None, 0.03, "ok", "", {"view": 0.03})
+    assert render.gate_verdict(frontal) == "Input check: this looks like a frontal chest film, the kind the model reads."
 
 
 def test_rerender_uses_the_stored_prediction_and_computes_other_methods_once(predictor, analysed, tmp_path):
@@ -206,7 +247,7 @@ def test_non_chest_image_warns_and_the_note_says_so(predictor, tmp_path):
     Image.fromarray(wide).save(path)
     with pytest.warns(UserWarning, match="probably not a chest radiograph"):
         _, _, study = ui.analyse(predictor, str(path), tmp_path)
-    notes = handlers.summarise(predictor, study, tmp_path)[1]
+    notes = handlers.summarise(predictor, study, tmp_path)[2]
     assert "probably not a chest radiograph" in notes, f"the warning must also be visible: {notes!r}"
 
 
@@ -215,7 +256,7 @@ def test_dicom_shows_only_safe_header_fields(predictor, tmp_path):
     path.write_bytes(dicom_bytes(make_dicom(nih_gray(), bits_stored=8, patient=PATIENT)))
     with pytest.warns(UserWarning):
         result, _, study = ui.analyse(predictor, str(path), tmp_path)
-    notes = handlers.summarise(predictor, study, tmp_path)[1]
+    notes = handlers.summarise(predictor, study, tmp_path)[2]
     assert "Modality: CR" in notes and "ViewPosition: PA" in notes, f"modality and view expected: {notes}"
     json_path, _ = ui.downloads(study, predictor.model_info, tmp_path)
     shown = notes + json.dumps(result) + Path(json_path).read_text()
@@ -231,14 +272,15 @@ def test_real_dicom_file_is_analysed(predictor, tmp_path):
             predictor, str(DICOM_DIR / "siim_pneumothorax_example.dcm"), tmp_path
         )
     assert result["file"] == "siim_pneumothorax_example.dcm" and len(gallery) == 15
-    slider = handlers.summarise(predictor, study, tmp_path)[-1]
+    slider = handlers.summarise(predictor, study, tmp_path)[-2]
     assert Image.open(slider[0]).size == (1024, 1024), "the DICOM's own 1024 px resolution"
 
 
 def test_no_file_clears_the_outputs(predictor, tmp_path):
     assert ui.analyse(predictor, None, tmp_path) == (None, [], None)
     cleared = handlers.summarise(predictor, None, tmp_path)
-    assert cleared[:3] == ([], "", "") and cleared[-1] is None, "cleared upload leaves no stale findings"
+    assert cleared[:4] == ([], "", "", "") and cleared[-2] is None, "cleared upload leaves no stale findings"
+    assert cleared[-1].visible is False, "expected the downloads and other methods hidden without a result"
 
 
 # --------------------------------------------------------------------------- batch
@@ -277,46 +319,87 @@ def test_examples_only_from_the_named_folder():
     assert ui.example_files(None) == [] and ui.example_files("/nonexistent/folder") == []
 
 
-def test_banner_is_loud_for_untrained_and_names_the_training_data(predictor):
+def test_banner_is_loud_for_untrained_weights_and_escapes_config_text(predictor):
     untrained = render.model_banner_html(predictor.config, predictor.model_info)
     assert "UNTRAINED WEIGHTS" in untrained and "not a medical device" in untrained
-    trained = predictor.config.with_updates(
-        trained=True, name="<b>x</b>", provenance={"data": "NIH ChestX-ray14, 78k train images"}
-    )
+    trained = predictor.config.with_updates(trained=True, name="<b>x</b>", provenance={})
     banner = render.model_banner_html(trained, predictor.model_info)
     assert "UNTRAINED" not in banner, "no untrained warning for trained weights"
-    assert "NIH ChestX-ray14, 78k train images" in banner, "the training data must be named"
     assert "<b>x</b>" not in banner and "&lt;b&gt;x&lt;/b&gt;" in banner, "config text must be escaped"
 
 
-def test_banner_shows_the_measured_accuracy_and_data_size_beside_the_disclaimer(predictor):
-    measured = {"metric": "mean AUROC over the 14 pathologies", "value": 0.7123, "ci_low": 0.6841,
-                "ci_high": 0.7402, "images": 352, "patients": 268}
-    config = predictor.config.with_updates(trained=True, provenance={
-        "data": {"description": "1,753 NIH ChestX-ray14 radiographs from 1,357 patients, a public subset"},
-        "evaluation": {"test": measured}})
+BUNDLED_LIKE = {  # the shape training.bundle writes into config.json's provenance
+    "data": {"description": "1,753 NIH ChestX-ray14 radiographs from 1,357 patients, a public subset",
+             "images": {"train": 1401, "val": 0, "test": 352}},
+    "split": {"images": {"train": 1401, "val": 0, "test": 352}, "patients": {"train": 1089, "test": 268}},
+    "evaluation": {"test": {"metric": "mean AUROC over the 14 pathologies", "value": 0.7151,
+                            "ci_low": 0.6852, "ci_high": 0.7455, "images": 352, "patients": 268}},
+    "validation_fit": {"split": "out-of-fold", "n_images": 1401, "threshold_method": "f1"},
+}
+
+
+def _first_screen(banner: str) -> str:
+    return re.search(r'<p id="first-screen"[^>]*>(.*?)</p>', banner, re.S).group(1)
+
+
+def test_first_screen_gives_the_test_figure_and_training_count_and_no_other_image_count(predictor):
+    config = predictor.config.with_updates(trained=True, provenance=BUNDLED_LIKE)
     banner = render.model_banner_html(config, predictor.model_info)
+    line = _first_screen(banner)
+    assert "Tested on 352 radiographs of 268 patients it never saw: mean AUROC 0.72 (95% CI 0.69–0.75)" in line, line
+    assert "Trained on 1,401 radiographs." in line, f"expected the training split's count: {line}"
+    text = re.sub(r"<[^>]+>", " ", banner)  # what a reader sees, without the styles
+    counts = set(re.findall(r"\b\d{1,3}(?:,\d{3})+\b|\b\d{3,}\b", text))
+    assert counts == {"352", "268", "1,401"}, f"expected only the test and training counts, got {counts}"
     assert "not a medical device" in banner, "expected the disclaimer"
-    assert "1,753 NIH ChestX-ray14 radiographs from 1,357 patients, a public subset" in banner, (
-        "expected the data described by what it is")
-    assert "mean AUROC 0.71 (95% CI 0.68-0.74) over the 14 findings on 352 test radiographs" in banner, (
-        f"expected the measured headline with its interval and size, got {banner}")
-    unmeasured = render.model_banner_html(config.with_updates(provenance={}), predictor.model_info)
-    assert "Measured" not in unmeasured, "expected no accuracy line when nothing was measured"
 
 
-def test_under_the_heatmaps_the_app_says_what_they_were_measured_to_be_worth(tmp_path):
+def test_first_screen_says_what_a_flag_means_and_which_population_probabilities_are_for(predictor):
+    fallback = _first_screen(render.model_banner_html(
+        predictor.config.with_updates(provenance=BUNDLED_LIKE), predictor.model_info))
+    assert ("A flag means the finding's probability is at or above its operating point, chosen for "
+            "the best F1") in fallback and "out-of-fold predictions of 1,401 training radiographs" in fallback, (
+        f"expected the thresholds' origin from validation_fit: {fallback}")
+    assert fallback.endswith("Probabilities are for the training sample."), fallback
+    points = {"method": "specificity", "target": 0.9, "chosen_on": "out-of-fold predictions"}
+    stated = model_facts.first_screen(BUNDLED_LIKE, points, {"name": "all NIH ChestX-ray14 films"})
+    assert ("A flag means the finding's probability is at or above its operating point, set for 90% "
+            "specificity on out-of-fold predictions.") in stated, stated
+    assert stated[-1] == "Probabilities are for all NIH ChestX-ray14 films.", stated
+
+
+def test_first_screen_names_the_reference_model_only_when_the_config_carries_it():
+    assert not any("CheXNet" in s for s in model_facts.first_screen(BUNDLED_LIKE, None, None)), (
+        "expected no reference model without provenance.evaluation.reference")
+    reference = {"name": "a CheXNet reproduction", "value": 0.790, "ours_on_same": 0.685, "images": 94}
+    provenance = {**BUNDLED_LIKE, "evaluation": {**BUNDLED_LIKE["evaluation"], "reference": reference}}
+    stated = model_facts.first_screen(provenance, None, None)
+    assert "On 94 of those films, a CheXNet reproduction scored 0.79 and this model 0.69." in stated, stated
+    assert stated.index(stated[0]) == 0 and stated[0].startswith("Tested on 352"), "test figure first"
+
+
+def test_the_bundled_config_renders_a_first_screen_with_its_own_figures():
+    config = read_config(Path(__file__).resolve().parent.parent / "weights" / CONFIG_FILE)
+    test = config.provenance["evaluation"]["test"]
+    stated = " ".join(model_facts.first_screen(config.provenance, config.operating_points, config.population))
+    assert f"Tested on {test['images']:,} radiographs of {test['patients']:,} patients" in stated, stated
+    assert f"mean AUROC {test['value']:.2f}" in stated, stated
+    assert f"Trained on {config.provenance['split']['images']['train']:,} radiographs." in stated, stated
+
+
+def test_beside_the_heatmaps_the_app_compares_their_measured_worth_with_a_centre_blob(tmp_path):
     measured = {"boxes": 85, "images": 72, "out_of_fold": True, "min_overlap": 0.1,
                 "heatmap_hits": 0.2, "random_hits": 0.244, "centre_hits": 0.576}
     note = model_facts.measured_localisation({"localization": measured})
-    assert "85 NIH radiologist boxes of patients the model never saw" in note and "20%" in note, note
-    assert "random maps did for 24%" in note and "image centre for 58%" in note, note
-    assert "they do not show where a finding is" in note, f"expected maps beaten by a fixed blob called so, got {note}"
+    assert "85 NIH radiologist boxes of patients the model never saw" in note and "hit 20%" in note, note
+    assert "a fixed blob at the image centre hit 58% and random maps 24%" in note, note
+    assert "no better than the fixed centre blob" in note and "do not show where a finding is" in note, (
+        f"expected maps a fixed blob beats called so, got {note}")
     beats_random = model_facts.measured_localisation({"localization": {**measured, "heatmap_hits": 0.26}})
-    assert "they do not show where a finding is" in beats_random, (
+    assert "no better than the fixed centre blob" in beats_random, (
         f"expected maps that beat random but not a fixed centre blob still called useless, got {beats_random}")
     better = model_facts.measured_localisation({"localization": {**measured, "heatmap_hits": 0.7}})
-    assert "better than those, but not a reliable guide" in better, better
+    assert "better than both, but not a reliable guide" in better, better
     assert "no check against radiologist-marked regions" in model_facts.measured_localisation({}), (
         "expected unmeasured heatmaps called so")
     checkpoint = write_random_init(tmp_path / "measured", input_size=64)
@@ -326,7 +409,7 @@ def test_under_the_heatmaps_the_app_says_what_they_were_measured_to_be_worth(tmp
     demo = ui.build_demo(Predictor(load_checkpoint(checkpoint), device="cpu"))
     shown = [c["props"].get("value", "") for c in demo.config["components"]
              if c["props"].get("elem_id") == "heatmap-note"]
-    assert shown and "random maps did for 24%" in shown[0], f"expected the note under the gallery, got {shown}"
+    assert shown and "random maps 24%" in shown[0], f"expected the note under the gallery, got {shown}"
 
 
 def test_model_tab_renders_the_card_or_says_it_is_missing(predictor, tmp_path):
@@ -355,6 +438,26 @@ def test_demo_is_private_bounded_and_exposes_predict(predictor):
     assert isinstance(first_output, gr.JSON), "predict's first output must be the JSON result"
     predict_fn = next(fn for fn in demo.fns.values() if fn.api_name == "predict")
     assert predict_fn.concurrency_limit == events.MODEL_CONCURRENCY, "one forward pass at a time"
+
+
+def _descendants(node: dict, root: int, inside: bool = False) -> set[int]:
+    """Ids of the components below ``root`` in a Blocks layout tree."""
+    found = {node["id"]} if inside else set()
+    for child in node.get("children", []):
+        found |= _descendants(child, root, inside or node["id"] == root)
+    return found
+
+
+def test_before_a_result_the_downloads_and_other_methods_are_hidden_and_collapsed(predictor):
+    demo = ui.build_demo(predictor)
+    extras = [c for c in demo.config["components"] if c["props"].get("elem_id") == "result-extras"]
+    assert len(extras) == 1 and extras[0]["props"]["visible"] is False, f"expected it hidden at first: {extras}"
+    assert extras[0]["props"]["open"] is False, "expected it collapsed when it appears"
+    single = ("JSON result", "PNG report sheet", "DICOM SR", "FHIR report")
+    wanted = {c["id"] for c in demo.config["components"]
+              if c["props"].get("label") in single or c["props"].get("elem_id") == "method-select"}
+    assert len(wanted) == 5 and wanted <= _descendants(demo.config["layout"], extras[0]["id"]), (
+        "expected the four downloads and the heatmap method inside that section")
 
 
 def test_model_tab_embeds_the_cards_local_plots(predictor, tmp_path):

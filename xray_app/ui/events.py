@@ -30,8 +30,8 @@ def wire_single(predictor: Predictor, tab: SingleTab, study_state: gr.State) -> 
     cache_dir = tab.gallery.GRADIO_CACHE
     model_info = dict(predictor.model_info)
     study_outputs = [tab.result_json, tab.gallery, study_state]
-    summary_outputs = [tab.table, tab.notes, tab.view_caption, tab.class_select, tab.method_select,
-                       tab.opacity, tab.slider_view]
+    summary_outputs = [tab.table, tab.summary, tab.notes, tab.view_caption, tab.class_select,
+                       tab.method_select, tab.opacity, tab.slider_view, tab.extras]
     download_outputs = [tab.json_download, tab.sheet_download, tab.sr_download, tab.fhir_download]
 
     def cleared():  # a bad file must not leave the previous study's findings on screen beside it

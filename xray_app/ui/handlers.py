@@ -125,10 +125,13 @@ def analyse(predictor: Predictor, path: str | None, cache_dir: str | Path) -> tu
 
 
 def summarise(predictor: Predictor, study: Study | None, cache_dir: str | Path) -> tuple[Any, ...]:
-    """Findings table, notes, large-view caption, class selector, method and opacity reset,
-    and the large view (slider files) of the most probable class."""
+    """What follows a prediction: findings table, the flagged / No Finding lines, notes,
+    large-view caption, class selector, method and opacity reset, the large view (slider
+    files) of the most probable class, and the result section (downloads, other heatmap
+    methods) made visible.  Without a study all of it is cleared and the section hidden."""
     if study is None:
-        return [], "", "", gr.Dropdown(value=None), explain.FAST_METHOD, render.DEFAULT_OPACITY, None
+        return ([], "", "", "", gr.Dropdown(value=None), explain.FAST_METHOD, render.DEFAULT_OPACITY,
+                None, gr.Accordion(visible=False))
     findings = study.prediction.findings
     choices = [
         (f"{findings[i].display_name} — {findings[i].probability:.2f}", LABELS[i]) for i in study.order
@@ -138,12 +141,14 @@ def summarise(predictor: Predictor, study: Study | None, cache_dir: str | Path) 
     pair = large_view(predictor, study, top, explain.FAST_METHOD, render.DEFAULT_OPACITY)
     return (
         render.findings_rows(study.prediction),
-        render.study_notes(study.prediction),
+        render.findings_summary(study.prediction),
+        render.study_notes(study.prediction, render.gate_levels(predictor.config)),
         render.large_caption(study.prediction, top, explain.FAST_METHOD),
         selector,
         explain.FAST_METHOD,
         render.DEFAULT_OPACITY,
         _slider_files(pair, cache_dir),
+        gr.Accordion(visible=True),
     )
 
 

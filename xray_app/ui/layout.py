@@ -44,15 +44,17 @@ LAUNCH_OPTIONS: dict[str, Any] = {
     "show_error": True,  # gr.Error messages reach the page, not only the log
     "css": CSS,
 }
-TABLE_HEADERS = ["Finding", "Prob.", "Thresh.", "Above"]
-BATCH_HEADERS = ["File", "Status", "Findings above threshold", "Top finding", "Notes", "Input gate"]
+TABLE_HEADERS = ["Finding", "Probability", "Operating point", "Compared with it"]
+BATCH_HEADERS = ["File", "Status", "Flagged findings", "Top finding", "Notes", "Input gate"]
 
 
 class SingleTab(NamedTuple):
     """The components of the single-study tab that handlers read or write."""
 
     upload: gr.File
+    summary: gr.Markdown
     notes: gr.Markdown
+    extras: gr.Accordion
     json_download: gr.DownloadButton
     sheet_download: gr.DownloadButton
     sr_download: gr.DownloadButton
@@ -92,7 +94,10 @@ def build_demo(
         title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE, fill_width=True
     ) as demo:
         gr.Markdown(f"# {TITLE}")
-        gr.HTML(render.model_banner_html(predictor.config, predictor.model_info), elem_id="banner")
+        population = getattr(predictor, "population", None)  # the one in effect, if any
+        gr.HTML(render.model_banner_html(predictor.config, predictor.model_info,
+                                         population.to_dict() if population is not None else None),
+                elem_id="banner")
         study_state = gr.State(None, time_to_live=STATE_TTL_S)
         with gr.Tab("Single study", id="single"):
             single = single_tab(handlers.example_files(examples_dir), handlers.ui_methods(predictor),
@@ -109,18 +114,28 @@ def build_demo(
 
 def single_tab(examples: Sequence[str], methods: Sequence[str], credit: str = "",
                heatmap_note: str = "") -> SingleTab:
-    """Upload, downloads and examples; the large view with its controls; the findings
-    table; the gallery of all 15 heatmaps, with ``heatmap_note`` (what they were measured
-    to be worth) under it; the JSON."""
+    """Upload and examples; the large view with its controls and, once there is a result,
+    a collapsed section of downloads and other heatmap methods; the flagged findings, No
+    Finding and the table; the gallery of all 15 heatmaps with ``heatmap_note`` (what they
+    were measured to be worth) beside it; the JSON."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
-            upload, notes, buttons = _upload_column(examples, credit)
+            upload = gr.File(
+                label="Radiograph: PNG, JPEG, TIFF or DICOM (.dcm), drop or click",
+                file_types=None,  # DICOM files often have no extension; the core checks
+                type="filepath", height=150, elem_id="upload",
+            )
+            notes = gr.Markdown(elem_id="study-notes")
+            _examples(upload, examples, credit)
         with gr.Column(scale=2, min_width=420):
-            view_caption, slider_view, class_select, opacity, method_select = _large_view_column(methods)
+            view_caption, slider_view, class_select, opacity = _large_view()
+            extras, buttons, method_select = _result_extras(methods)
         with gr.Column(scale=1, min_width=400):
+            summary = gr.Markdown(elem_id="findings-summary")
             table = gr.Dataframe(
                 headers=TABLE_HEADERS, datatype=["str", "str", "str", "str"],
-                column_widths=["43%", "19%", "19%", "19%"], label="Findings, highest probability first",
+                column_widths=["30%", "17%", "17%", "36%"], wrap=True,
+                label="The 14 findings: flagged first, then by probability",
                 interactive=False, max_height=640, elem_id="findings",
             )
     gallery = gr.Gallery(
@@ -132,35 +147,23 @@ def single_tab(examples: Sequence[str], methods: Sequence[str], credit: str = ""
         gr.Markdown(f"<small>{md_escape(heatmap_note)}</small>", elem_id="heatmap-note")
     with gr.Accordion("JSON result (as `python -m xray_app.predict --json`)", open=False):
         result_json = gr.JSON(label="result")
-    return SingleTab(upload, notes, *buttons, view_caption, slider_view, class_select, opacity,
-                     method_select, table, gallery, result_json)
+    return SingleTab(upload, summary, notes, extras, *buttons, view_caption, slider_view, class_select,
+                     opacity, method_select, table, gallery, result_json)
 
 
-def _upload_column(examples: Sequence[str], credit: str) -> tuple[gr.File, gr.Markdown, tuple[Any, ...]]:
-    upload = gr.File(
-        label="Radiograph: PNG, JPEG, TIFF or DICOM (.dcm), drop or click",
-        file_types=None,  # DICOM files often have no extension; the core checks
-        type="filepath", height=150, elem_id="upload",
+def _examples(upload: gr.File, examples: Sequence[str], credit: str) -> None:
+    if not examples:
+        return
+    gr.Examples(
+        examples=[[p] for p in examples], inputs=[upload],
+        label=f"Examples ({len(examples)}): click one to run it", cache_examples=False,
+        examples_per_page=handlers.EXAMPLES_SHOWN, api_visibility="private",
     )
-    notes = gr.Markdown(elem_id="study-notes")
-    with gr.Row():
-        json_download = gr.DownloadButton("JSON result", value=None, size="sm")
-        sheet_download = gr.DownloadButton("PNG report sheet", value=None, size="sm")
-    with gr.Row():
-        sr_download = gr.DownloadButton("DICOM SR", value=None, size="sm")
-        fhir_download = gr.DownloadButton("FHIR report", value=None, size="sm")
-    if examples:
-        gr.Examples(
-            examples=[[p] for p in examples], inputs=[upload],
-            label=f"Examples ({len(examples)}): click one to run it", cache_examples=False,
-            examples_per_page=handlers.EXAMPLES_SHOWN, api_visibility="private",
-        )
-        if credit:
-            gr.Markdown(f"<small>{md_escape(credit)}</small>", elem_id="example-credit")
-    return upload, notes, (json_download, sheet_download, sr_download, fhir_download)
+    if credit:
+        gr.Markdown(f"<small>{md_escape(credit)}</small>", elem_id="example-credit")
 
 
-def _large_view_column(methods: Sequence[str]) -> tuple[Any, ...]:
+def _large_view() -> tuple[Any, ...]:
     view_caption = gr.Markdown("Upload a radiograph to see it here.", elem_id="large-caption")
     slider_view = gr.ImageSlider(
         label="Original (left of the handle) / heatmap (right of it)", max_height=760,
@@ -172,13 +175,25 @@ def _large_view_column(methods: Sequence[str]) -> tuple[Any, ...]:
             label="Class shown large", elem_id="class-select",
         )
         opacity = gr.Slider(0.0, 1.0, value=render.DEFAULT_OPACITY, step=0.05, label="Heatmap opacity")
-    method_select = gr.Radio(
-        choices=list(methods), value=explain.FAST_METHOD, label="Heatmap method",
-        info="The fast Grad-CAM comes with the prediction; the others are "
-        "computed on demand for the selected class (seconds on a CPU).",
-        elem_id="method-select",
-    )
-    return view_caption, slider_view, class_select, opacity, method_select
+    return view_caption, slider_view, class_select, opacity
+
+
+def _result_extras(methods: Sequence[str]) -> tuple[gr.Accordion, tuple[Any, ...], gr.Radio]:
+    """The collapsed section shown once there is a result: downloads, other CAM methods."""
+    with gr.Accordion("Downloads and other heatmap methods", open=False, visible=False,
+                      elem_id="result-extras") as extras:
+        with gr.Row():
+            json_download = gr.DownloadButton("JSON result", value=None, size="sm")
+            sheet_download = gr.DownloadButton("PNG report sheet", value=None, size="sm")
+            sr_download = gr.DownloadButton("DICOM SR", value=None, size="sm")
+            fhir_download = gr.DownloadButton("FHIR report", value=None, size="sm")
+        method_select = gr.Radio(
+            choices=list(methods), value=explain.FAST_METHOD, label="Heatmap method",
+            info="The fast Grad-CAM comes with the prediction; the others are "
+            "computed on demand for the selected class (seconds on a CPU).",
+            elem_id="method-select",
+        )
+    return extras, (json_download, sheet_download, sr_download, fhir_download), method_select
 
 
 def batch_tab() -> BatchTab:

@@ -1,14 +1,16 @@
 """What the web demo shows, drawn from a prediction: text, table rows and images.
 
 Pure functions of a :class:`~xray_app.predictor.Prediction` (or the weights' config):
-no Gradio events, no state.  Sentences about the bundled model come from
-:mod:`xray_app.model_facts`; files are written by :mod:`xray_app.exports`.
+no Gradio events, no state.  Sentences about the loaded model come from
+:mod:`xray_app.model_facts`; files are written by :mod:`xray_app.exports`.  A finding is
+compared with its operating point in one wording (:data:`xray_app.flags.ABOVE` /
+:data:`~xray_app.flags.BELOW`) in the table, the captions and the notes.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +18,11 @@ import cv2
 import numpy as np
 
 from xray_app import explain, exports
+from xray_app.flags import ABOVE, BELOW
+from xray_app.gate import DISTANCE_CHECK, VIEW_CHECK
+from xray_app.labels import LABELS, NO_FINDING_INDEX
 from xray_app.model_card_view import md_escape
-from xray_app.model_facts import measured_accuracy, training_data_summary
+from xray_app.model_facts import UNTRAINED_NOTICE, first_screen
 
 if TYPE_CHECKING:
     from xray_app.gate import GateResult
@@ -27,21 +32,29 @@ GALLERY_MAX_SIDE = 384  # heatmap tiles: a 5-column gallery shows them ~250-370 
 GALLERY_JPEG_QUALITY = 88
 LARGE_MAX_SIDE = 2048  # the large view: full resolution up to this side
 DEFAULT_OPACITY = 0.5
+GATE_VERDICT_WORDS = {  # xray_app.gate's verdicts, in plain words
+    "frontal": "a frontal chest film, the kind the model reads",
+    "lateral": "a lateral chest film; the model reads frontal (PA/AP) films only",
+    "other_modality": "another kind of image, not a chest radiograph",
+    "unknown": "unlike the radiographs the model was trained on",
+}
+GATE_CHECK_WORDS = {VIEW_CHECK: "view score", DISTANCE_CHECK: "distance to the training radiographs"}
 
 
 # --------------------------------------------------------------------------- text
-def model_banner_html(config: Any, model_info: dict[str, Any]) -> str:
-    """HTML banner: UNTRAINED warning (if so), the disclaimer, model name and training data."""
-    data = training_data_summary(config.provenance or {})
-    accuracy = measured_accuracy(config.provenance or {})
-    measured = f"<br><b>Measured:</b> {html.escape(accuracy)}" if accuracy else ""
+def model_banner_html(config: Any, model_info: dict[str, Any], population: Mapping[str, Any] | None = None) -> str:
+    """HTML banner: UNTRAINED warning (if so), the disclaimer, the model's name, and the
+    first screen (:func:`xray_app.model_facts.first_screen`: what the model is worth, what
+    a flag means, the population of the probabilities).  ``population`` overrides
+    ``config.population`` (a prevalence table given at start-up)."""
+    provenance = config.provenance or {}
+    facts = first_screen(provenance, config.operating_points, population or config.population)
     parts = []
     if not config.trained:
         parts.append(
             '<div id="untrained-banner" style="background:#b00020;color:#fff;padding:10px 14px;'
             'border-radius:6px;font-weight:700;font-size:1.1em;margin-bottom:8px">'
-            "&#9888; UNTRAINED WEIGHTS: this model is a random initialisation. Its outputs "
-            "and heatmaps are meaningless; use it only to test the software.</div>"
+            f"&#9888; {html.escape(UNTRAINED_NOTICE)}</div>"
         )
     parts.append(
         '<div id="model-banner" style="border-left:5px solid #c77700;background:#fff7e6;'
@@ -49,47 +62,70 @@ def model_banner_html(config: Any, model_info: dict[str, Any]) -> str:
         "<b>Research demo &mdash; not a medical device.</b> Not cleared or approved for "
         "clinical use; do not use it for diagnosis or treatment decisions.<br>"
         f"<b>Model:</b> {html.escape(str(config.name))} "
-        f"(sha256 <code>{html.escape(str(model_info.get('sha256', ''))[:12])}</code>) "
-        f"&middot; <b>trained on:</b> {html.escape(str(data))}{measured}</div>"
+        f"(sha256 <code>{html.escape(str(model_info.get('sha256', ''))[:12])}</code>)"
+        f'<p id="first-screen" style="margin:6px 0 0">{html.escape(" ".join(facts), quote=False)}</p></div>'
     )
     return "\n".join(parts)
 
 
+def comparison(finding: Finding, *, threshold: bool = False) -> str:
+    """A finding against its operating point, in the one wording of :mod:`xray_app.flags`
+    (``threshold``: with the operating point's value); a class without signal on held-out
+    images says so instead of being judged."""
+    point = f" ({finding.threshold:.2f})" if threshold else ""
+    if finding.no_signal:
+        return "no signal on held-out images"
+    if finding.positive:
+        return f"▲ {ABOVE}{point}"
+    if finding.probability >= finding.threshold:  # No Finding beside a flagged pathology
+        return f"{ABOVE}{point}, not flagged beside a flagged pathology"
+    return f"▽ {BELOW}{point}"
+
+
 def caption(finding: Finding) -> str:
-    """Gallery caption, e.g. ``Pleural effusion — 0.62 (threshold 0.41) ▲ above``."""
-    mark = "▲ above" if finding.positive else "▽ below"
-    return f"{finding.display_name} — {finding.probability:.2f} (threshold {finding.threshold:.2f}) {mark}"
+    """Gallery caption, e.g. ``Effusion — 0.62 ▲ at or above its operating point (0.41)``."""
+    return f"{finding.display_name} — {finding.probability:.2f} {comparison(finding, threshold=True)}"
+
+
+def ranked_pathologies(prediction: Prediction) -> list[Finding]:
+    """The 14 pathologies (not No Finding): flagged ones first, each group by probability."""
+    ranked = [f for f in prediction.sorted_findings() if f.label != LABELS[NO_FINDING_INDEX]]
+    return [f for f in ranked if f.positive] + [f for f in ranked if not f.positive]
 
 
 def findings_rows(prediction: Prediction) -> list[list[Any]]:
-    """Rows of the findings table, highest probability first.  A class that showed no
-    signal on held-out images says so instead of being judged against its fallback
-    threshold."""
+    """Rows of the findings table: the 14 pathologies, flagged first, by probability."""
     return [
-        [
-            finding.display_name,
-            f"{finding.probability:.3f}",
-            f"{finding.threshold:.3f}",
-            "no signal" if finding.no_signal else ("▲ yes" if finding.positive else "no"),
-        ]
-        for finding in prediction.sorted_findings()
+        [f.display_name, f"{f.probability:.3f}", f"{f.threshold:.3f}", comparison(f)]
+        for f in ranked_pathologies(prediction)
     ]
 
 
-def study_notes(prediction: Prediction) -> str:
-    """Markdown beside the table: warnings first, then what was read (safe DICOM fields only)."""
+def findings_summary(prediction: Prediction) -> str:
+    """Markdown above the table: the flagged pathologies, then No Finding on its own line."""
+    flagged = [f for f in ranked_pathologies(prediction) if f.positive]
+    if flagged:
+        names = ", ".join(f"{md_escape(f.display_name)} {f.probability:.2f}" for f in flagged)
+        first = f"**Flagged ({len(flagged)} of 14):** {names}; each {ABOVE}."
+    else:
+        first = f"**Flagged:** none of the 14 findings is {ABOVE}."
+    none = prediction.findings[NO_FINDING_INDEX]
+    second = f"**{md_escape(none.display_name)}:** {none.probability:.2f}, {comparison(none, threshold=True)}."
+    return f"{first}\n\n{second}"
+
+
+def study_notes(prediction: Prediction, gate_levels: Mapping[str, tuple[float, float]] | None = None) -> str:
+    """Markdown beside the table: warnings first, the input check in plain words (scores
+    and levels in a details element), then what was read (safe DICOM fields only)."""
     lines = [f"**⚠ Warning:** {md_escape(warning)}" for warning in prediction.warnings]
     if prediction.gate is not None:
-        lines.append(f"Input gate: {md_escape(gate_summary(prediction.gate))}.")
+        lines.append(md_escape(gate_verdict(prediction.gate)))
+        lines.append(gate_details(prediction.gate, gate_levels or {}))
     image = prediction.image
     lines.append(f"Image: {image.width} × {image.height} px, {md_escape(image.format)}.")
     if image.dicom:
         fields = " · ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in image.dicom.items())
         lines.append(f"DICOM header (non-identifying fields only): {fields}.")
-    positives = [f.display_name for f in prediction.sorted_findings() if f.positive]
-    lines.append(
-        "Above threshold: " + (", ".join(positives) if positives else "none of the 15 outputs") + "."
-    )
     silent = [f.display_name for f in prediction.findings if f.no_signal]
     if silent:
         lines.append("No signal on held-out images (read these as unknown, whatever their "
@@ -97,8 +133,44 @@ def study_notes(prediction: Prediction) -> str:
     return "\n\n".join(lines)
 
 
+def gate_verdict(gate: GateResult) -> str:
+    """The input check's verdict in plain words, e.g. ``"Input check: this looks like a
+    lateral chest film; the model reads frontal (PA/AP) films only. Its findings are shown
+    but probably meaningless."``"""
+    seen = GATE_VERDICT_WORDS.get(gate.verdict, GATE_VERDICT_WORDS["unknown"])
+    if gate.level == "ok":
+        return f"Input check: this looks like {seen}."
+    if gate.level == "refuse":
+        return f"Input check: this looks like {seen}. No findings are shown."
+    return f"Input check: this looks like {seen}. Its findings are shown but probably meaningless."
+
+
+def gate_details(gate: GateResult, levels: Mapping[str, tuple[float, float]]) -> str:
+    """HTML ``<details>`` with each check's score and, when known, its warning and
+    refusal levels (``levels``: check -> (warn, refuse), see :func:`gate_levels`)."""
+    parts = []
+    for check, score in gate.scores.items():
+        text = f"{GATE_CHECK_WORDS.get(check, check)} {score:.3f}"
+        if check in levels:
+            warn, refuse = levels[check]
+            text += f" (warning at {warn:.3f}, refusal at {refuse:.3f})"
+        parts.append(html.escape(text))
+    return ("<details><summary>Input check scores</summary>"
+            + ("; ".join(parts) or "none recorded") + "</details>")
+
+
+def gate_levels(config: Any) -> dict[str, tuple[float, float]]:
+    """The input check's (warn, refuse) levels per check, from ``config.gate`` (the view
+    head) and ``config.ood`` (the feature distance); checks without levels are left out."""
+    levels = {}
+    for check, entry in ((VIEW_CHECK, config.gate), (DISTANCE_CHECK, config.ood)):
+        if entry and entry.get("warn") is not None and entry.get("refuse") is not None:
+            levels[check] = (float(entry["warn"]), float(entry["refuse"]))
+    return levels
+
+
 def gate_summary(gate: GateResult | None) -> str:
-    """The input gate's verdict in a few words: ``"lateral (warn; view 0.93)"``."""
+    """The input gate's verdict in a few words for the batch table: ``"lateral (warn; view 0.93)"``."""
     if gate is None:
         return ""
     if gate.check is None:
@@ -114,7 +186,7 @@ def large_caption(prediction: Prediction, class_index: int, method: str) -> str:
 def batch_row(name: str, prediction: Prediction) -> list[str]:
     """One row of the batch table: file, status, flagged findings, top finding, notes, gate."""
     ranked = prediction.sorted_findings()
-    positives = ", ".join(f.display_name for f in ranked if f.positive) or "none"
+    positives = ", ".join(f.display_name for f in ranked_pathologies(prediction) if f.positive) or "none"
     top = f"{ranked[0].display_name} {ranked[0].probability:.2f}"
     return [name, "ok", positives, top, "; ".join(prediction.warnings), gate_summary(prediction.gate)]
 
