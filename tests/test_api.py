@@ -200,12 +200,15 @@ def test_app_removes_at_start_what_a_crashed_server_left_in_its_own_cache(app_pr
     assert other_app.exists(), "another Gradio app's cached file is not the app's to delete"
 
 
-def test_the_app_listens_on_all_interfaces_port_7860_unless_the_environment_says_otherwise(monkeypatch):
+def test_the_app_listens_on_this_machine_only_unless_the_environment_or_a_space_says_otherwise():
     from xray_app.serve import server_address
 
-    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
-    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
-    assert server_address() == {"server_name": "0.0.0.0", "server_port": 7860}, "expected the Space default"
-    monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.1")
-    monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
-    assert server_address() == {"server_name": "127.0.0.1", "server_port": 8123}, "expected the environment"
+    assert server_address({}) == {"server_name": "127.0.0.1", "server_port": 7860}, (
+        "expected loopback on port 7860 by default: uploads are radiographs")
+    assert server_address({"SPACE_ID": "owner/xray"}) == {"server_name": "0.0.0.0", "server_port": 7860}, (
+        "expected all interfaces on a Hugging Face Space, whose proxy must reach the app")
+    told = {"SPACE_ID": "owner/xray", "GRADIO_SERVER_NAME": "10.1.2.3", "GRADIO_SERVER_PORT": "8123"}
+    assert server_address(told) == {"server_name": "10.1.2.3", "server_port": 8123}, (
+        "expected GRADIO_SERVER_NAME and GRADIO_SERVER_PORT to win, on a Space too")
+    assert server_address({"GRADIO_SERVER_NAME": "0.0.0.0"})["server_name"] == "0.0.0.0", (
+        "expected GRADIO_SERVER_NAME=0.0.0.0 to open a plain server to the network")

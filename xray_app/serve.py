@@ -4,8 +4,9 @@
 ``XRAY_WEIGHTS``, else the bundled ``weights/`` folder, else the pinned Hub copy
 (:func:`xray_app.weights.resolve_weights`).  ``--mcp`` also serves the MCP tool of
 :mod:`xray_app.mcp_tool` (Gradio's MCP server, ``/gradio_api/mcp/``).  The server listens on
-``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT``, by default 0.0.0.0:7860 (all interfaces:
-a Hugging Face Space or a container must be reachable from outside).  The example
+``GRADIO_SERVER_NAME``:``GRADIO_SERVER_PORT`` (:func:`server_address`): by default
+127.0.0.1:7860, this machine only, since uploads are radiographs; on a Hugging Face Space
+(which sets ``SPACE_ID``) 0.0.0.0, where the Space's proxy must reach it.  The example
 radiographs offered under the upload are those of ``XRAY_EXAMPLES_DIR``, else the
 repository's ``examples/`` folder (:func:`examples_folder`).
 
@@ -24,7 +25,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from xray_app.model import CheckpointError
 from xray_app.predictor import Predictor
 from xray_app.weights import WeightsNotFoundError
 
-DEFAULT_SERVER_NAME = "0.0.0.0"
+DEFAULT_SERVER_NAME = "127.0.0.1"  # this machine only, unless told otherwise
+SPACE_SERVER_NAME = "0.0.0.0"  # on a Hugging Face Space: its proxy reaches the container
 DEFAULT_SERVER_PORT = 7860
 CACHE_FOLDER_NAME = "xray-app"
 BUNDLED_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -40,11 +42,20 @@ BUNDLED_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``python app.py [--weights PATH] [--mcp]``: ``weights`` (str or None) and ``mcp`` (bool)."""
-    parser = argparse.ArgumentParser(prog="python app.py", description="Serve the chest X-ray demo.")
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Serve the chest X-ray demo (web page and HTTP API /predict, /predict_batch).",
+        epilog=f"Listens on {DEFAULT_SERVER_NAME}:{DEFAULT_SERVER_PORT} (this machine only); "
+        f"GRADIO_SERVER_NAME=0.0.0.0 opens it to the network (a Hugging Face Space, which sets "
+        f"SPACE_ID, gets {SPACE_SERVER_NAME}); GRADIO_SERVER_PORT sets the port. Anyone who can "
+        "reach the address can upload radiographs and read their findings: there is no login.",
+    )
     parser.add_argument("--weights", default=os.environ.get("XRAY_WEIGHTS"),
                         help="checkpoint directory (default: XRAY_WEIGHTS, then weights/, then the Hub)")
     parser.add_argument("--mcp", action="store_true",
-                        help="also serve the MCP tool classify_chest_radiograph at /gradio_api/mcp/")
+                        help="also serve an MCP server at /gradio_api/mcp/ (same address, no login) with "
+                        "one tool, classify_chest_radiograph: any MCP client that reaches the "
+                        "address can send a radiograph and read its findings as JSON")
     return parser.parse_args(argv)
 
 
@@ -61,11 +72,15 @@ def predictor_from_command_line(argv: Sequence[str] | None = None) -> Predictor:
         sys.exit(f"error: {error}")
 
 
-def server_address() -> dict[str, Any]:
-    """``server_name`` and ``server_port`` for ``launch()``, from the environment."""
+def server_address(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``server_name`` and ``server_port`` for ``launch()``: ``GRADIO_SERVER_NAME`` when set,
+    else 0.0.0.0 on a Hugging Face Space (``SPACE_ID`` set), else 127.0.0.1 (this machine
+    only); ``GRADIO_SERVER_PORT``, else 7860.  ``environ``: default ``os.environ``."""
+    env = os.environ if environ is None else environ
+    default = SPACE_SERVER_NAME if env.get("SPACE_ID") else DEFAULT_SERVER_NAME
     return {
-        "server_name": os.environ.get("GRADIO_SERVER_NAME", DEFAULT_SERVER_NAME),
-        "server_port": int(os.environ.get("GRADIO_SERVER_PORT", str(DEFAULT_SERVER_PORT))),
+        "server_name": env.get("GRADIO_SERVER_NAME") or default,
+        "server_port": int(env.get("GRADIO_SERVER_PORT") or DEFAULT_SERVER_PORT),
     }
 
 
