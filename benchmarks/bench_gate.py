@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from training.data.images import find_images
-from training.fit_gate import KINDS, held_out_items, nih_items, ood_items
+from training.gating.items import KINDS, held_out_items, nih_items, ood_items
 from xray_app.compute import run_on_compute_thread
 from xray_app.model import load_checkpoint
 from xray_app.predictor import Predictor

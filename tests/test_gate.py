@@ -13,7 +13,19 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from tests.paths import NIH_IMAGES, REPO_ROOT, SHARED_DATA
-from training import fit_gate as fit
+from training import fit_gate
+from training.gating.figures import separation
+from training.gating.items import (
+    CLASSES,
+    KINDS,
+    Item,
+    held_out_items,
+    ood_items,
+    source_group,
+    split_groups,
+)
+from training.gating.synthetic import augment, document_page, other_images
+from training.gating.view_head import choose_levels
 from xray_app.gate import (
     FRONTAL,
     N_STATISTICS,
@@ -78,7 +90,7 @@ def _tiny_tensors(width: int, classes: int = 4) -> dict[str, torch.Tensor]:
             "view.weight": torch.zeros(classes, width), "view.bias": torch.zeros(classes)}
 
 
-ENTRY = {"method": "view-logistic", "classes": list(fit.CLASSES), "warn": 0.5, "refuse": 0.9}
+ENTRY = {"method": "view-logistic", "classes": list(CLASSES), "warn": 0.5, "refuse": 0.9}
 
 
 def test_view_gate_loading_names_what_is_wrong() -> None:
@@ -133,37 +145,37 @@ def test_combine_reports_the_check_that_fired() -> None:
 
 # --------------------------------------------------------------------------- fitting helpers
 def test_source_groups_and_split_keep_groups_whole() -> None:
-    assert fit.source_group("https://radiopaedia.org/cases/x?lang=us") == "https://radiopaedia.org/cases/x"
-    assert fit.source_group("https://kjr.org/DOIx.php?id=10.3348/a") == "https://kjr.org/DOIx.php?id=10.3348/a"
-    items = fit.ood_items(OOD)
+    assert source_group("https://radiopaedia.org/cases/x?lang=us") == "https://radiopaedia.org/cases/x"
+    assert source_group("https://kjr.org/DOIx.php?id=10.3348/a") == "https://kjr.org/DOIx.php?id=10.3348/a"
+    items = ood_items(OOD)
     kinds = {kind: sum(i.kind == kind for i in items) for kind in ("lateral", "ct", "other_frontal")}
     assert kinds == {"lateral": 26, "ct": 36, "other_frontal": 30}, kinds
-    fit_items, held = fit.split_groups(items, 0.4, seed=0)
+    fit_items, held = split_groups(items, 0.4, seed=0)
     assert {i.group for i in fit_items}.isdisjoint({i.group for i in held}), "a source on both sides"
     assert len(fit_items) + len(held) == len(items)
-    again = fit.split_groups(items, 0.4, seed=0)[1]
+    again = split_groups(items, 0.4, seed=0)[1]
     assert [i.path for i in again] == [i.path for i in held], "the split is seeded"
     for kind in kinds:
         assert any(i.kind == kind for i in held) and any(i.kind == kind for i in fit_items), kind
 
 
 def test_held_out_limit_draws_only_nih_films_and_is_seeded() -> None:
-    items = [fit.Item(Path(f"n{i}.png"), "nih_frontal", f"patient:{i}") for i in range(50)]
-    items += [fit.Item(Path(f"l{i}.png"), "lateral", f"source:{i}") for i in range(10)]
-    full = fit.held_out_items(items, 0.4, seed=3)
-    limited = fit.held_out_items(items, 0.4, seed=3, max_nih=5)
+    items = [Item(Path(f"n{i}.png"), "nih_frontal", f"patient:{i}") for i in range(50)]
+    items += [Item(Path(f"l{i}.png"), "lateral", f"source:{i}") for i in range(10)]
+    full = held_out_items(items, 0.4, seed=3)
+    limited = held_out_items(items, 0.4, seed=3, max_nih=5)
     assert sum(i.kind == "nih_frontal" for i in limited) == 5, limited
     assert [i for i in limited if i.kind == "lateral"] == [i for i in full if i.kind == "lateral"]
     assert set(limited) <= set(full), "the limit only drops held-out films"
-    assert limited == fit.held_out_items(items, 0.4, seed=3, max_nih=5), "seeded"
+    assert limited == held_out_items(items, 0.4, seed=3, max_nih=5), "seeded"
 
 
 def test_levels_follow_the_written_rule() -> None:
     nih = np.linspace(0, 1, 101)  # 98th percentile 0.98
     other = np.linspace(0, 0.5, 11)  # 90th percentile 0.45
-    warn, refuse = fit.choose_levels(nih, other)
+    warn, refuse = choose_levels(nih, other)
     assert warn == pytest.approx(0.98) and refuse == pytest.approx(1.0), (warn, refuse)
-    warn, refuse = fit.choose_levels(nih * 0.1, other)
+    warn, refuse = choose_levels(nih * 0.1, other)
     assert warn == pytest.approx(0.45) and refuse == pytest.approx(0.5), (warn, refuse)
 
 
@@ -171,14 +183,14 @@ def test_separation_is_the_auroc_of_positives_against_negatives() -> None:
     rng = np.random.default_rng(0)
     neg, pos = rng.normal(size=40), rng.normal(1, size=25).round(1)
     expected = roc_auc_score(np.r_[np.zeros(40), np.ones(25)], np.r_[neg, pos])
-    assert fit.separation(neg, pos) == pytest.approx(expected), "AUROC with ties counted half"
-    assert fit.separation(neg, pos[:0]) is None, "expected None (JSON null) without positives"
+    assert separation(neg, pos) == pytest.approx(expected), "AUROC with ties counted half"
+    assert separation(neg, pos[:0]) is None, "expected None (JSON null) without positives"
 
 
 def test_augment_and_other_images_are_grey_unit_images() -> None:
     rng = np.random.default_rng(0)
     image = decode_image(NIH_IMAGES / "00000075_000.png").pixels
-    for variant in [fit.augment(image, rng) for _ in range(6)] + fit.other_images(6, rng):
+    for variant in [augment(image, rng) for _ in range(6)] + other_images(6, rng):
         assert variant.ndim == 2 and variant.dtype == np.float32, (variant.shape, variant.dtype)
         assert variant.min() >= 0.0 and variant.max() <= 1.0, (variant.min(), variant.max())
         assert min(variant.shape) >= 64, variant.shape
@@ -209,13 +221,13 @@ def test_fit_command_writes_a_gate_the_app_applies(tmp_path, shared_data, one_to
     checkpoint = write_random_init(tmp_path / "ck", input_size=64)
     nih, ood = _link_subset(tmp_path)
     report = tmp_path / "gate.json"
-    code = fit.main(["--checkpoint", str(checkpoint), "--images", str(nih), "--metadata", str(METADATA),
+    code = fit_gate.main(["--checkpoint", str(checkpoint), "--images", str(nih), "--metadata", str(METADATA),
                      "--ood-dir", str(ood), "--augment-copies", "1", "--n-other", "6", "--folds", "2",
                      "--report", str(report)])
     assert code == 0, f"expected exit 0, got {code}"
     entry = json.loads(report.read_text())
     assert 0.0 <= entry["warn"] <= entry["refuse"] <= 1.0, entry
-    assert set(entry["held_out"]) <= set(fit.KINDS) and entry["held_out"], entry["held_out"]
+    assert set(entry["held_out"]) <= set(KINDS) and entry["held_out"], entry["held_out"]
     for figures in entry["held_out"].values():
         assert 0 <= figures["gate_refused"] <= figures["gate_flagged"] <= figures["n"], figures
     loaded = load_checkpoint(checkpoint)
@@ -234,7 +246,7 @@ def test_fit_command_writes_a_gate_the_app_applies(tmp_path, shared_data, one_to
 
 def test_fit_command_names_a_missing_ood_folder(tmp_path, capsys) -> None:
     checkpoint = write_random_init(tmp_path / "ck", input_size=64)
-    code = fit.main(["--checkpoint", str(checkpoint), "--images", str(NIH_IMAGES),
+    code = fit_gate.main(["--checkpoint", str(checkpoint), "--images", str(NIH_IMAGES),
                      "--metadata", str(METADATA), "--ood-dir", str(tmp_path / "nowhere")])
     assert code == 2, f"expected exit 2, got {code}"
     assert "sources.csv not found" in capsys.readouterr().err
@@ -254,7 +266,7 @@ def test_bundled_gate_on_held_out_images_matches_its_recorded_figures(bundled, s
     counts the fit command recorded in config.json (and which the card shows)."""
     entry = bundled.config.gate
     split = entry["fit_config"]
-    _, held = fit.split_groups(fit.ood_items(OOD), float(split["held_out_fraction"]), int(split["seed"]))
+    _, held = split_groups(ood_items(OOD), float(split["held_out_fraction"]), int(split["seed"]))
     assert sorted({i.group for i in held}) == entry["held_out_groups"], "same held-out sources"
     outcomes = bundled.predict_batch([i.path for i in held])
     for kind in ("lateral", "ct", "other_frontal"):
@@ -301,7 +313,7 @@ def test_bundled_gate_calls_a_rendered_document_another_modality(bundled) -> Non
 
     from PIL import Image
 
-    page = fit.document_page(np.random.default_rng(98765))  # a seed the fit never drew
+    page = document_page(np.random.default_rng(98765))  # a seed the fit never drew
     buffer = io.BytesIO()
     Image.fromarray((page * 255).astype(np.uint8)).save(buffer, format="PNG")
     (outcome,) = bundled.predict_batch([buffer.getvalue()], names=["letter.png"])

@@ -11,7 +11,10 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
-from training import fit_ood as ood
+from training import fit_ood
+from training.gating.feature_distance import choose_levels, fit_feature_stats, ood_score
+from training.gating.features import extract_features
+from training.gating.synthetic import GENERATED_KINDS, generate_non_radiographs
 from xray_app.model import load_checkpoint, write_random_init
 from xray_app.ood import (
     TENSOR_KEYS,
@@ -38,7 +41,7 @@ def _dense_whitening(stats: dict[str, torch.Tensor]) -> np.ndarray:
 def test_whitening_squares_to_the_ledoit_wolf_precision(n: int, d: int) -> None:
     rng = np.random.default_rng(n)
     x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, d) + rng.normal(size=d)
-    stats = ood.fit_feature_stats(x)
+    stats = fit_feature_stats(x)
     k = min(n, d)
     shapes = {key: tuple(value.shape) for key, value in stats.items()}
     assert shapes == {"mean": (d,), "basis": (k, d), "coef": (k,), "outside": (1,)}, shapes
@@ -53,21 +56,21 @@ def test_whitening_squares_to_the_ledoit_wolf_precision(n: int, d: int) -> None:
 def test_score_is_the_mahalanobis_distance() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(50, 8)) * np.arange(1, 9)
-    stats = ood.fit_feature_stats(x)
+    stats = fit_feature_stats(x)
     precision = np.linalg.inv(LedoitWolf().fit(x).covariance_)
     probes = rng.normal(size=(5, 8)) * 4
     centred = probes - x.mean(axis=0)
     expected = np.sqrt(np.einsum("nd,de,ne->n", centred, precision, centred))
-    got = ood.ood_score(probes, stats)
+    got = ood_score(probes, stats)
     assert np.allclose(got, expected, rtol=1e-4), f"expected distances {expected}, got {got}"
-    at_mean = ood.ood_score(x.mean(axis=0, keepdims=True), stats)
+    at_mean = ood_score(x.mean(axis=0, keepdims=True), stats)
     assert at_mean[0] == pytest.approx(0.0, abs=1e-3), f"the mean itself should score 0, got {at_mean}"
 
 
 def test_compact_score_equals_the_dense_matrix_score() -> None:
     rng = np.random.default_rng(7)
     x = rng.normal(size=(20, 64)) * rng.uniform(0.5, 3.0, 64) + rng.normal(size=64)
-    stats = ood.fit_feature_stats(x)
+    stats = fit_feature_stats(x)
     probes = rng.normal(size=(10, 64)) * 2 + x.mean(axis=0)
     centred = probes - stats["mean"].double().numpy()
     expected = np.linalg.norm(centred @ _dense_whitening(stats), axis=1)  # float64 reference
@@ -79,7 +82,7 @@ def test_compact_score_equals_the_dense_matrix_score() -> None:
 def test_stored_statistics_are_far_smaller_than_a_dense_matrix() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 2048)).astype(np.float32)
-    stats = ood.fit_feature_stats(x)
+    stats = fit_feature_stats(x)
     assert tuple(stats["basis"].shape) == (300, 2048), tuple(stats["basis"].shape)
     stored = sum(t.numel() * t.element_size() for t in stats.values())
     dense = 2048 * 2048 * 4
@@ -94,11 +97,11 @@ def test_score_rejects_wrong_feature_width() -> None:
 
 def test_choose_levels_quantile_and_far_level() -> None:
     scores = np.arange(1, 101, dtype=float)  # median 50.5, 99th percentile 99.01
-    warn, refuse = ood.choose_levels(scores)
+    warn, refuse = choose_levels(scores)
     assert warn == pytest.approx(99.01), f"warn should be the 99th percentile 99.01, got {warn}"
     assert refuse == pytest.approx(50.5 + 2 * (99.01 - 50.5)), f"refuse = median + 2(warn - median), got {refuse}"
     with pytest.raises(ValueError, match="at least one finite"):
-        ood.choose_levels(np.array([]))
+        choose_levels(np.array([]))
 
 
 def test_levels_and_messages() -> None:
@@ -147,13 +150,13 @@ def test_gate_from_parts_validates_the_checkpoint() -> None:
 
 
 def test_generated_non_radiographs_decode_as_valid_images() -> None:
-    images = ood.generate_non_radiographs(len(ood.GENERATED_KINDS), seed=0, size=96)
-    assert [k for k, _ in images] == list(ood.GENERATED_KINDS), "one image of each kind, in order"
+    images = generate_non_radiographs(len(GENERATED_KINDS), seed=0, size=96)
+    assert [k for k, _ in images] == list(GENERATED_KINDS), "one image of each kind, in order"
     for kind, png in images:
         decoded = decode_image(png, name=f"{kind}.png")  # must pass the app's decoder
         assert decoded.pixels.shape == (96, 96), f"{kind}: shape {decoded.pixels.shape}"
         assert float(decoded.pixels.std()) > 0.01, f"{kind}: should not be blank"
-    again = ood.generate_non_radiographs(3, seed=0, size=96)
+    again = generate_non_radiographs(3, seed=0, size=96)
     assert [p for _, p in again] == [p for _, p in images[:3]], "same seed, same images"
 
 
@@ -188,7 +191,7 @@ def test_cli_writes_a_usable_gate_into_the_checkpoint(boxed_run, capsys) -> None
     checkpoint, images, splits = boxed_run
     before = load_checkpoint(checkpoint)
     report_path = checkpoint.parent / "ood_report.json"
-    code = ood.main([
+    code = fit_ood.main([
         "--checkpoint", str(checkpoint), "--images", str(images), "--split-dir", str(splits),
         "--n-generated", "16", "--report", str(report_path),
     ])
@@ -215,7 +218,7 @@ def test_cli_writes_a_usable_gate_into_the_checkpoint(boxed_run, capsys) -> None
     # the app-side gate on a validation radiograph reproduces the training-side scores
     gate = OodGate.from_checkpoint(after)
     val_names = pd.read_csv(splits / "val.csv")["Image Index"].tolist()
-    features = ood.extract_features(after.model, [images / n for n in val_names], after.config.preprocess)
+    features = extract_features(after.model, [images / n for n in val_names], after.config.preprocess)
     app_scores = gate.scores(torch.from_numpy(features)).numpy()
     assert np.median(app_scores) == pytest.approx(report["val_median_score"], rel=1e-4), (
         "the app's scores should equal those the levels were chosen on"
@@ -226,7 +229,7 @@ def test_cli_writes_a_usable_gate_into_the_checkpoint(boxed_run, capsys) -> None
 
 def test_cli_reports_a_bad_split_dir(tmp_path: Path, capsys) -> None:
     checkpoint = write_random_init(tmp_path / "ckpt", input_size=64)
-    code = ood.main(["--checkpoint", str(checkpoint), "--images", str(IMAGES),
+    code = fit_ood.main(["--checkpoint", str(checkpoint), "--images", str(IMAGES),
                      "--split-dir", str(tmp_path)])
     assert code == 2, "a folder without split files is an error, exit code 2"
     assert "split file not found" in capsys.readouterr().err, "the message names the problem"
@@ -249,7 +252,7 @@ def test_decoded_arrays_give_the_same_features_as_files(tmp_path: Path) -> None:
     path = sorted(IMAGES.glob("*.png"))[0]
     gray = np.asarray(decode_image(path).pixels)
     config = checkpoint.config.preprocess
-    from_file = ood.extract_features(checkpoint.model, [path], config)
-    from_array = ood.extract_features(checkpoint.model, [gray], config)
+    from_file = extract_features(checkpoint.model, [path], config)
+    from_array = extract_features(checkpoint.model, [gray], config)
     assert from_file.shape == (1, 2048), from_file.shape
     assert np.allclose(from_file, from_array, rtol=1e-4, atol=1e-5), "one preprocessing path"

@@ -18,6 +18,7 @@ and writing a new folder.  In pipeline order:
 
 The commands share helpers grouped by concern: :mod:`training.data` (what is read),
 :mod:`training.fitting` (how a network is fitted), :mod:`training.metrics` (figures
-from labels and scores) and :mod:`training.reports` (what a person reads).  Imports
+from labels and scores), :mod:`training.reports` (what a person reads) and
+:mod:`training.gating` (the input gate's fit, for ``fit_ood`` and ``fit_gate``).  Imports
 flow ``training -> xray_app``, never back.
 """
