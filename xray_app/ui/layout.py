@@ -44,7 +44,7 @@ LAUNCH_OPTIONS: dict[str, Any] = {
     "show_error": True,  # gr.Error messages reach the page, not only the log
     "css": CSS,
 }
-TABLE_HEADERS = ["Finding", "Probability", "Operating point", "Compared with it"]
+TABLE_HEADERS = ["Finding", "Prob.", "Op. point", "Flag"]
 BATCH_HEADERS = ["File", "Status", "Flagged findings", "Top finding", "Notes", "Input gate"]
 
 
@@ -134,7 +134,7 @@ def single_tab(examples: Sequence[str], methods: Sequence[str], credit: str = ""
             summary = gr.Markdown(elem_id="findings-summary")
             table = gr.Dataframe(
                 headers=TABLE_HEADERS, datatype=["str", "str", "str", "str"],
-                column_widths=["30%", "17%", "17%", "36%"], wrap=True,
+                column_widths=["33%", "13%", "15%", "39%"], wrap=True,
                 label="The 14 findings: flagged first, then by probability",
                 interactive=False, max_height=640, elem_id="findings",
             )

@@ -96,7 +96,7 @@ def ranked_pathologies(prediction: Prediction) -> list[Finding]:
 def findings_rows(prediction: Prediction) -> list[list[Any]]:
     """Rows of the findings table: the 14 pathologies, flagged first, by probability."""
     return [
-        [f.display_name, f"{f.probability:.3f}", f"{f.threshold:.3f}", comparison(f)]
+        [f.display_name, f"{f.probability:.2f}", f"{f.threshold:.2f}", comparison(f)]
         for f in ranked_pathologies(prediction)
     ]
 
