@@ -203,9 +203,51 @@ def test_a_class_whose_calibration_finds_no_relation_gets_no_max_f1_threshold(tm
     config = read_config(checkpoint / "config.json")
     c = LABELS.index("Effusion")
     assert config.calibration["scale"][c] <= 1.001e-3, "expected the fitted scale at its floor"
-    assert config.thresholds[c] == 0.5, f"expected the 0.5 fallback, got {config.thresholds[c]}"
+    sample_threshold = config.operating_points["per_class"]["Effusion"]["sample_threshold"]
+    assert sample_threshold == 0.5, f"expected the 0.5 fallback, got {sample_threshold}"
     assert config.thresholds[LABELS.index("Cardiomegaly")] != 0.5, "expected other classes fitted as usual"
     assert any(note.startswith("Effusion: calibration found no positive relation")
                for note in fitted.notes), fitted.notes
     assert "Effusion" in config.provenance["validation_fit"]["no_signal"], (
         "expected Effusion recorded as showing no signal")
+
+
+def test_operating_points_and_population_are_recorded_and_used_by_the_app(tmp_path, reference):
+    """calibrate sets the operating points by the default rule on the held-out films, moves
+    probabilities and thresholds to all NIH films, and records the cross-fitted flag
+    figures; the evaluation of the result flags exactly as the app's rule does."""
+    path = _write_logits(reference, tmp_path / "val_predictions.csv")
+    trained = write_random_init(tmp_path / "checkpoint", input_size=64)
+    assert calibrate.main(["--checkpoint", str(trained), "--predictions", str(path), "--metadata",
+                           str(METADATA), "--n-boot", "20", "--out", str(tmp_path / "cal")]) == 0
+    config = read_config(tmp_path / "cal" / "config.json")
+    points, population = config.operating_points, config.population
+    assert points["method"] == "false-flags" and points["target"] == 0.25, points["description"]
+    assert "112,120" in population["name"], "the default population is every NIH film"
+    assert population["sample"]["prevalence"]["Pneumonia"] > population["prevalence"]["Pneumonia"], \
+        "the 500 reference images are enriched for pneumonia against all NIH films"
+    oof = points["out_of_fold"]
+    assert oof["sample"]["flags_per_normal_film"]["value"] < 1.0, \
+        "a 0.25 budget, cross-fitted, keeps false flags on normal films low"
+    assert oof["population"]["weighting"]["effective_sample_size"] < 500, "raking costs precision"
+    for label in LABELS:
+        entry = points["per_class"][label]
+        assert entry["threshold"] == pytest.approx(config.thresholds[LABELS.index(label)])
+
+    out = tmp_path / "eval"
+    assert evaluate.main(["--checkpoint", str(tmp_path / "cal"), "--predictions", str(path),
+                          "--split", "val", "--n-boot", "20", "--metadata", str(METADATA),
+                          "--out", str(out)]) == 0
+    report = json.loads((out / "report_val.json").read_text())
+    weighted = report["flags"]["population"]
+    ratio = weighted["median_probability_ratio"]["value"]
+    assert 0.5 < ratio < 2.0, f"probabilities moved to NIH's prevalence average near it, got {ratio}"
+
+
+def test_an_unknown_operating_rule_is_a_usage_error(tmp_path, reference, capsys):
+    path = _write_logits(reference.iloc[:50], tmp_path / "p.csv")
+    trained = write_random_init(tmp_path / "checkpoint", input_size=64)
+    assert calibrate.main(["--checkpoint", str(trained), "--predictions", str(path), "--metadata",
+                           str(METADATA), "--operating-rule", "sensitivity=0.9",
+                           "--out", str(tmp_path / "cal")]) == 2
+    assert "false-flags=B, specificity=S" in capsys.readouterr().err

@@ -262,8 +262,9 @@ def test_parts_trained_on_another_machine_are_reported_from_their_small_files_wi
     assert {part: (out / part / "metrics.csv").read_text() for part in metrics} == metrics, (
         "expected every part left as it was")
     pooled = pd.read_csv(out / OOF_FILE)
-    expected = pd.concat([fold_files[1], fold_files[2]], ignore_index=True)
-    pd.testing.assert_frame_equal(pooled, expected, check_exact=False, atol=1e-6)
+    expected = pd.concat([fold_files[k].assign(fold=k) for k in (1, 2)], ignore_index=True)
+    pd.testing.assert_frame_equal(pooled, expected, check_exact=False, atol=1e-6,
+                                  obj="pooled predictions: each fold's, with the fold that scored them")
     report = json.loads((out / REPORT_FILE).read_text())
     for k in (1, 2):
         record = json.loads((out / f"fold_{k}" / FOLD_SCORES_FILE).read_text())

@@ -79,6 +79,11 @@ def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
     assert (shown["boxes"], shown["heatmap_hits"], shown["random_hits"]) == (
         boxes["boxes"], boxes["iobb>=0.1_gradcam"], boxes["iobb>=0.1_random"]), (
         f"expected the heatmaps' measured hit rate and its random baseline recorded for the app, got {shown}")
+    card = (out / "README.md").read_text()
+    for heading in ("## Operating points", "## What the flags do", "## Probabilities: which population"):
+        assert heading in card, f"expected the card to state {heading!r}"
+    flags = report["flags"]["population"]["flags_per_normal_film"]["value"]
+    assert f"{flags:.2f}" in card, "expected the test split's weighted flags per normal film in the card"
     assert "Research demo" in (out / "README.md").read_text() or "not a medical device" in (
         out / "README.md").read_text().lower(), "expected the card's disclaimer"
     for name in ("config.json", "README.md", "eval/report_test.json", "train_config.yaml"):

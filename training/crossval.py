@@ -85,7 +85,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from training.calibrate import CalibrationError, calibrate
+from training.calibrate import FOLD_COLUMN, CalibrationError, calibrate
 from training.data.metadata import IMAGE, PATIENT, MetadataError
 from training.data.predictions import Predictions, write_predictions
 from training.data.run_data import RunData, load_data
@@ -421,12 +421,14 @@ def out_of_fold_predictions(
 ) -> tuple[Path, dict[str, list[float]]]:
     """Every pooled image scored by the last epoch of the fold that validated on it
     (:func:`fold_out_of_fold`), the folds' logits written one after another to ``path``
-    (a predictions CSV, as :mod:`training.evaluate` reads).
+    (a predictions CSV, as :mod:`training.evaluate` reads, with a ``fold`` column that
+    :mod:`training.calibrate` cross-fits its operating points over).
 
     Returns the path and each fold's AUROC over the 14 pathologies: ``{"as_given": [...]}``,
     plus ``"mirror_average"`` (the written logits) when ``cfg.mirror_average``."""
     records = [fold_out_of_fold(cfg, run) for run in runs]
-    frames = [pd.read_csv(run / OOF_FILE, dtype={IMAGE: str}) for run in runs]
+    frames = [pd.read_csv(run / OOF_FILE, dtype={IMAGE: str}).assign(**{FOLD_COLUMN: k + 1})
+              for k, run in enumerate(runs)]
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.concat(frames, ignore_index=True).to_csv(path, index=False, float_format="%.6g")
     return path, {key: [record["auroc"][key] for record in records] for key in records[0]["auroc"]}

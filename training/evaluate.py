@@ -51,8 +51,10 @@ from training.fitting.probability_scaling import (
 )
 from training.fitting.provenance import public_name
 from training.metrics.classification import DEFAULT_THRESHOLD, compare_auroc, per_class_metrics
+from training.metrics.population_figures import population_figures, sample_figures
 from training.reports.markdown import render_markdown
 from training.reports.plots import plot_pr_grid, plot_reliability, plot_roc_grid
+from xray_app.flags import flag_findings
 from xray_app.labels import LABELS
 from xray_app.model import (
     CONFIG_FILE,
@@ -61,6 +63,7 @@ from xray_app.model import (
     read_config,
     sha256_of,
 )
+from xray_app.population import PriorShift
 from xray_app.preprocess import ImageInputError
 from xray_app.scoring import score_images
 
@@ -303,8 +306,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     thresholds, calibration, threshold_info, notes = _thresholds_and_calibration(
         cfg, config, predictions, y_true)
-    probs = (apply_calibration(predictions.logits, calibration)
-             if calibration else predictions.probs)
+    offsets = _population_offsets(config, index)
+    probs = (apply_calibration(predictions.logits, calibration, offsets)
+             if predictions.logits is not None and (calibration or offsets is not None)
+             else predictions.probs)
     calibration_info = _calibration_info(calibration, y_true, predictions.probs, probs, labels,
                                          cfg.ece_bins)
     metrics = per_class_metrics(y_true, probs, thresholds, patients, labels=labels,
@@ -322,6 +327,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "notes": notes,
         "figures": {},
     }
+    if offsets is not None and labels == list(LABELS):
+        report["flags"] = flag_figures(cfg, config, predictions, calibration, probs,
+                                       thresholds, y_true, patients)
     comparison = _comparison(cfg, predictions, probs, thresholds, y_true, patients)
     curves, y_curves, curve_labels = {"this model": probs}, y_true, labels
     if comparison is not None:  # ROC/PR curves of both models on the shared images
@@ -334,6 +342,33 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out / f"report_{cfg.split}.md").write_text(render_markdown(report))
     return report
+
+
+def _population_offsets(config: dict[str, Any] | None, index: list[int]) -> np.ndarray | None:
+    """The log-odds that move the checkpoint's calibrated probabilities to its population
+    (``config.json``'s ``population``), for the evaluated labels; None without one."""
+    record = (config or {}).get("population")
+    if record is None:
+        return None
+    return PriorShift.from_dict(record).offsets()[index]
+
+
+def flag_figures(cfg: EvalConfig, config: dict[str, Any], predictions: Predictions,
+                 calibration: dict[str, Any] | None, probs: np.ndarray, thresholds: np.ndarray,
+                 y_true: np.ndarray, patients: np.ndarray) -> dict[str, Any]:
+    """What the app's flags (:func:`xray_app.flags.flag_findings` at the checkpoint's
+    operating points) do on these films, as they are and weighted to the population."""
+    flags = flag_findings(probs, thresholds)
+    sample_probs = apply_calibration(predictions.logits, calibration)
+    population = PriorShift.from_dict(config["population"]).population
+    rng_seed = cfg.seed
+    return {
+        "rule": (config.get("operating_points") or {}).get("description", "config.json thresholds"),
+        "sample": sample_figures(y_true, sample_probs, flags, patients, n_boot=cfg.n_boot,
+                                 seed=rng_seed),
+        "population": population_figures(y_true, probs, flags, patients, population,
+                                         n_boot=cfg.n_boot, seed=rng_seed),
+    }
 
 
 def _calibration_info(

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from training.fitting.provenance import public_name
+from training.reports.flag_sections import (
+    flag_figures_section,
+    operating_points_section,
+    population_section,
+)
 from training.reports.markdown import (
     OUT_OF_FOLD,
     evaluation_key,
@@ -249,8 +254,12 @@ def _thresholds_section(config: dict[str, Any], reports: list[dict[str, Any]]) -
                   "calibrated probabilities")
     else:
         source = "never fitted on validation (defaults)"
-    lines = ["## Thresholds", "", f"Shipped in `config.json`; {source}. A finding is flagged "
-             "when its (calibrated) probability is at least its threshold.", ""]
+    if config.get("operating_points"):
+        source = (f"chosen on {_fit_source(fitted)} by the operating rule below, on calibrated "
+                  "probabilities, then moved to the population's probability scale")
+    lines = ["## Thresholds", "", f"Shipped in `config.json`; {source}. A pathology is flagged "
+             "when its probability is at or above its threshold; No Finding only when, "
+             "besides, no pathology is flagged.", ""]
     silent = set(fitted.get("no_signal") or ())
     rows = [[display_name(name), fmt(t) + (" (fallback: **no signal** on held-out images)"
                                            if name in silent else "")]
@@ -263,6 +272,26 @@ def _thresholds_section(config: dict[str, Any], reports: list[dict[str, Any]]) -
                   "instead of judging them: " + ", ".join(display_name(n) for n in sorted(silent)) + "."]
     del reports  # thresholds are the config's; reports show the figures at them
     return lines
+
+
+def _flags_sections(config: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
+    """Operating points, the flags' figures out of fold and on the test split (on the films
+    as they are and weighted to the population), and the population itself."""
+    if not config.get("operating_points"):
+        return population_section(config)
+    test = next((r.get("flags") for r in reports if r.get("split") == "test"), None)
+    oof = config["operating_points"]["out_of_fold"]
+    population = config["population"]["name"]
+    columns = [("out of fold, sample", oof["sample"]),
+               (f"out of fold, weighted to {population}", oof["population"]),
+               ("test, sample", (test or {}).get("sample")),
+               (f"test, weighted to {population}", (test or {}).get("population"))]
+    return [*operating_points_section(config, test), "",
+            "## What the flags do", "",
+            "Out of fold the flags are cross-fitted; the test split is scored once with the "
+            "shipped thresholds. Intervals: 95% patient bootstrap.", "",
+            *flag_figures_section(columns), "",
+            *population_section(config, test)]
 
 
 def _fit_source(fitted: dict[str, Any]) -> str:
@@ -474,6 +503,7 @@ def build_card(
     for report in reports:
         lines += [*_evaluation_section(report, config), ""]
     lines += [*_thresholds_section(config, reports), "",
+              *_flags_sections(config, reports), "",
               *_calibration_section(config, reports), "",
               *_localization_section(localization, localization_path), "",
               *_ood_section(config), "",

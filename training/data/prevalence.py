@@ -20,8 +20,10 @@ __all__ = ["population_of", "population_from_metadata"]
 
 
 def population_of(frame: pd.DataFrame, name: str, source: str) -> Population:
-    """The 15 label prevalences of the films in ``frame`` (rows of a metadata table)."""
-    prevalence = labels_of(frame).mean(axis=0)
+    """The 15 label prevalences of the films in ``frame`` (rows of a metadata table), as
+    ``(films with the label + 0.5) / (films + 1)``: a label no film has keeps finite log-odds
+    (for all 112,120 NIH films the correction is below 5e-6)."""
+    prevalence = (labels_of(frame).sum(axis=0) + 0.5) / (len(frame) + 1.0)
     return Population(name=name, prevalence=tuple(float(p) for p in prevalence),
                       labels=LABELS, source=source)
 

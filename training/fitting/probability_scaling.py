@@ -38,14 +38,25 @@ def uninformative_classes(calibration: dict[str, Any] | None) -> list[int]:
     return [c for c, scale in enumerate(calibration["scale"]) if scale <= floor]
 
 
-def apply_calibration(logits: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
-    """``(N, C)`` logits -> ``(N, C)`` probabilities, ``sigmoid(scale * logit + bias)``.
+def apply_calibration(logits: np.ndarray, calibration: dict[str, Any] | None,
+                      offsets: np.ndarray | None = None) -> np.ndarray:
+    """``(N, C)`` logits -> ``(N, C)`` probabilities ``sigmoid(scale * logit + bias + offset)``,
+    as the app computes them.
 
-    ``calibration=None`` is the plain sigmoid.
+    ``calibration=None`` means scale 1 and bias 0; ``offsets`` ``(C,)`` are the log-odds that
+    move calibrated probabilities to a population (:mod:`xray_app.population`; None: 0).
     """
+    z = np.asarray(logits, dtype=np.float64)
+    if calibration is not None:
+        z = apply_logodds(z, calibration)
+    if offsets is not None:
+        z = z + np.asarray(offsets, dtype=np.float64)[None, :]
+    return expit(z)
+
+
+def apply_logodds(logits: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """``(N, C)`` calibrated log-odds ``scale * logit + bias``."""
     logits = np.asarray(logits, dtype=np.float64)
-    if calibration is None:
-        return expit(logits)
     scale = np.asarray(calibration["scale"], dtype=np.float64)
     bias = np.asarray(calibration["bias"], dtype=np.float64)
     if scale.shape != (logits.shape[1],) or bias.shape != (logits.shape[1],):
@@ -53,7 +64,7 @@ def apply_calibration(logits: np.ndarray, calibration: dict[str, Any] | None) ->
             f"calibration has {scale.size} scales and {bias.size} biases for "
             f"{logits.shape[1]} classes"
         )
-    return expit(logits * scale[None, :] + bias[None, :])
+    return logits * scale[None, :] + bias[None, :]
 
 
 def _bce_and_grad(params: np.ndarray, z: np.ndarray, y: np.ndarray, fit_bias: bool):
