@@ -82,18 +82,34 @@ def capture(url: str, image: Path, out: Path, width: int, height: int) -> None:
             browser.close()
 
 
-def shrink_png(path: Path, max_kb: int) -> None:
-    """Re-save ``path`` optimised; above ``max_kb`` KB, as a palette image of 256, 128 or
-    64 colours, the first that fits (the last one regardless)."""
+def shrink_png(path: Path, max_kb: int, stamp: dict[str, str]) -> None:
+    """Re-save ``path`` optimised, with ``stamp`` as PNG text chunks (which weights it
+    shows); above ``max_kb`` KB, as a palette image of 256, 128 or 64 colours, the first
+    that fits (the last one regardless)."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
+    info = PngInfo()
+    for key, value in stamp.items():
+        info.add_text(key, value)
     with Image.open(path) as image:
         rgb = image.convert("RGB")
-    rgb.save(path, optimize=True)
+    rgb.save(path, optimize=True, pnginfo=info)
     for colours in PALETTE_SIZES:
         if path.stat().st_size <= max_kb * 1024:
             return
-        rgb.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        rgb.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True, pnginfo=info)
+
+
+def weights_stamp(checkpoint_dir: Path | None, weights_sha256: str) -> dict[str, str]:
+    """The PNG text chunks that tie the screenshot to the weights it shows: the sha256 of
+    ``model.safetensors`` and of ``config.json`` (thresholds, calibration, figures)."""
+    from xray_app.model import sha256_of
+
+    stamp = {"weights-sha256": weights_sha256}
+    if checkpoint_dir is not None and (checkpoint_dir / "config.json").is_file():
+        stamp["config-sha256"] = sha256_of(checkpoint_dir / "config.json")
+    return stamp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModuleNotFoundError as error:
             sys.exit(f"error: {error}; run from the repository root with PYTHONPATH=.")
 
+        from xray_app.weights import resolve_weights
+
         predictor = Predictor.from_weights(args.weights, device="cpu")
+        config_dir = resolve_weights(args.weights).config_dir
         demo = ui.build_demo(predictor)
         demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **ui.launch_options())
         try:
@@ -119,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             capture(demo.local_url, args.image, args.out, args.width, args.height)
         finally:
             demo.close()
-    shrink_png(args.out, args.max_kb)
+    shrink_png(args.out, args.max_kb, weights_stamp(config_dir, predictor.sha256))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) in {time.perf_counter() - start:.0f} s")
     return 0
 

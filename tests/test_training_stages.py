@@ -11,11 +11,13 @@ import pytest
 from tests.paths import NIH_IMAGES, SHARED_DATA
 from training import bundle, calibrate, evaluate, split
 from training.reports.markdown import evaluation_key
+from training.reports.readme_blocks import read_blocks, render_blocks
 from xray_app.model import load_checkpoint, read_config, write_random_init
 
 METADATA = SHARED_DATA / "nih" / "Data_Entry_2017_v2020.csv.gz"
 BBOXES = SHARED_DATA / "nih" / "BBox_List_2017.csv"
 REFERENCE = SHARED_DATA / "nih" / "chexnet_repro_preds.csv"
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,14 +48,18 @@ def staged(tmp_path_factory) -> dict[str, Path]:
 
 def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
     out = staged["root"] / "weights"
+    readme = staged["root"] / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
     code = bundle.main(["--checkpoint", str(staged["calibrated"]), "--splits", str(staged["splits"]),
                         "--images", str(staged["images"]), "--metadata", str(METADATA),
                         "--ood-dir", str(SHARED_DATA / "ood"), "--gate-option=--augment-copies=1",
                         "--gate-option=--n-other=16", "--gate-option=--folds=2",
                         "--bboxes", str(BBOXES), "--compare", str(REFERENCE),
                         "--compare-name", "CheXNet reproduction", "--n-boot", "20",
-                        "--out", str(out)])
+                        "--readme", str(readme), "--out", str(out)])
     assert code == 0, "expected the bundle to succeed"
+    assert read_blocks(readme.read_text()) == render_blocks(json.loads((out / "config.json").read_text())), (
+        "expected the README's bundled-model blocks rewritten from the new bundle")
     for name in ("model.safetensors", "config.json", "README.md", "train_config.yaml",
                  "eval/report_test.json", "eval/ood.json", "eval/gate.json", "eval/loc/loc.json"):
         assert (out / name).is_file(), f"expected {name} in the bundle"

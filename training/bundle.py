@@ -22,7 +22,9 @@ all of them succeeded:
    given (e.g. the out-of-fold evaluation of a cross-validation); each report's headline
    (mean AUROC over the 14 pathologies with its interval, images, patients) also goes into
    ``config.json``'s ``provenance.evaluation``, which the app's banner shows;
-5. ``train_config.yaml``: the recipe, from the checkpoint's provenance.
+5. ``train_config.yaml``: the recipe, from the checkpoint's provenance;
+6. with ``--readme``, the README's bundled-model blocks, and with ``--screenshot`` the app's
+   screenshot, remade from the new folder so no figure a person reads drifts from it.
 
 Nothing in ``--out`` is edited by hand, and nothing in it names a machine-local path.
 """
@@ -31,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,12 +44,14 @@ import yaml
 
 from training import evaluate, fit_gate, fit_ood, localize, model_card
 from training.reports.markdown import evaluation_key
+from training.reports.readme_blocks import update_readme
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, write_config
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
 EVAL_DIR = "eval"
 CARD_FILE = "README.md"
 RECIPE_FILE = "train_config.yaml"
+SCREENSHOT_SCRIPT = Path(__file__).resolve().parent.parent / "docs" / "make_screenshot.py"
 
 
 class BundleError(RuntimeError):
@@ -116,6 +122,21 @@ def bundle(
         + yaml.safe_dump(recipe, sort_keys=False))
     _swap_in(staging, out)
     return out
+
+
+def publish_figures(out: Path, *, readme: Path | None = None, screenshot: Path | None = None) -> None:
+    """What people read about the new bundle, made from it: the README's blocks
+    (:mod:`training.reports.readme_blocks`) and the screenshot of the app running it."""
+    if readme is not None:
+        update_readme(readme, json.loads((out / CONFIG_FILE).read_text()))
+        print(f"bundle: rewrote the bundled-model blocks of {readme}", flush=True)
+    if screenshot is not None:
+        command = [sys.executable, str(SCREENSHOT_SCRIPT), "--weights", str(out), "--out", str(screenshot)]
+        print(f"bundle: screenshot: {' '.join(command[1:])}", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(SCREENSHOT_SCRIPT.parent.parent)}
+        if subprocess.run(command, env=env, check=False).returncode != 0:
+            raise BundleError("the screenshot failed; the bundle is in place, rerun "
+                              f"python {SCREENSHOT_SCRIPT.relative_to(SCREENSHOT_SCRIPT.parent.parent)}")
 
 
 def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
@@ -200,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", type=Path, action="append", default=[],
                         help="another report_<split>.json for the card (copied with its figures)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--readme", type=Path, metavar="README.md",
+                        help="rewrite this README's bundled-model blocks from the new config.json")
+    parser.add_argument("--screenshot", type=Path, metavar="PNG",
+                        help="remake the app's screenshot with the new weights "
+                             "(docs/make_screenshot.py; needs Chromium)")
     parser.add_argument("--out", required=True, type=Path, help="the bundle folder, e.g. weights")
     return parser
 
@@ -211,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      metadata=args.metadata, bboxes=args.bboxes, folds=args.folds,
                      compare=args.compare, compare_name=args.compare_name, reports=args.report,
                      n_boot=args.n_boot, gate_options=args.gate_option)
+        publish_figures(out, readme=args.readme, screenshot=args.screenshot)
     except (BundleError, CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

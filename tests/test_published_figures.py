@@ -1,0 +1,40 @@
+"""Figures about the bundled model that people read are generated from weights/ or checked
+against it: the README's blocks, the screenshot, the first screen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from training.reports.readme_blocks import read_blocks, render_blocks
+from xray_app.model import sha256_of
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "weights"
+CONFIG = json.loads((WEIGHTS / "config.json").read_text())
+
+
+def test_readme_blocks_are_rendered_from_the_bundled_config():
+    blocks = read_blocks((REPO / "README.md").read_text())
+    assert blocks == render_blocks(CONFIG), (
+        "README's bundled-model blocks differ from weights/config.json: rerun "
+        "python -m training.bundle ... --readme README.md")
+
+
+def test_readme_states_no_other_count_of_training_images():
+    text = (REPO / "README.md").read_text()
+    train = CONFIG["provenance"]["split"]["images"]["train"]
+    assert f"{train:,} radiographs" in text, "the README gives the training count of config.json"
+    for stale in ("400 radiographs", "saw **1,753", "trained on 1,753", "trained on **1,753"):
+        assert stale not in text, f"README quotes a count the model was not trained on: {stale!r}"
+
+
+def test_screenshot_shows_the_bundled_weights():
+    with Image.open(REPO / "docs" / "screenshot.png") as image:
+        stamp = dict(image.text)
+    assert stamp.get("weights-sha256") == sha256_of(WEIGHTS / "model.safetensors"), (
+        "docs/screenshot.png was made with other weights: rerun docs/make_screenshot.py")
+    assert stamp.get("config-sha256") == sha256_of(WEIGHTS / "config.json"), (
+        "docs/screenshot.png was made before weights/config.json last changed: rerun docs/make_screenshot.py")
