@@ -86,6 +86,10 @@ def test_bundle_builds_the_apps_folder_from_a_calibrated_checkpoint(staged):
         boxes["boxes"], boxes["iobb>=0.1_gradcam"], boxes["iobb>=0.1_random"]), (
         f"expected the heatmaps' measured hit rate and its random baseline recorded for the app, got {shown}")
     card = (out / "README.md").read_text()
+    reproduce = card[card.index("## How to reproduce"):]
+    assert "python -m training.bundle --checkpoint calibrated" in reproduce and ".tmp" not in card, (
+        "expected the bundle's own command, as it ran, in the card and no staging folder named")
+    assert "--fit platt" not in reproduce, "expected no command that never ran"
     for heading in ("## Operating points", "## What the flags do", "## Probabilities: which population"):
         assert heading in card, f"expected the card to state {heading!r}"
     flags = report["flags"]["population"]["flags_per_normal_film"]["value"]
@@ -146,3 +150,12 @@ def test_with_out_of_fold_thresholds_the_test_headline_is_still_recorded_as_the_
         "expected the test report keyed as the test split, which the banner shows first")
     assert evaluation_key("val", oof_fit) == "out_of_fold"
     assert evaluation_key("val", {}) == "val" and evaluation_key("val", None) == "val"
+
+
+def test_recorded_commands_are_shell_quoted_with_public_names():
+    from training.fitting.provenance import public_command
+
+    command = public_command("training.bundle", ["--checkpoint", "/tmp/x/weights.tmp",
+                                                 "--compare-name", "CheXNet reproduction"])
+    assert command == "python -m training.bundle --checkpoint weights --compare-name 'CheXNet reproduction'", (
+        f"expected base names, staging folders named as they end up, and shell quoting: {command}")

@@ -43,6 +43,7 @@ from pathlib import Path
 import yaml
 
 from training import evaluate, fit_gate, fit_ood, localize, model_card
+from training.fitting.provenance import public_command
 from training.reports.markdown import evaluation_key
 from training.reports.readme_blocks import update_readme
 from xray_app.model import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config, write_config
@@ -81,8 +82,10 @@ def bundle(
     reports: Sequence[Path] = (),
     n_boot: int = 1000,
     gate_options: Sequence[str] = (),
+    command: str | None = None,
 ) -> Path:
-    """Build ``out`` (see the module docstring); returns it."""
+    """Build ``out`` (see the module docstring); returns it.  ``command``: this bundle's
+    command line, recorded for the card's reproduce section."""
     config = read_config(checkpoint / CONFIG_FILE)
     if not config.provenance.get("validation_fit"):
         raise BundleError(f"{checkpoint}: no thresholds or calibration fitted on held-out "
@@ -105,6 +108,8 @@ def bundle(
         "--metadata", metadata, *comparison, "--n-boot", n_boot, "--out", evaluation])
     card_reports = [evaluation / "report_test.json", *_copy_reports(reports, evaluation)]
     _record_evaluation(staging, card_reports)
+    if command:
+        _record_provenance(staging, bundle={"command": command})
     localisation: list[str | Path] = []
     if bboxes is not None:
         source = ["--folds", folds] if folds is not None else ["--checkpoint", staging]
@@ -232,11 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = public_command("training.bundle", list(sys.argv[1:] if argv is None else argv))
     try:
         out = bundle(args.checkpoint, args.splits, args.images, args.ood_dir, args.out,
                      metadata=args.metadata, bboxes=args.bboxes, folds=args.folds,
                      compare=args.compare, compare_name=args.compare_name, reports=args.report,
-                     n_boot=args.n_boot, gate_options=args.gate_option)
+                     n_boot=args.n_boot, gate_options=args.gate_option, command=command)
         publish_figures(out, readme=args.readme, screenshot=args.screenshot)
     except (BundleError, CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -53,6 +53,7 @@ from training.fitting.probability_scaling import (
     fit_calibration,
     uninformative_classes,
 )
+from training.fitting.provenance import public_command
 from training.metrics.classification import THRESHOLD_METHODS, choose_thresholds
 from training.metrics.headline import auroc_by_label
 from training.metrics.operating_points import (
@@ -262,6 +263,7 @@ def calibrate(
     split: str = "val",
     out_of_fold: int | None = None,
     n_boot: int = 300,
+    command: str | None = None,
 ) -> tuple[Path, Fitted]:
     """Write ``out``: ``checkpoint``'s weights with calibration and operating points fitted
     on ``predictions_file`` and moved to ``population`` (default: every film of
@@ -285,6 +287,8 @@ def calibrate(
         **fitted.record,
         "predictions": {"file": predictions_file.name, "sha256": sha256_of(predictions_file)},
     }
+    if command:
+        record["command"] = command
     if out_of_fold is not None:
         record["out_of_fold"] = {
             "folds": out_of_fold,
@@ -356,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out, fitted = calibrate(args.checkpoint, args.predictions, args.out,
                                 metadata=args.metadata, method=args.method, rule=rule,
                                 population=population, split=args.split,
-                                out_of_fold=args.out_of_fold, n_boot=args.n_boot)
+                                out_of_fold=args.out_of_fold, n_boot=args.n_boot,
+                                command=public_command("training.calibrate", list(argv or sys.argv[1:])))
     except (CalibrationError, CheckpointError, PredictionsFileError, MetadataError,
             PopulationError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

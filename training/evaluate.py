@@ -49,7 +49,7 @@ from training.fitting.probability_scaling import (
     apply_calibration,
     calibration_summary,
 )
-from training.fitting.provenance import public_name
+from training.fitting.provenance import public_command, public_folder
 from training.metrics.classification import DEFAULT_THRESHOLD, compare_auroc, per_class_metrics
 from training.metrics.population_figures import population_figures, sample_figures
 from training.reports.markdown import render_markdown
@@ -316,7 +316,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                                 n_boot=cfg.n_boot, rng=np.random.default_rng(cfg.seed))
     report: dict[str, Any] = {
         "split": cfg.split,
-        "command": "python -m training.evaluate " + " ".join(map(str, public_name(list(cfg.argv)))),
+        "command": public_command("training.evaluate", cfg.argv),
         "model": _model_info(cfg.checkpoint, config),
         "data": {**sources, "n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
                  "labels_from": "NIH metadata 'Finding Labels', joined by 'Image Index'"},
@@ -417,7 +417,7 @@ def _model_info(checkpoint: Path | None, config: dict[str, Any] | None) -> dict[
     if config is None:
         return {"checkpoint": None, "note": "predictions file only; no checkpoint"}
     return {
-        "checkpoint": checkpoint.name if checkpoint else None,
+        "checkpoint": public_folder(checkpoint) if checkpoint else None,
         "name": config.get("name"),
         "architecture": config.get("architecture"),
         "trained": config.get("trained"),

@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from training.fitting.provenance import public_name
+from training.fitting.provenance import public_folder, public_name
 from xray_app.labels import LABEL_INDEX
 from xray_app.model import LoadedCheckpoint
 from xray_app.predictor import Predictor
@@ -414,7 +414,7 @@ def choose_scorer(
     checkpoint = load_checkpoint(args.checkpoint)
     scorer = HeatmapScorer({"checkpoint": checkpoint}, lambda box: "checkpoint", images)
     described = {
-        "checkpoint": args.checkpoint.name,
+        "checkpoint": public_folder(args.checkpoint),
         "model": f"{checkpoint.config.name}, sha256 {checkpoint.sha256[:12]}, "
                  f"input {checkpoint.config.input_size} px",
     }

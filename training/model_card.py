@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.fitting.provenance import public_name
+from training.fitting.provenance import public_command
 from training.reports.flag_sections import (
     flag_figures_section,
     operating_points_section,
@@ -461,25 +461,26 @@ LIMITATIONS = [
 
 def _reproduce_section(config: dict[str, Any], reports: list[dict[str, Any]],
                        card_command: str) -> list[str]:
+    """The commands that made this model, in order, as each stage recorded them."""
     provenance = config.get("provenance", {})
-    train_config = provenance.get("train_config") or {}
-    run = train_config.get("out", "RUN")
     lines = ["## How to reproduce", "",
-             "Training writes its resolved configuration (shown above) as `config.yaml` and "
-             "its patient-wise split files into the run directory; `training.calibrate` fits "
-             "calibration and thresholds on held-out predictions, then `training.bundle` "
-             "refits the out-of-distribution gate, scores the test split once, measures "
-             "localisation and writes this card. The whole sequence of commands is in the "
+             "The commands below are the ones that ran, as each stage recorded them (paths "
+             "reduced to their base names); the full sequence with its data folders is in the "
              "repository's `docs/training.md`.", ""]
     for key in ("selection", "hardware", "pretrained"):
         if provenance.get(key):
             lines.append(f"- {key.capitalize()}: {provenance[key]}")
-    lines += ["", "```bash", f"python -m training.train --config {run}/config.yaml"]
-    commands = [report["command"] for report in reports if report.get("command")]
-    if not any("--fit" in command for command in commands):
-        commands.insert(0, f"python -m training.evaluate --checkpoint {run}/best --split val "
-                        "--fit platt")
-    lines += [*commands, card_command, "```"]
+    recorded = [provenance.get("command"),
+                (provenance.get("validation_fit") or {}).get("command"),
+                (provenance.get("bundle") or {}).get("command"),
+                *[report.get("command") for report in reports]]
+    missing = [stage for stage, command in (("training", recorded[0]), ("calibration", recorded[1]))
+               if not command]
+    if missing:
+        lines += ["", f"Not recorded by this model's {' and '.join(missing)} (made before "
+                  "stages recorded their commands); its resolved recipe is above and in "
+                  "`train_config.yaml`."]
+    lines += ["", "```bash", *[c for c in recorded if c], card_command, "```"]
     return lines
 
 
@@ -551,8 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       localization_path=Path(os.path.relpath(args.localization.resolve(),
                                                              args.out.resolve().parent))
                       if args.localization else None,
-                      card_command="python -m training.model_card "
-                      + " ".join(map(str, public_name(list(argv)))))
+                      card_command=public_command("training.model_card", argv))
     _atomic_write(args.out, card)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -14,6 +14,8 @@ import hashlib
 import math
 import os
 import platform
+import shlex
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,32 @@ def public_name(value: Any) -> Any:
     if isinstance(value, str) and ("/" in value or os.sep in value):
         return PurePath(value).name
     return value
+
+
+STAGING_SUFFIX = ".tmp"  # a stage writes OUT.tmp beside OUT and renames it into place
+
+
+def public_command(module: str, argv: Any) -> str:
+    """The command line a stage ran, for records people rerun: ``python -m MODULE ARGS``,
+    shell-quoted (``shlex.join``), every path reduced to its base name and a staging
+    folder named as the folder it becomes (``weights.tmp`` -> ``weights``)."""
+    return shlex.join(["python", "-m", module, *(public_folder(arg) for arg in argv)])
+
+
+def public_folder(path: Any) -> str:
+    """A path's base name, a staging folder named as the folder it becomes."""
+    name = str(public_name(str(path)))
+    return name[: -len(STAGING_SUFFIX)] if name.endswith(STAGING_SUFFIX) else name
+
+
+def invoked_command() -> str | None:
+    """The ``python -m training.X ...`` command of this process, as :func:`public_command`
+    writes it; None when the process was not started that way (e.g. under pytest)."""
+    argv = list(getattr(sys, "orig_argv", []))
+    if "-m" not in argv[:-1] or not argv[argv.index("-m") + 1].startswith("training."):
+        return None
+    at = argv.index("-m")
+    return public_command(argv[at + 1], argv[at + 2:])
 
 
 def public_recipe(cfg: TrainConfig) -> dict[str, Any]:
@@ -118,11 +146,13 @@ class TrainingProvenance:
     commit: str | None
     date: str
     distillation: dict[str, Any] | None = None
+    command: str | None = None  # the training command that ran, as public_command writes it
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
-        if values["distillation"] is None:
-            del values["distillation"]
+        for optional in ("distillation", "command"):
+            if values[optional] is None:
+                del values[optional]
         return values
 
 
@@ -153,4 +183,5 @@ def training_provenance(
         date=utc_now(),
         distillation=(data.distill.to_dict() | {"teacher": public_name(data.distill.teacher)})
         if data.distill else None,
+        command=invoked_command(),
     )
