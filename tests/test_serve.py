@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from xray_app.serve import examples_folder, purge_stale_cache
 
 AGE_S = 600.0
@@ -75,3 +77,15 @@ def test_examples_come_from_the_environment_else_the_bundled_folder(tmp_path, mo
     assert examples_folder(bundled) == tmp_path / "mine", "expected XRAY_EXAMPLES_DIR to win"
     monkeypatch.setenv("XRAY_EXAMPLES_DIR", "")
     assert examples_folder(bundled) is None, "expected an empty XRAY_EXAMPLES_DIR to offer none"
+
+
+def test_a_population_table_the_weights_cannot_take_ends_with_a_message(random_init_checkpoint, tmp_path):
+    """XRAY_POPULATION / --population with weights that record no calibration sample: a
+    one-line error, never probabilities for a population they were not moved to."""
+    from xray_app.serve import predictor_from_command_line
+
+    table = tmp_path / "hospital.json"
+    table.write_text('{"name": "hospital", "prevalence": {}}')
+    with pytest.raises(SystemExit) as stop:
+        predictor_from_command_line(["--weights", str(random_init_checkpoint), "--population", str(table)])
+    assert "prevalence table lacks" in str(stop.value.code), f"expected the table's fault named: {stop.value.code}"

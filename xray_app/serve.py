@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from xray_app.model import CheckpointError
+from xray_app.population import PopulationError, read_population
 from xray_app.predictor import Predictor
 from xray_app.weights import WeightsNotFoundError
 
@@ -41,7 +42,8 @@ BUNDLED_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``python app.py [--weights PATH] [--mcp]``: ``weights`` (str or None) and ``mcp`` (bool)."""
+    """``python app.py [--weights PATH] [--population JSON] [--mcp]``: ``weights`` and
+    ``population`` (str or None) and ``mcp`` (bool)."""
     parser = argparse.ArgumentParser(
         prog="python app.py",
         description="Serve the chest X-ray demo (web page and HTTP API /predict, /predict_batch).",
@@ -52,6 +54,10 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--weights", default=os.environ.get("XRAY_WEIGHTS"),
                         help="checkpoint directory (default: XRAY_WEIGHTS, then weights/, then the Hub)")
+    parser.add_argument("--population", default=os.environ.get("XRAY_POPULATION"), metavar="JSON",
+                        help="prevalence table {\"name\", \"prevalence\": {label: p}} of the "
+                        "population to state probabilities for (default: XRAY_POPULATION, else "
+                        "the one config.json names); thresholds move with them")
     parser.add_argument("--mcp", action="store_true",
                         help="also serve an MCP server at /gradio_api/mcp/ (same address, no login) with "
                         "one tool, classify_chest_radiograph: any MCP client that reaches the "
@@ -67,8 +73,9 @@ def predictor_from_command_line(argv: Sequence[str] | None = None) -> Predictor:
     """
     args = parse_command_line(argv)
     try:
-        return Predictor.from_weights(args.weights)
-    except (WeightsNotFoundError, CheckpointError) as error:
+        population = read_population(args.population) if args.population else None
+        return Predictor.from_weights(args.weights, population=population)
+    except (WeightsNotFoundError, CheckpointError, PopulationError) as error:
         sys.exit(f"error: {error}")
 
 
