@@ -251,3 +251,23 @@ def test_an_unknown_operating_rule_is_a_usage_error(tmp_path, reference, capsys)
                            str(METADATA), "--operating-rule", "sensitivity=0.9",
                            "--out", str(tmp_path / "cal")]) == 2
     assert "false-flags=B, specificity=S" in capsys.readouterr().err
+
+
+def test_headline_is_reported_per_source_folder_as_well_as_pooled(tmp_path, reference):
+    """Folders picked differently are reported apart: each image counted in the folder it
+    lies in, the per-folder counts adding up to the pooled one."""
+    part = reference.iloc[:120]
+    path = _write_logits(part, tmp_path / "preds.csv")
+    folders = [tmp_path / "first", tmp_path / "second"]
+    for k, folder in enumerate(folders):
+        folder.mkdir()
+        for name in part["Image Index"].iloc[k * 60:(k + 1) * 60]:
+            (folder / name).symlink_to(NIH / "images" / name)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--predictions", str(path), "--split", "val", "--metadata", str(METADATA),
+                          "--sources", *map(str, folders), "--n-boot", "20", "--out", str(out)]) == 0
+    report = json.loads((out / "report_val.json").read_text())
+    by_source = report["by_source"]
+    assert sorted(by_source) == ["first", "second"], f"expected one entry per folder: {sorted(by_source)}"
+    assert sum(entry["n_images"] for entry in by_source.values()) == report["metrics"]["n_images"]
+    assert "Per source folder" in (out / "report_val.md").read_text(), "the Markdown report shows them"

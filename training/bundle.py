@@ -158,6 +158,11 @@ def _record_evaluation(checkpoint: Path, reports: Sequence[Path]) -> None:
             "ci_low": headline.get("ci_low"), "ci_high": headline.get("ci_high"),
             "images": metrics["n_images"], "patients": metrics["n_patients"],
         }
+        if report.get("by_source"):
+            measured[evaluation_key(report["split"], fit)]["by_source"] = {
+                name: {"value": entry["headline"]["value"], "ci_low": entry["headline"].get("ci_low"),
+                       "ci_high": entry["headline"].get("ci_high"), "images": entry["n_images"]}
+                for name, entry in report["by_source"].items()}
         if report["split"] == "test" and report.get("comparison"):
             measured["reference"] = reference_headline(report["comparison"])
     _record_provenance(checkpoint, evaluation=measured)

@@ -94,6 +94,7 @@ class EvalConfig:
     ece_bins: int = DEFAULT_ECE_BINS
     batch_size: int = 16
     limit: int | None = None
+    sources: tuple[Path, ...] | None = None
     argv: tuple[str, ...] = ()
 
 
@@ -327,6 +328,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "notes": notes,
         "figures": {},
     }
+    by_source = per_source_headlines(cfg, predictions.images, y_true, probs, thresholds, patients, labels)
+    if by_source:
+        report["by_source"] = by_source
     if offsets is not None and labels == list(LABELS):
         report["flags"] = flag_figures(cfg, config, predictions, calibration, probs,
                                        thresholds, y_true, patients)
@@ -342,6 +346,34 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out / f"report_{cfg.split}.md").write_text(render_markdown(report))
     return report
+
+
+def source_of(images: Sequence[str], folders: Sequence[Path]) -> list[str | None]:
+    """The folder (base name) each image was found in, None for none of them."""
+    found = {name: folder.name for folder in folders for name in find_images([folder])}
+    return [found.get(name) for name in images]
+
+
+def per_source_headlines(cfg: EvalConfig, images: Sequence[str], y_true: np.ndarray,
+                         probs: np.ndarray, thresholds: np.ndarray, patients: np.ndarray,
+                         labels: list[str]) -> dict[str, Any] | None:
+    """The headline (with its patient-bootstrap interval) of the images of each source
+    folder: sources that were picked differently are reported apart as well as pooled."""
+    folders = cfg.sources or (cfg.images if cfg.images and len(cfg.images) > 1 else None)
+    if not folders:
+        return None
+    sources = np.array(source_of(images, folders), dtype=object)
+    out = {}
+    for folder in folders:
+        rows = np.flatnonzero(sources == folder.name)
+        if rows.size == 0:
+            continue
+        metrics = per_class_metrics(y_true[rows], probs[rows], thresholds, patients[rows],
+                                    labels=labels, n_boot=cfg.n_boot,
+                                    rng=np.random.default_rng(cfg.seed))
+        out[folder.name] = {"n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
+                            "headline": metrics["headline"]}
+    return out
 
 
 def _population_offsets(config: dict[str, Any] | None, index: list[int]) -> np.ndarray | None:
@@ -452,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ece-bins", type=int, default=DEFAULT_ECE_BINS)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, help="only the first N images (smoke runs)")
+    parser.add_argument("--sources", type=Path, nargs="+", metavar="DIR",
+                        help="image folders that are separate sources: the headline is also "
+                        "reported per folder (default: the --images folders, when several)")
     return parser
 
 

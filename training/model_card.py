@@ -32,6 +32,7 @@ from training.reports.markdown import (
     fmt_ci,
     headline_sentence,
     metrics_table,
+    source_lines,
 )
 from xray_app.labels import LABELS, display_name
 from xray_app.model import CONFIG_FILE, CheckpointError, read_config
@@ -204,7 +205,7 @@ def _evaluation_section(report: dict[str, Any], config: dict[str, Any]) -> list[
     metrics = report["metrics"]
     title = ("## Out-of-fold evaluation on train + val (cross-validation fold models)"
              if _out_of_fold(report, config) else f"## Evaluation on the {split} split")
-    lines = [title, "", headline_sentence(metrics), ""]
+    lines = [title, "", headline_sentence(metrics), *source_lines(report), ""]
     shipped = dict(zip(config["labels"], config["thresholds"], strict=True))
     used = report["thresholds"]["values"]
     if any(abs(used[name] - shipped[name]) > 1e-9 for name in used if name in shipped):

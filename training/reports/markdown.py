@@ -160,6 +160,19 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
     return lines
 
 
+def source_lines(report: dict[str, Any]) -> list[str]:
+    """The headline per source folder, when the report has one (``by_source``)."""
+    sources = report.get("by_source")
+    if not sources:
+        return []
+    lines = ["", "Per source folder (picked differently, so reported apart as well as pooled):", "",
+             "| source | images | patients | headline |", "|---|---|---|---|"]
+    for name, entry in sources.items():
+        lines.append(f"| `{name}` | {entry['n_images']} | {entry['n_patients']} "
+                     f"| {fmt_ci(entry['headline'])} |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The whole ``report_<split>.md``."""
     metrics = report["metrics"]
@@ -181,6 +194,7 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{data['labels_from']} (`{data['metadata']}`); {split_list}.",
               f"Command: `{report['command']}`", "", "## Headline", "",
               headline_sentence(metrics)]
+    lines += source_lines(report)
     if "No Finding" in metrics["per_class"]:
         lines.append(f"\n\"No finding\" is reported separately: AUROC "
                      f"{fmt_ci(metrics['per_class']['No Finding']['auroc'])}.")

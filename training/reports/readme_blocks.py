@@ -88,6 +88,12 @@ def _summary(config: dict[str, Any]) -> str:
         + (f"; out of fold on the {oof['images']:,} training radiographs, {_ci(oof)}" if oof else "")
         + ".",
     ]
+    for key, where in (("test", "test"), ("out_of_fold", "out-of-fold")):
+        sources = (evaluation.get(key) or {}).get("by_source")
+        if sources:
+            lines.append(f"Per source folder, {where}: " + "; ".join(
+                f"`{name}` {entry['value']:.3f} ({entry['images']:,} radiographs)"
+                for name, entry in sources.items()) + ".")
     reference = evaluation.get("reference")
     if reference:
         lines.append(f"On the {reference['images']} test radiographs where the {reference['name']} "
