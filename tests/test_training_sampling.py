@@ -54,3 +54,35 @@ def test_ranks_get_disjoint_equal_shards_of_one_balanced_epoch():
     assert len(a) == len(b) == len(shards[0]), "expected equal shard lengths matching len()"
     merged = [d for pair in zip(a, b, strict=True) for d in pair]
     assert merged[: len(draws)] == draws, "expected the shards to interleave into the single-process epoch"
+
+
+def test_raked_factors_meet_the_population_label_mix_and_view_shares():
+    """--sampling raked: weighted label shares equal the population's, and within normal
+    and abnormal films the AP share equals the population's, so view position no longer
+    tells them apart in what the network sees."""
+    from training.data.sampling import raked_factors
+    from xray_app.labels import LABELS, NO_FINDING_INDEX
+
+    rng = np.random.default_rng(0)
+    n = 600
+    labels = (rng.random((n, len(LABELS))) < 0.2).astype(int)
+    labels[rng.random(n) < 0.3] = 0
+    labels[:, NO_FINDING_INDEX] = ~labels[:, :NO_FINDING_INDEX].any(axis=1)
+    normal = labels[:, NO_FINDING_INDEX] > 0
+    is_ap = np.where(normal, rng.random(n) < 0.7, rng.random(n) < 0.4)  # the sample's confound
+    prevalence = np.full(len(LABELS), 0.05)
+    prevalence[NO_FINDING_INDEX] = 0.55
+    factors = raked_factors(labels, is_ap, prevalence, 0.35, 0.46)
+    shares = (labels * factors[:, None]).sum(axis=0) / factors.sum()
+    assert np.allclose(shares, prevalence, atol=1e-4), f"label shares {shares} should match {prevalence}"
+    ap_normal = factors[normal & is_ap].sum() / factors[normal].sum()
+    ap_abnormal = factors[~normal & is_ap].sum() / factors[~normal].sum()
+    assert (round(ap_normal, 3), round(ap_abnormal, 3)) == (0.35, 0.46), "AP shares within groups"
+    assert np.isclose(factors.mean(), 1.0), "an epoch keeps about the split's size"
+
+
+def test_sampling_rule_is_validated():
+    from training.fitting.config import ConfigError, DataConfig, TrainConfig
+
+    with pytest.raises((ConfigError, ValueError), match="sampling"):
+        TrainConfig(data=DataConfig(cache="cache"), sampling="uniform")

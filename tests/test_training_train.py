@@ -104,7 +104,8 @@ def test_smoke_one_epoch_on_the_shared_radiographs(tmp_path):
     result = _run([sys.executable, "-m", "training.train", "--metadata", str(SHARED / "Data_Entry_2017_v2020.csv.gz"),
                    "--images", str(SHARED / "images"), "--out", str(out), "--epochs", "1",
                    "--limit-batches", "2", "--batch-size", "4", "--input-size", "64",
-                   "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0", "--no-progress"])
+                   "--pretrained", "none", "--architecture", "tiny-resnet", "--num-workers", "0", "--no-progress",
+                   "--sampling", "raked"])
     assert "500 of 112120 listed images available" in result.stdout, "expected the partial download reported"
     history = pd.read_csv(out / "metrics.csv")
     assert history["train_images"].tolist() == [8.0], "expected 2 batches of 4 images"
@@ -126,6 +127,9 @@ def test_smoke_one_epoch_on_the_shared_radiographs(tmp_path):
     written = (out / "best" / "config.json").read_text()
     for local in (str(tmp_path), "../shared", str(SHARED)):
         assert local not in written, f"expected no machine-local path {local!r} in config.json"
+    assert provenance["train_config"]["sampling"] == "raked", "expected the sampling rule recorded"
+    assert provenance["command"].startswith("python -m training.train --metadata Data_Entry_2017_v2020.csv.gz"), (
+        f"expected the command that ran recorded with base names, got {provenance.get('command')}")
     assert provenance["train_config"]["data"]["images"] == ["images"], (
         f"expected image folders recorded by name, got {provenance['train_config']['data']}")
 

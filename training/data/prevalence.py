@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.data.metadata import PATIENT, labels_of, read_metadata
-from xray_app.labels import LABELS
+from training.data.metadata import PATIENT, MetadataError, labels_of, read_metadata
+from xray_app.labels import LABELS, NO_FINDING_INDEX
 from xray_app.population import Population
 
-__all__ = ["population_of", "population_from_metadata"]
+__all__ = ["VIEW", "ap_shares", "population_from_metadata", "population_of"]
 
 
 def population_of(frame: pd.DataFrame, name: str, source: str) -> Population:
@@ -35,3 +35,15 @@ def population_from_metadata(path: str | Path) -> Population:
             f"({frame[PATIENT].nunique():,} patients)")
     source = f"label shares of every film listed in {Path(path).name}"
     return population_of(frame, name, source)
+
+
+VIEW = "View Position"
+
+
+def ap_shares(frame: pd.DataFrame) -> tuple[float, float]:
+    """The share of AP films among No-Finding films and among films with a pathology."""
+    if VIEW not in frame.columns:
+        raise MetadataError(f"the metadata has no {VIEW!r} column, needed to rake view position")
+    ap = (frame[VIEW].astype(str).str.upper() == "AP").to_numpy()
+    normal = labels_of(frame)[:, NO_FINDING_INDEX] > 0
+    return float(ap[normal].mean()), float(ap[~normal].mean())

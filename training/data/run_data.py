@@ -12,8 +12,9 @@ from training.data.augment import build_augment
 from training.data.datasets import CachedImages, FileImages, XrayDataset
 from training.data.image_cache import ImageCache
 from training.data.images import Availability, find_images, keep_available
-from training.data.metadata import IMAGE, labels_of
-from training.data.sampling import repeat_factors
+from training.data.metadata import IMAGE, labels_of, read_metadata
+from training.data.prevalence import VIEW, ap_shares, population_of
+from training.data.sampling import raked_factors, repeat_factors
 from training.data.soft_targets import DistillSummary, distill_targets
 from training.data.splits import Splits, prepare_splits, read_splits
 from training.fitting.runtime import TrainingError
@@ -87,12 +88,15 @@ def load_data(cfg: TrainConfig) -> RunData:
         )
 
     train_labels = labels_of(splits.train)
-    factors = repeat_factors(
-        train_labels,
-        no_finding_fraction=cfg.no_finding_fraction,
-        repeat_threshold=cfg.repeat_threshold,
-        max_repeat=cfg.max_repeat,
-    )
+    if cfg.sampling == "raked":
+        factors = raked_training_factors(data.metadata, splits.train, train_labels)
+    else:
+        factors = repeat_factors(
+            train_labels,
+            no_finding_fraction=cfg.no_finding_fraction,
+            repeat_threshold=cfg.repeat_threshold,
+            max_repeat=cfg.max_repeat,
+        )
     # the sampler and the class weights count the 0/1 labels; only the loss sees soft targets
     targets, distill = None, None
     if cfg.teacher:
@@ -103,3 +107,12 @@ def load_data(cfg: TrainConfig) -> RunData:
         dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
         splits, availability, source, distill,
     )
+
+
+def raked_training_factors(metadata: str, train: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+    """:func:`~training.data.sampling.raked_factors` toward every film of ``metadata``:
+    its label prevalences and its AP shares within normal and abnormal films."""
+    frame = read_metadata(metadata)
+    population = population_of(frame, "the metadata's films", "label shares")
+    views = frame.set_index(IMAGE).loc[train[IMAGE], VIEW].astype(str).str.upper() == "AP"
+    return raked_factors(labels, views.to_numpy(), population.as_array(), *ap_shares(frame))

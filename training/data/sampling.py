@@ -11,6 +11,9 @@ Rule (:func:`repeat_factors`), from the training split's own frequencies:
 Each epoch an image is drawn ``floor(r)`` times plus once more with probability
 ``r - floor(r)``, so the epoch size is about ``sum(r)``.  Validation and test are never
 resampled.
+
+``--sampling raked`` replaces the rule by :func:`raked_factors`: factors that move the
+training split toward the population's label mix and view position (mean 1).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from training.metrics.raking import Margin, label_margins, rake
 from xray_app.labels import LABELS, NO_FINDING_INDEX
 
 
@@ -120,3 +124,27 @@ class RepeatFactorSampler(Sampler[tuple[int, int]]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
+
+
+def raked_factors(labels: np.ndarray, is_ap: np.ndarray, prevalence: np.ndarray,
+                  ap_share_normal: float, ap_share_abnormal: float) -> np.ndarray:
+    """``(N,)`` expected draws per epoch (mean 1) that move the training split toward a
+    population: raked (:mod:`training.metrics.raking`) to its 15 label prevalences
+    ``(15,)`` and to its share of AP films among No-Finding films and among films with a
+    pathology, so that view position stops telling normal from abnormal films.
+
+    ``labels`` ``(N, 15)`` 0/1 and ``is_ap`` ``(N,)`` bool of the training images.
+    """
+    labels = np.asarray(labels) > 0
+    normal = labels[:, NO_FINDING_INDEX]
+    keep = labels.any(axis=0) & (~labels).any(axis=0)
+    margins = label_margins(labels[:, keep], np.asarray(prevalence)[keep],
+                            [name for name, k in zip(LABELS, keep, strict=True) if k])
+    p_normal = float(prevalence[NO_FINDING_INDEX])
+    view_target = np.array([p_normal * (1 - ap_share_normal), p_normal * ap_share_normal,
+                            (1 - p_normal) * (1 - ap_share_abnormal), (1 - p_normal) * ap_share_abnormal])
+    codes = 2 * (~normal).astype(np.int64) + np.asarray(is_ap, dtype=np.int64)
+    present = np.bincount(codes, minlength=4) > 0
+    if present.all():  # a view margin the split cannot meet is left out rather than forced
+        margins.append(Margin("view position within normal / abnormal", codes, view_target))
+    return rake(margins).weights

@@ -31,6 +31,9 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid."""
 
 
+SAMPLING_RULES = ("repeat", "raked")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images and labels come from and how they are split.
@@ -104,6 +107,7 @@ class TrainConfig:
     no_finding_fraction: float = 0.5
     repeat_threshold: float = 0.1
     max_repeat: float = 4.0
+    sampling: str = "repeat"
     teacher: str | None = None
     distill_weight: float = 0.5
     ema_decay: float = 0.0
@@ -136,6 +140,7 @@ class TrainConfig:
             "max_class_weight": self.max_class_weight > 0,
             "no_finding_fraction": 0 < self.no_finding_fraction <= 1,
             "max_repeat": self.max_repeat >= 1,
+            "sampling": self.sampling in SAMPLING_RULES,
             "distill_weight": 0 <= self.distill_weight <= 1,
             "ema_decay": 0 <= self.ema_decay < 1,
             "swa_epochs": 0 <= self.swa_epochs <= self.epochs,
@@ -219,6 +224,9 @@ _HELP = {
     "amp": "auto (bf16 on CUDA), bf16, fp16 or none",
     "limit_batches": "at most this many train and validation batches per epoch",
     "no_finding_fraction": "share of 'No Finding'-only training images drawn per epoch",
+    "sampling": "repeat (repeat factors: No Finding thinned, rare pathologies repeated) or "
+                "raked (each image drawn in proportion to its weight raked to the metadata's "
+                "label mix and AP/PA share within normal and abnormal films)",
     "max_class_weight": "cap of the per-class positive weight (negatives/positives)",
     "patience": "early stopping: epochs without a better validation macro-AUROC",
     "input_size": "model input side in pixels",
