@@ -364,7 +364,7 @@ def test_first_screen_says_what_a_flag_means_and_which_population_probabilities_
     points = {"method": "specificity", "target": 0.9, "chosen_on": "out-of-fold predictions"}
     stated = model_facts.first_screen(BUNDLED_LIKE, points, {"name": "all NIH ChestX-ray14 films"})
     assert ("A flag means the finding's probability is at or above its operating point, set for 90% "
-            "specificity on out-of-fold predictions.") in stated, stated
+            "specificity; chosen on out-of-fold predictions.") in stated, stated
     assert stated[-1] == "Probabilities are for all NIH ChestX-ray14 films.", stated
 
 
@@ -472,3 +472,12 @@ def test_model_tab_embeds_the_cards_local_plots(predictor, tmp_path):
     assert "![roc](data:image/png;base64," in rendered, "a local plot should be inlined"
     assert "![gone](eval/missing.png)" in rendered, "a missing file keeps its link"
     assert "![web](https://x.org/a.png)" in rendered, "remote images are left alone"
+
+
+def test_flag_meaning_states_the_recorded_operating_rule():
+    from training.metrics.operating_points import OperatingRule
+    from xray_app.model_facts import flag_meaning
+
+    points = {**OperatingRule().to_dict(), "chosen_on": {"description": "out-of-fold probabilities"}}
+    text = flag_meaning(points, {})
+    assert "98.2% specificity on No-Finding films" in text and "chosen on out-of-fold probabilities" in text, text

@@ -11,7 +11,7 @@ retyped.  Functions take parts of the config (``provenance``, ``operating_points
 Keys read: ``provenance.evaluation.test`` (else ``.out_of_fold``) ``{value, ci_low,
 ci_high, images, patients}``; ``provenance.evaluation.reference`` ``{name, value,
 ours_on_same, images}``; ``provenance.split.images.train``; ``operating_points``
-``{method, target, chosen_on}``, else ``provenance.validation_fit`` ``{threshold_method,
+``{method, target, description, chosen_on: {description}}``, else ``provenance.validation_fit`` ``{threshold_method,
 split, n_images}``; ``population.name``; ``provenance.localization`` ``{boxes,
 heatmap_hits, random_hits, centre_hits, min_overlap, out_of_fold}``; ``provenance.data``.
 """
@@ -107,10 +107,17 @@ def flag_meaning(operating_points: Mapping[str, Any] | None, provenance: Mapping
     start = f"A flag means the finding's probability is {ABOVE}"
     if operating_points and operating_points.get("method"):
         method, target = str(operating_points["method"]), operating_points.get("target")
-        how = (f"set for {float(target):.0%} specificity" if method == "specificity" and target is not None
-               else f"set by {method}" + (f" (target {target})" if target is not None else ""))
         chosen_on = operating_points.get("chosen_on")
-        return f"{start}, {how}" + (f" on {chosen_on}" if chosen_on else "") + "."
+        if isinstance(chosen_on, Mapping):
+            chosen_on = chosen_on.get("description")
+        if operating_points.get("description"):  # training.calibrate's own words for its rule
+            return (f"{start}. Operating points: {operating_points['description']}"
+                    + (f"; chosen on {chosen_on}" if chosen_on else "") + ".")
+        if method == "specificity" and target is not None:
+            how = f"set for {float(target):.0%} specificity"
+        else:
+            how = f"set by {method}" + (f" (target {target})" if target is not None else "")
+        return f"{start}, {how}" + (f"; chosen on {chosen_on}" if chosen_on else "") + "."
     fitted = provenance.get("validation_fit") or {}
     method = fitted.get("threshold_method")
     if not method:
