@@ -7,7 +7,7 @@ and writing a new folder.  In pipeline order:
 3. ``tune``        an Optuna search over ``train``'s settings (validation only)
 4. ``train``       one training run (also under ``torchrun``)
 5. ``crossval``    the recipe over K patient folds, out-of-fold scores, a refit
-6. ``calibrate``   probability scaling and per-class thresholds on held-out logits
+6. ``calibrate``   probability scaling, operating points and the population on held-out logits
 7. ``evaluate``    one split scored once: figures with patient-bootstrap intervals
 8. ``bundle``      ``weights/`` in one step, running in turn:
    ``fit_ood`` (the feature-distance gate), ``fit_gate`` (the view head),
