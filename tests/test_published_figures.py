@@ -38,3 +38,25 @@ def test_screenshot_shows_the_bundled_weights():
         "docs/screenshot.png was made with other weights: rerun docs/make_screenshot.py")
     assert stamp.get("config-sha256") == sha256_of(WEIGHTS / "config.json"), (
         "docs/screenshot.png was made before weights/config.json last changed: rerun docs/make_screenshot.py")
+
+
+def test_heatmap_localisation_table_matches_the_bundled_record():
+    """docs/heatmaps.md's IoBB row is the bundle's own localisation headline."""
+    measured = CONFIG["provenance"]["localization"]
+    row = next(line for line in (REPO / "docs" / "heatmaps.md").read_text().splitlines()
+               if line.startswith("| IoBB ≥ 0.1"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    expected = [f"{measured[key]:.0%}" for key in ("heatmap_hits", "random_hits", "centre_hits")]
+    assert cells == expected, f"docs/heatmaps.md says {cells}, weights/config.json {expected}"
+    assert f"On the {measured['boxes']} boxes" in (REPO / "docs" / "heatmaps.md").read_text()
+
+
+def test_input_gate_doc_gives_the_bundled_gate_levels_and_held_out_counts():
+    """docs/input-gate.md's section on the bundled model quotes weights/eval/gate.json."""
+    text = (REPO / "docs" / "input-gate.md").read_text()
+    gate = json.loads((WEIGHTS / "eval" / "gate.json").read_text())
+    assert f"`warn` {gate['warn']:.3f}, `refuse` {gate['refuse']:.3f}" in text, \
+        "the levels quoted for the bundled model must be the bundled gate's"
+    nih = gate["held_out"]["nih_frontal"]
+    assert f"| {nih['n']} | — | {nih['gate_flagged']} ({nih['gate_flagged_share']:.1%}" in text, \
+        "the held-out NIH frontal row must be the bundled gate's"
