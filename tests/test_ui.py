@@ -481,3 +481,19 @@ def test_flag_meaning_states_the_recorded_operating_rule():
     points = {**OperatingRule().to_dict(), "chosen_on": {"description": "out-of-fold probabilities"}}
     text = flag_meaning(points, {})
     assert "98.2% specificity on No-Finding films" in text and "chosen on out-of-fold probabilities" in text, text
+
+
+def test_model_tab_states_the_population_and_its_prevalences(cpu_predictor, tmp_path):
+    from xray_app.labels import LABELS
+    from xray_app.model import LoadedCheckpoint
+    from xray_app.predictor import Predictor
+
+    record = {"name": "all films", "prevalence": dict.fromkeys(LABELS, 0.05),
+              "sample": {"name": "the sample", "prevalence": dict.fromkeys(LABELS, 0.25)}}
+    config = cpu_predictor.config.with_updates(population=record)
+    shifted = Predictor(LoadedCheckpoint(cpu_predictor._model, config, cpu_predictor.sha256, {}, Path(".")),
+                        device="cpu")
+    shown = model_card_view.model_card_markdown(shifted, [tmp_path / "README.md"])
+    assert "**Probabilities are for:** all films" in shown and "Hernia 5.00%" in shown, shown
+    plain = model_card_view.model_card_markdown(cpu_predictor, [tmp_path / "README.md"])
+    assert "the training sample the calibration was fitted on" in plain, "no population: say so"

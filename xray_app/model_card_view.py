@@ -46,6 +46,10 @@ def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str
         f"{md_escape(label)} {threshold:.2f}" for label, threshold in zip(config.labels, config.thresholds, strict=True)
     )
     facts.append(f"**Class thresholds:** {thresholds}")
+    points = config.operating_points or {}
+    if points.get("description"):
+        facts.append(f"**Operating points:** {md_escape(points['description'])}")
+    facts.append(population_facts(predictor))
     for path in card_paths:
         if path.is_file():
             card = path.read_text(encoding="utf-8")
@@ -55,6 +59,19 @@ def model_card_markdown(predictor: Predictor, card_paths: Sequence[Path]) -> str
             return "\n\n".join(facts) + "\n\n---\n\n" + note + card
     names = ", ".join(str(p) for p in card_paths) or "weights/README.md"
     return "\n\n".join(facts) + f"\n\n---\n\n**No model card found** (looked for {md_escape(names)})."
+
+
+def population_facts(predictor: Predictor) -> str:
+    """Which population the probabilities are for and its prevalences (the one the
+    predictor uses: the config's, or a table given at start-up)."""
+    population = getattr(predictor, "population", None)
+    if population is None:
+        return ("**Probabilities are for:** the training sample the calibration was fitted on "
+                "(no population recorded)")
+    shares = " · ".join(f"{md_escape(label)} {p:.2%}"
+                        for label, p in zip(population.labels, population.prevalence, strict=True))
+    return (f"**Probabilities are for:** {md_escape(population.name)}, prior-shift corrected "
+            f"from the calibration sample; prevalences: {shares}")
 
 
 def _embed_local_images(markdown: str, folder: Path) -> str:
