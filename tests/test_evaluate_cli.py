@@ -222,13 +222,13 @@ def test_operating_points_and_population_are_recorded_and_used_by_the_app(tmp_pa
                            str(METADATA), "--n-boot", "20", "--out", str(tmp_path / "cal")]) == 0
     config = read_config(tmp_path / "cal" / "config.json")
     points, population = config.operating_points, config.population
-    assert points["method"] == "false-flags" and points["target"] == 0.25, points["description"]
+    assert points["method"] == "false-flags" and points["target"] == 0.40, points["description"]
     assert "112,120" in population["name"], "the default population is every NIH film"
     assert population["sample"]["prevalence"]["Pneumonia"] > population["prevalence"]["Pneumonia"], \
         "the 500 reference images are enriched for pneumonia against all NIH films"
     oof = points["out_of_fold"]
     assert oof["sample"]["flags_per_normal_film"]["value"] < 1.0, \
-        "a 0.25 budget, cross-fitted, keeps false flags on normal films low"
+        "a 0.4 budget, cross-fitted, keeps false flags on normal films low"
     assert oof["population"]["weighting"]["effective_sample_size"] < 500, "raking costs precision"
     for label in LABELS:
         entry = points["per_class"][label]

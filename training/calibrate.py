@@ -1,7 +1,7 @@
 """Fit calibration and operating points: ``python -m training.calibrate``.
 
     python -m training.calibrate --checkpoint RUN/best --predictions PREDS.csv \\
-        [--method platt|temperature|none] [--operating-rule false-flags=0.25|specificity=S|f1|youden] \\
+        [--method platt|temperature|none] [--operating-rule false-flags=0.4|specificity=S|f1|youden] \\
         [--no-finding-specificity 0.95] [--population TABLE.json] [--metadata CSV] \\
         [--out-of-fold K] --out DIR
 
@@ -12,7 +12,7 @@ says so and from how many folds; its ``fold`` column says which fold scored each
 
 1. Calibration is fitted per class on the logits (Platt by default).
 2. Each class's operating point is chosen on the calibrated probabilities by the rule
-   (:mod:`training.metrics.operating_points`; default: at most 0.25 false flags per normal
+   (:mod:`training.metrics.operating_points`; default: at most 0.4 false flags per normal
    film, No Finding at 95% specificity among films with a pathology).
 3. Probabilities and thresholds are moved from the held-out sample's label mix to the
    population's (default: every film of ``--metadata``, all 112,120 NIH films) by
@@ -83,8 +83,8 @@ from xray_app.population import (
 )
 
 DEFAULT_METADATA = Path("../shared/data/nih/Data_Entry_2017_v2020.csv.gz")
-DEFAULT_RULE = OperatingRule("false-flags", 0.25, no_finding_specificity=0.95)
-DEFAULT_RULE_TEXT = "false-flags=0.25"
+DEFAULT_RULE = OperatingRule("false-flags", 0.40, no_finding_specificity=0.95)
+DEFAULT_RULE_TEXT = "false-flags=0.4"
 FALLBACK_THRESHOLD = 0.5  # on the calibrated sample scale: above any flat class's probability
 FOLD_COLUMN = "fold"  # written by training.crossval into its out-of-fold predictions
 

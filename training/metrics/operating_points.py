@@ -58,7 +58,7 @@ class OperatingRule:
     """How the thresholds are chosen (see the module docstring)."""
 
     kind: str = "false-flags"
-    target: float = 0.25
+    target: float = 0.40
     no_finding_specificity: float = 0.95
 
     def __post_init__(self) -> None:
