@@ -34,9 +34,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 CAPTION = re.compile(  # the one wording of xray_app.flags, with the operating point's value
-    r"^.+ — \d\.\d\d (▲ at or above its operating point \(\d\.\d\d\)"
-    r"|▽ below its operating point \(\d\.\d\d\)"
-    r"|at or above its operating point \(\d\.\d\d\), not flagged beside a flagged pathology)$"
+    r"^.+ — [<>]?[\d.]+% (▲ at or above its operating point \([<>]?[\d.]+%\)"
+    r"|▽ below its operating point \([<>]?[\d.]+%\)"
+    r"|at or above its operating point \([<>]?[\d.]+%\), not flagged beside a flagged pathology)$"
 )
 TIMEOUT_MS = 60_000  # generous: the CPU is shared; the measured times are printed
 

@@ -26,3 +26,11 @@ def test_no_finding_is_never_flagged_beside_a_pathology():
     assert flags[0, NO_FINDING_INDEX], "No Finding above its threshold and alone is flagged"
     assert not flags[1, NO_FINDING_INDEX] and flags[1, 3], \
         "with a pathology flagged, No Finding must not be"
+
+
+def test_percent_keeps_small_probabilities_and_thresholds_apart():
+    from xray_app.flags import percent
+
+    assert (percent(0.194), percent(0.0453), percent(0.00312)) == ("19.4%", "4.53%", "0.312%")
+    assert percent(0.003) != percent(0.0034), "a finding at 0.34% and its threshold at 0.30% read apart"
+    assert (percent(1e-9), percent(0.99999)) == ("<0.001%", ">99.9%"), "no exponent notation, no false 100%"

@@ -19,7 +19,7 @@ import numpy as np
 
 from .labels import NO_FINDING_INDEX
 
-__all__ = ["ABOVE", "BELOW", "NO_FINDING_RULE", "flag_findings", "flag_wording"]
+__all__ = ["ABOVE", "BELOW", "NO_FINDING_RULE", "flag_findings", "flag_wording", "percent"]
 
 # The one wording of above/below used wherever a probability is compared with its threshold.
 ABOVE = "at or above its operating point"
@@ -49,3 +49,15 @@ def flag_findings(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarr
 def flag_wording(flagged: bool) -> str:
     """The one wording of a flag beside a probability and its operating point."""
     return f"flagged: {ABOVE}" if flagged else BELOW
+
+
+def percent(probability: float) -> str:
+    """A probability or threshold for people, to three significant figures: ``19.4%``,
+    ``4.53%``, ``0.312%``.  Probabilities for a population are often far below 1%, where
+    two decimals of a fraction would show 0.00 for a finding and its threshold alike."""
+    value = 100 * float(probability)
+    if value < 0.001:
+        return "<0.001%"
+    if value > 99.9:
+        return ">99.9%"
+    return f"{value:.3g}%"

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from xray_app import explain
+from xray_app.flags import percent
 from xray_app.report import DISCLAIMER
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ def render_report_sheet(prediction: Prediction, model_info: Mapping[str, Any]) -
         mark = "FLAGGED" if finding.positive else "-"
         draw.text(
             (x0, y0 + tile.shape[0] + 21),
-            f"{finding.probability:.2f} (thr {finding.threshold:.2f}) {mark}",
+            f"{percent(finding.probability)} (thr {percent(finding.threshold)}) {mark}",
             fill=colour,
             font=caption_font,
         )
@@ -146,7 +147,7 @@ def _draw_findings(draw: ImageDraw.ImageDraw, prediction: Prediction, x: int, y:
         draw.text((x, y), finding.display_name, fill=colour, font=_font(20))
         draw.text(
             (x + 250, y),
-            f"{finding.probability:.3f}  (thr {finding.threshold:.2f})  {mark}",
+            f"{percent(finding.probability)}  (thr {percent(finding.threshold)})  {mark}",
             fill=colour,
             font=_font(18),
         )

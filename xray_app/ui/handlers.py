@@ -19,6 +19,7 @@ import gradio as gr
 import numpy as np
 
 from xray_app import dicom_sr, explain, exports, report
+from xray_app.flags import percent
 from xray_app.labels import LABEL_INDEX, LABELS
 from xray_app.preprocess import ImageInputError
 from xray_app.report_sheet import save_report_sheet
@@ -134,7 +135,7 @@ def summarise(predictor: Predictor, study: Study | None, cache_dir: str | Path) 
                 None, gr.Accordion(visible=False))
     findings = study.prediction.findings
     choices = [
-        (f"{findings[i].display_name} — {findings[i].probability:.2f}", LABELS[i]) for i in study.order
+        (f"{findings[i].display_name} — {percent(findings[i].probability)}", LABELS[i]) for i in study.order
     ]
     top = study.order[0]
     selector = gr.Dropdown(choices=choices, value=LABELS[top], interactive=True)

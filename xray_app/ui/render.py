@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from xray_app import explain, exports
-from xray_app.flags import ABOVE, BELOW
+from xray_app.flags import ABOVE, BELOW, percent
 from xray_app.gate import DISTANCE_CHECK, VIEW_CHECK
 from xray_app.labels import LABELS, NO_FINDING_INDEX
 from xray_app.model_card_view import md_escape
@@ -72,7 +72,7 @@ def comparison(finding: Finding, *, threshold: bool = False) -> str:
     """A finding against its operating point, in the one wording of :mod:`xray_app.flags`
     (``threshold``: with the operating point's value); a class without signal on held-out
     images says so instead of being judged."""
-    point = f" ({finding.threshold:.2f})" if threshold else ""
+    point = f" ({percent(finding.threshold)})" if threshold else ""
     if finding.no_signal:
         return "no signal on held-out images"
     if finding.positive:
@@ -84,7 +84,7 @@ def comparison(finding: Finding, *, threshold: bool = False) -> str:
 
 def caption(finding: Finding) -> str:
     """Gallery caption, e.g. ``Effusion — 0.62 ▲ at or above its operating point (0.41)``."""
-    return f"{finding.display_name} — {finding.probability:.2f} {comparison(finding, threshold=True)}"
+    return f"{finding.display_name} — {percent(finding.probability)} {comparison(finding, threshold=True)}"
 
 
 def ranked_pathologies(prediction: Prediction) -> list[Finding]:
@@ -96,7 +96,7 @@ def ranked_pathologies(prediction: Prediction) -> list[Finding]:
 def findings_rows(prediction: Prediction) -> list[list[Any]]:
     """Rows of the findings table: the 14 pathologies, flagged first, by probability."""
     return [
-        [f.display_name, f"{f.probability:.2f}", f"{f.threshold:.2f}", comparison(f)]
+        [f.display_name, percent(f.probability), percent(f.threshold), comparison(f)]
         for f in ranked_pathologies(prediction)
     ]
 
@@ -105,12 +105,12 @@ def findings_summary(prediction: Prediction) -> str:
     """Markdown above the table: the flagged pathologies, then No Finding on its own line."""
     flagged = [f for f in ranked_pathologies(prediction) if f.positive]
     if flagged:
-        names = ", ".join(f"{md_escape(f.display_name)} {f.probability:.2f}" for f in flagged)
+        names = ", ".join(f"{md_escape(f.display_name)} {percent(f.probability)}" for f in flagged)
         first = f"**Flagged ({len(flagged)} of 14):** {names}; each {ABOVE}."
     else:
         first = f"**Flagged:** none of the 14 findings is {ABOVE}."
     none = prediction.findings[NO_FINDING_INDEX]
-    second = f"**{md_escape(none.display_name)}:** {none.probability:.2f}, {comparison(none, threshold=True)}."
+    second = f"**{md_escape(none.display_name)}:** {percent(none.probability)}, {comparison(none, threshold=True)}."
     return f"{first}\n\n{second}"
 
 
@@ -187,7 +187,7 @@ def batch_row(name: str, prediction: Prediction) -> list[str]:
     """One row of the batch table: file, status, flagged findings, top finding, notes, gate."""
     ranked = prediction.sorted_findings()
     positives = ", ".join(f.display_name for f in ranked_pathologies(prediction) if f.positive) or "none"
-    top = f"{ranked[0].display_name} {ranked[0].probability:.2f}"
+    top = f"{ranked[0].display_name} {percent(ranked[0].probability)}"
     return [name, "ok", positives, top, "; ".join(prediction.warnings), gate_summary(prediction.gate)]
 
 
