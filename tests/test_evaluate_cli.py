@@ -77,7 +77,7 @@ def fitted(tmp_path_factory, reference):
     test_csv = _write_logits(reference.iloc[250:], root / "test_predictions.csv")
     checkpoint = root / "calibrated"
     code = calibrate.main(["--checkpoint", str(trained), "--predictions", str(val_csv),
-                           "--metadata", str(METADATA), "--method", "platt",
+                           "--metadata", str(METADATA), "--method", "platt", "--n-boot", "20",
                            "--out", str(checkpoint)])
     assert code == 0, "calibration on the validation predictions should succeed"
     out = root / "eval"
@@ -151,7 +151,7 @@ def test_evaluation_only_reads_the_checkpoint(fitted):
     config_path = fitted["checkpoint"] / "config.json"
     before = config_path.read_bytes()
     code = evaluate.main(["--checkpoint", str(fitted["checkpoint"]), "--split", "test",
-                          "--predictions", str(fitted["test_csv"]),
+                          "--predictions", str(fitted["test_csv"]), "--n-boot", "20",
                           "--metadata", str(METADATA), "--out", str(fitted["root"] / "x")])
     assert code == 0, "expected the test evaluation to succeed"
     assert config_path.read_bytes() == before, "expected config.json unchanged by an evaluation"

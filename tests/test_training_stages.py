@@ -41,7 +41,7 @@ def staged(tmp_path_factory) -> dict[str, Path]:
     calibrated = root / "calibrated"
     assert calibrate.main(["--checkpoint", str(trained), "--predictions",
                            str(root / "val" / "predictions_val.csv"), "--metadata", str(METADATA),
-                           "--out", str(calibrated)]) == 0
+                           "--n-boot", "20", "--out", str(calibrated)]) == 0
     return {"root": root, "images": images, "splits": splits, "trained": trained,
             "calibrated": calibrated}
 
