@@ -44,7 +44,7 @@ import pandas as pd
 
 from training.data.metadata import PATIENT, MetadataError, labels_of, read_metadata
 from training.data.predictions import Predictions, PredictionsFileError, read_predictions
-from training.data.prevalence import population_from_metadata
+from training.data.prevalence import population_from_metadata, population_of_labels
 from training.fitting.probability_scaling import (
     CALIBRATION_METHODS,
     DEFAULT_ECE_BINS,
@@ -119,13 +119,6 @@ def parse_operating_rule(text: str, no_finding_specificity: float = 0.95) -> Ope
         raise CalibrationError(
             f"--operating-rule {text!r}: use false-flags=B, specificity=S, "
             f"{' or '.join(THRESHOLD_METHODS)} ({error})") from None
-
-
-def sample_population(y_true: np.ndarray, name: str) -> Population:
-    """The held-out films' own label shares, ``(positives + 0.5) / (films + 1)`` so that a
-    label absent from a small sample keeps finite log-odds."""
-    shares = (np.asarray(y_true).sum(axis=0) + 0.5) / (len(y_true) + 1.0)
-    return Population(name, tuple(float(p) for p in shares))
 
 
 def fold_ids(predictions_file: Path, patients: np.ndarray, folds: int = 3) -> np.ndarray:
@@ -203,8 +196,8 @@ def _moved_to(fitted: Fitted, population: Population, probs: np.ndarray, y_true:
     """``fitted`` with probabilities and thresholds moved to ``population``, and (for an
     operating rule) the cross-fitted flag figures of the held-out films."""
     n, n_patients = fitted.record["n_images"], fitted.record["n_patients"]
-    sample = sample_population(y_true, f"the {n:,} held-out radiographs ({n_patients:,} "
-                                       "patients) the calibration was fitted on")
+    sample = population_of_labels(y_true, f"the {n:,} held-out radiographs ({n_patients:,} "
+                                          "patients) the calibration was fitted on")
     shift = PriorShift(population, sample)
     offsets = shift.offsets()
     thresholds = move_thresholds(fitted.thresholds, offsets)

@@ -10,20 +10,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from training.data.metadata import PATIENT, MetadataError, labels_of, read_metadata
 from xray_app.labels import LABELS, NO_FINDING_INDEX
 from xray_app.population import Population
 
-__all__ = ["VIEW", "ap_shares", "population_from_metadata", "population_of"]
+__all__ = ["VIEW", "ap_shares", "population_from_metadata", "population_of", "population_of_labels"]
 
 
 def population_of(frame: pd.DataFrame, name: str, source: str) -> Population:
-    """The 15 label prevalences of the films in ``frame`` (rows of a metadata table), as
-    ``(films with the label + 0.5) / (films + 1)``: a label no film has keeps finite log-odds
-    (for all 112,120 NIH films the correction is below 5e-6)."""
-    prevalence = (labels_of(frame).sum(axis=0) + 0.5) / (len(frame) + 1.0)
+    """The 15 label prevalences of the films in ``frame`` (rows of a metadata table)."""
+    return population_of_labels(labels_of(frame), name, source)
+
+
+def population_of_labels(labels: np.ndarray, name: str, source: str = "") -> Population:
+    """The label prevalences of ``(N, 15)`` 0/1 labels, as ``(films with the label + 0.5) /
+    (films + 1)``: a label no film has keeps finite log-odds (for all 112,120 NIH films the
+    correction is below 5e-6)."""
+    prevalence = (np.asarray(labels).sum(axis=0) + 0.5) / (len(labels) + 1.0)
     return Population(name=name, prevalence=tuple(float(p) for p in prevalence),
                       labels=LABELS, source=source)
 

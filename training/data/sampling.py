@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from training.metrics.raking import Margin, label_margins, rake
+from training.metrics.raking import Margin, rake_labels
 from xray_app.labels import LABELS, NO_FINDING_INDEX
 
 
@@ -137,14 +137,11 @@ def raked_factors(labels: np.ndarray, is_ap: np.ndarray, prevalence: np.ndarray,
     """
     labels = np.asarray(labels) > 0
     normal = labels[:, NO_FINDING_INDEX]
-    keep = labels.any(axis=0) & (~labels).any(axis=0)
-    margins = label_margins(labels[:, keep], np.asarray(prevalence)[keep],
-                            [name for name, k in zip(LABELS, keep, strict=True) if k])
     p_normal = float(prevalence[NO_FINDING_INDEX])
     view_target = np.array([p_normal * (1 - ap_share_normal), p_normal * ap_share_normal,
                             (1 - p_normal) * (1 - ap_share_abnormal), (1 - p_normal) * ap_share_abnormal])
     codes = 2 * (~normal).astype(np.int64) + np.asarray(is_ap, dtype=np.int64)
-    present = np.bincount(codes, minlength=4) > 0
-    if present.all():  # a view margin the split cannot meet is left out rather than forced
-        margins.append(Margin("view position within normal / abnormal", codes, view_target))
-    return rake(margins).weights
+    # a view margin the split cannot meet is left out rather than forced
+    view = ([Margin("view position within normal / abnormal", codes, view_target)]
+            if (np.bincount(codes, minlength=4) > 0).all() else [])
+    return rake_labels(labels, prevalence, LABELS, extra=view).weights

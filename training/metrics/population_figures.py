@@ -27,7 +27,7 @@ import numpy as np
 from training.metrics.auroc import auroc
 from training.metrics.bootstrap import bootstrap_counts, interval
 from training.metrics.operating_points import flag_rates, predictive_values
-from training.metrics.raking import RakingResult, label_margins, rake
+from training.metrics.raking import rake_labels, rakeable
 from xray_app.labels import LABELS, PATHOLOGIES
 from xray_app.population import Population
 
@@ -77,30 +77,13 @@ def _nest(point: dict[str, float], boot: dict[str, np.ndarray], prevalence: np.n
     return result
 
 
-def rakeable(labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """``(C,)`` bool: labels with positive and negative films (of positive weight), the only
-    ones whose share raking can move."""
-    present = labels if weights is None else labels[np.asarray(weights) > 0]
-    return present.any(axis=0) & (~present).any(axis=0)
-
-
-def rake_to(labels: np.ndarray, prevalence: np.ndarray, base: np.ndarray | None = None):
-    """Raking over the labels that the (weighted) films can be raked on."""
-    keep = rakeable(labels, base)
-    if not keep.any():  # nothing to move: the films keep their (base) weights
-        weights = np.ones(len(labels)) if base is None else np.asarray(base, dtype=np.float64)
-        return RakingResult(weights * len(weights) / weights.sum(), 0, True, 0.0)
-    return rake(label_margins(labels[:, keep], prevalence[keep],
-                              [label for label, k in zip(LABELS, keep, strict=True) if k]), base)
-
-
 def _bootstrap(labels, probabilities, flags, groups, prevalence, n_boot, seed, rerake):
     counts, inverse = bootstrap_counts(groups, n_boot, np.random.default_rng(seed))
     draws: dict[str, list[float]] = {}
     for row in counts:
         weights = row[inverse].astype(np.float64)
         if rerake:
-            weights = rake_to(labels, prevalence, weights).weights
+            weights = rake_labels(labels, prevalence, LABELS, weights).weights
         for name, value in _figures(labels, probabilities, flags, weights, prevalence).items():
             draws.setdefault(name, []).append(value)
     return {name: np.asarray(values) for name, values in draws.items()}
@@ -116,7 +99,7 @@ def population_figures(labels: np.ndarray, probabilities: np.ndarray, flags: np.
     """
     labels = np.asarray(labels) > 0
     prevalence = population.as_array()
-    raked = rake_to(labels, prevalence)
+    raked = rake_labels(labels, prevalence, LABELS)
     point = _figures(labels, probabilities, flags, raked.weights, prevalence)
     boot = _bootstrap(labels, probabilities, flags, groups, prevalence, n_boot, seed, rerake=True)
     return {

@@ -29,6 +29,8 @@ __all__ = [
     "effective_sample_size",
     "label_margins",
     "rake",
+    "rake_labels",
+    "rakeable",
 ]
 
 
@@ -135,3 +137,25 @@ def rake(margins: Sequence[Margin], base_weights: np.ndarray | None = None, *,
         error = _errors(weights, margins)
     weights = weights * (n / weights.sum())
     return RakingResult(weights, iteration, error <= tolerance, error)
+
+
+def rakeable(labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """``(C,)`` bool: labels with positive and negative films (of positive weight), the only
+    ones whose share raking can move."""
+    labels = np.asarray(labels) > 0
+    present = labels if weights is None else labels[np.asarray(weights) > 0]
+    return present.any(axis=0) & (~present).any(axis=0)
+
+
+def rake_labels(labels: np.ndarray, prevalence: np.ndarray, names: Sequence[str],
+                base_weights: np.ndarray | None = None,
+                extra: Sequence[Margin] = ()) -> RakingResult:
+    """Raking over every label the (weighted) films can be raked on, plus ``extra``
+    margins; with nothing to rake on, the films keep their base weights (mean 1)."""
+    keep = rakeable(labels, base_weights)
+    margins = [*label_margins(np.asarray(labels)[:, keep], np.asarray(prevalence)[keep],
+                              [name for name, k in zip(names, keep, strict=True) if k]), *extra]
+    if not margins:
+        weights = np.ones(len(labels)) if base_weights is None else np.asarray(base_weights, dtype=np.float64)
+        return RakingResult(weights * len(weights) / weights.sum(), 0, True, 0.0)
+    return rake(margins, base_weights)
