@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,7 @@ from training.data.sampling import raked_factors, repeat_factors
 from training.data.soft_targets import DistillSummary, distill_targets
 from training.data.splits import Splits, prepare_splits, read_splits
 from training.fitting.runtime import TrainingError
+from training.fitting.view_output import with_view_column
 
 if TYPE_CHECKING:
     from training.fitting.config import TrainConfig
@@ -103,6 +105,9 @@ def load_data(cfg: TrainConfig) -> RunData:
         targets, distill = distill_targets(
             cfg.teacher, splits.train[IMAGE].tolist(), train_labels, cfg.distill_weight
         )
+    if cfg.view_loss_weight > 0:  # the auxiliary output's target, after the 15 findings
+        targets = with_view_column(train_labels if targets is None else targets,
+                                   is_ap(data.metadata, splits.train))
     return RunData(
         dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
         splits, availability, source, distill,
@@ -114,5 +119,14 @@ def raked_training_factors(metadata: str, train: pd.DataFrame, labels: np.ndarra
     its label prevalences and its AP shares within normal and abnormal films."""
     frame = read_metadata(metadata)
     population = population_of(frame, "the metadata's films", "label shares")
-    views = frame.set_index(IMAGE).loc[train[IMAGE], VIEW].astype(str).str.upper() == "AP"
-    return raked_factors(labels, views.to_numpy(), population.as_array(), *ap_shares(frame))
+    return raked_factors(labels, is_ap(frame, train), population.as_array(), *ap_shares(frame))
+
+
+def is_ap(metadata: str | Path | pd.DataFrame, part: pd.DataFrame) -> np.ndarray:
+    """``(N,)`` booleans: the films of ``part`` that ``metadata`` (a path or its table)
+    lists as AP, in ``part``'s order."""
+    frame = metadata if isinstance(metadata, pd.DataFrame) else read_metadata(metadata)
+    if VIEW not in frame.columns:
+        raise TrainingError(f"the metadata has no {VIEW!r} column, needed for the view output")
+    views = frame.set_index(IMAGE).loc[part[IMAGE], VIEW].astype(str).str.upper() == "AP"
+    return views.to_numpy()

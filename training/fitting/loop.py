@@ -46,6 +46,7 @@ from training.fitting.run_folder import (
     write_metrics,
 )
 from training.fitting.runtime import Runtime, TrainingError, autocast, make_runtime, to_device
+from training.fitting.view_output import ViewAuxiliaryLoss, WithViewOutput
 from training.fitting.weight_averaging import StochasticWeightAverage, WeightAverage
 from training.metrics.headline import VAL_HEADLINE, headline_auroc
 from xray_app.labels import LABELS
@@ -105,8 +106,8 @@ class TrainingParts:
     """What one run trains with; :meth:`state_dict` is what ``last.ckpt`` saves of them."""
 
     model: ChestXrayResNet
-    trained: nn.Module  # the model as stepped: compiled and/or wrapped for DDP
-    loss_fn: FocalWeightedLoss
+    trained: nn.Module  # the model as stepped: with its view output, compiled and/or wrapped for DDP
+    loss_fn: FocalWeightedLoss  # the findings' loss (validation's)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -117,10 +118,17 @@ class TrainingParts:
     average: WeightAverage | None = None
     swa: StochasticWeightAverage | None = None
     swa_loader: DataLoader | None = None
+    view_output: WithViewOutput | None = None  # --view-loss-weight: the auxiliary AP/PA output
+    train_loss_fn: nn.Module | None = None  # the loss stepped: loss_fn, plus the view's when present
+
+    def __post_init__(self) -> None:
+        if self.train_loss_fn is None:
+            self.train_loss_fn = self.loss_fn
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            **({"view_output": self.view_output.view.state_dict()} if self.view_output is not None else {}),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             **({"average": self.average.state_dict()} if self.average is not None else {}),
@@ -129,6 +137,11 @@ class TrainingParts:
 
     def load_state_dict(self, saved: dict[str, Any], source: Path) -> None:
         self.model.load_state_dict(saved["model"])
+        if (self.view_output is not None) != ("view_output" in saved):
+            raise TrainingError(f"--resume {source}: the run and the checkpoint differ in having "
+                                "a view output (--view-loss-weight)")
+        if self.view_output is not None:
+            self.view_output.view.load_state_dict(saved["view_output"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
@@ -147,7 +160,9 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
     """Model, loss, optimiser, schedule, sampler, loaders and weight averages of a run."""
     sampler, train_loader, val_loader = _loaders(cfg, data, runtime)
     model = make_model(cfg, runtime)
-    trained: nn.Module = torch.compile(model) if cfg.compile else model
+    view_output = _view_output(cfg, model, runtime)
+    stepped: nn.Module = model if view_output is None else view_output
+    trained: nn.Module = torch.compile(stepped) if cfg.compile else stepped
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         trained = nn.parallel.DistributedDataParallel(trained, device_ids=ids)
@@ -155,7 +170,7 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
     loss_fn = FocalWeightedLoss(
         alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, pos_weight=torch.from_numpy(weights)
     ).to(runtime.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(stepped.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(train_loader) if cfg.limit_batches is None else min(cfg.limit_batches, len(train_loader))
     swa = StochasticWeightAverage(model) if cfg.swa_epochs > 0 else None
     return TrainingParts(
@@ -164,7 +179,19 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
         sampler, train_loader, val_loader, weights,
         average=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         swa=swa, swa_loader=_batch_norm_loader(cfg, data) if swa is not None else None,
+        view_output=view_output,
+        train_loss_fn=ViewAuxiliaryLoss(loss_fn, cfg.view_loss_weight) if view_output is not None else None,
     )
+
+
+def _view_output(cfg: TrainConfig, model: ChestXrayResNet, runtime: Runtime) -> WithViewOutput | None:
+    """``model`` with the auxiliary AP/PA output (``--view-loss-weight``), initialised from
+    the seed like the network; None without it."""
+    if cfg.view_loss_weight <= 0:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        return WithViewOutput(model).to(runtime.device)
 
 
 def _loaders(cfg: TrainConfig, data: RunData, runtime: Runtime) -> tuple[RepeatFactorSampler, DataLoader, DataLoader]:
@@ -445,7 +472,7 @@ def _train_epoch(cfg: TrainConfig, parts: TrainingParts, runtime: Runtime, epoch
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         metrics = train_one_epoch(
-            parts.trained, parts.train_loader, parts.loss_fn, parts.optimizer, parts.scheduler,
+            parts.trained, parts.train_loader, parts.train_loss_fn, parts.optimizer, parts.scheduler,
             parts.scaler, runtime, epoch=epoch, grad_clip=cfg.grad_clip,
             limit_batches=cfg.limit_batches, log_every=cfg.log_every, progress=cfg.progress,
             average=parts.average, mixup_alpha=cfg.mixup_alpha,
