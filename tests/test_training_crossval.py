@@ -15,17 +15,21 @@ from tests.synthetic_xray import write_dataset
 from training.crossval import (
     CALIBRATED_DIR,
     CURVE_FILE,
+    ENSEMBLE_FILE,
     FOLD_SCORES_FILE,
     OOF_FILE,
     REFIT_DIR,
     REPORT_FILE,
     continued_from,
     cross_validate,
+    ensemble_predictions,
     fold_of_patients,
     fold_splits,
     main,
+    pooled_rows,
 )
 from training.data.metadata import FINDINGS, IMAGE, PATIENT
+from training.data.predictions import read_predictions
 from training.data.splits import Splits
 from training.fitting.config import ConfigError, from_dict, parse_config
 from training.fitting.run_folder import RunFolder
@@ -324,3 +328,53 @@ def test_a_cross_validated_second_stage_scores_each_folds_weight_average_out_of_
         assert _pathology_auroc(labelled) == pytest.approx(expected, abs=1e-4), (
             f"expected fold {k} scored out of fold by the weight average it validated")
         assert report["out_of_fold"]["as_given"]["folds"][k - 1] == pytest.approx(expected, abs=1e-4)
+
+
+def test_pooling_the_training_rows_alone_keeps_the_validation_rows_out_of_every_fold():
+    splits = Splits(train=_rows(range(1, 31), 2), val=_rows(range(31, 41), 2),
+                    test=_rows(range(41, 51), 1), method="test")
+    folds = fold_splits(pooled_rows(splits, "train"), 3, seed=0)
+    kept_out = set(splits.val[IMAGE])
+    for part in folds:
+        assert set(part.train[IMAGE]) | set(part.val[IMAGE]) == set(splits.train[IMAGE]), (
+            "expected the folds to deal the training rows alone")
+        assert kept_out <= set(part.test[IMAGE]), "expected the validation rows beside the test rows"
+    assert pooled_rows(splits, "train+val") is splits, "expected the default pool to be the splits as given"
+    with pytest.raises(ConfigError, match="--pool"):
+        pooled_rows(splits, "everything")
+
+
+@pytest.mark.slow
+def test_the_ensemble_teacher_averages_the_fold_models_as_the_app_scores_and_nests_within_a_fold(tmp_path):
+    argv, out = _small_cv(tmp_path, count=40, seed=5)
+    argv = [*argv[:argv.index("--epochs")], "--epochs", "1", "--no-validate", "--mirror-average"]
+    assert main([*argv, "--out-of-fold", "--ensemble-predictions"]) == 0, "expected exit 0"
+    report = json.loads((out / REPORT_FILE).read_text())
+    ensemble = read_predictions(out / ENSEMBLE_FILE)
+    pooled = pd.concat([pd.read_csv(out / "fold_1" / name) for name in ("train.csv", "val.csv")])
+    assert sorted(ensemble.images) == sorted(pooled[IMAGE]), "expected every pooled image scored once"
+    assert report["ensemble"]["models"] == 2, "expected both fold models in the ensemble"
+
+    cfg = parse_config(argv[2:])  # training.train's flags: --folds is crossval's own
+    runs = [out / "fold_1", out / "fold_2"]
+    alone = [read_predictions(ensemble_predictions(cfg, [run, run], tmp_path / f"{run.name}.csv"))
+             for run in runs]
+    oof = pd.read_csv(out / "fold_1" / OOF_FILE).set_index(IMAGE)
+    rows = [alone[0].images.index(name) for name in oof.index]
+    expected = 1 / (1 + np.exp(-oof[[f"logit_{n}" for n in alone[0].labels]].to_numpy()))
+    assert np.allclose(alone[0].probs[rows], expected, atol=1e-4), (
+        "expected a fold model to score its held-out images as the out-of-fold scoring (and the app) does")
+    assert np.allclose(ensemble.probs, (alone[0].probs + alone[1].probs) / 2, atol=1e-5), (
+        "expected the ensemble to average the fold models' probabilities")
+
+    nested = tmp_path / "nested"
+    nested_argv = [*argv[:argv.index("--out")], "--out", str(nested), *argv[argv.index("--out") + 2:],
+                   "--splits", str(out / "fold_1"), "--pool", "train"]
+    assert main([*nested_argv, "--ensemble-predictions"]) == 0, "expected exit 0 within fold 1"
+    taught = set(read_predictions(nested / ENSEMBLE_FILE).images)
+    assert taught == set(pd.read_csv(out / "fold_1" / "train.csv")[IMAGE]), (
+        "expected the nested teacher to cover fold 1's training images alone")
+    held_out = set(pd.read_csv(out / "fold_1" / "val.csv")[IMAGE])
+    for k in (1, 2):
+        seen = pd.concat([pd.read_csv(nested / f"fold_{k}" / name) for name in ("train.csv", "val.csv")])
+        assert not held_out & set(seen[IMAGE]), "expected no nested fold to see fold 1's held-out images"

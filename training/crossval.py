@@ -48,6 +48,16 @@ Command line (every ``training.train`` option is accepted and applies to every f
 one (``CUDA_VISIBLE_DEVICES=K-1 ... --fold K``); once all have finished, the same
 command without ``--fold`` writes the report.
 
+``--ensemble-predictions`` writes ``OUT/ensemble_predictions.csv``: every pooled image
+scored by the last epoch of every fold model, as the app scores images, the folds'
+probabilities averaged (written as the logits of that mean). It is a teacher for
+distillation (``--teacher``): the fold models as an ensemble, distilled into one network.
+To score such a student out of fold, its teacher must not have seen the student's held-out
+patients: ``--pool train`` cross-validates within the training images of a split folder
+alone (its validation images join the untouched test images), so that with
+``--splits OUT/fold_K --pool train`` the teacher of fold K is an ensemble trained on fold
+K's training images only (docs/training.md, "A distilled ensemble").
+
 ``--refit`` then turns the recipe into a model: it trains it once more on all the
 pooled train + validation images (no validation, every epoch, the last exported to
 ``OUT/refit/best``) and calibrates it (:mod:`training.calibrate`, into
@@ -72,6 +82,7 @@ finished and only scores the folds out of fold and fits the thresholds.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -105,6 +116,8 @@ from xray_app.model import (
 REPORT_FILE = "crossval.json"
 CURVE_FILE = "crossval_curve.csv"
 OOF_FILE = "oof_predictions.csv"
+ENSEMBLE_FILE = "ensemble_predictions.csv"  # --ensemble-predictions: the fold models' mean probability
+POOLS = ("train+val", "train")  # --pool: which rows of the splits are dealt into folds
 FOLD_SCORES_FILE = "oof_scores.json"  # beside a fold's own OOF_FILE: how and when it was scored
 REFIT_DIR = "refit"
 CALIBRATED_DIR = "calibrated"  # RUN/refit/calibrated: the refit with out-of-fold thresholds
@@ -120,6 +133,19 @@ def fold_of_patients(patients: np.ndarray, folds: int, seed: int) -> dict[int, i
         raise ConfigError(f"--folds {folds}: need 2 to {len(unique)} folds for {len(unique)} patients")
     order = np.random.default_rng(seed).permutation(len(unique))
     return {int(unique[index]): position % folds for position, index in enumerate(order)}
+
+
+def pooled_rows(splits: Splits, pool: str) -> Splits:
+    """``splits`` as :func:`fold_splits` should pool them: as given (``"train+val"``), or
+    with ``"train"`` the training rows alone, the validation rows moved beside the test
+    rows, where no fold trains or validates on them."""
+    if pool not in POOLS:
+        raise ConfigError(f"--pool {pool!r}: expected one of {POOLS}")
+    if pool == "train+val":
+        return splits
+    return Splits(train=splits.train, val=splits.val.iloc[:0],
+                  test=pd.concat([splits.val, splits.test], ignore_index=True),
+                  method=f"{splits.method}; its training images alone cross-validated")
 
 
 def fold_splits(splits: Splits, folds: int, seed: int) -> list[Splits]:
@@ -272,6 +298,7 @@ def _describe_out_of_fold(oof: dict[str, Any] | None) -> str:
 def cross_validate(
     cfg: TrainConfig, *, folds: int, seed: int, only: Part | None = None, refit: bool = False,
     score_out_of_fold: bool = False, continue_from: Path | None = None, fit_fn: FitFunction = fit,
+    pool: str = "train+val", ensemble: bool = False,
 ) -> dict[str, Any] | None:
     """Train ``cfg`` on each fold under ``cfg.out`` and write the report there.
 
@@ -286,13 +313,13 @@ def cross_validate(
     """
     if isinstance(only, int) and not 1 <= only <= folds:
         raise ConfigError(f"--fold {only}: folds are numbered 1 to {folds}")
-    if not cfg.validate and not (score_out_of_fold or refit):
+    if not cfg.validate and not (score_out_of_fold or refit or ensemble):
         raise ConfigError("folds trained without validation (--no-validate) are only scored out of "
                           "fold: add --out-of-fold")
     if only is not None and refit:
         raise ConfigError("--refit needs every fold: give it without --fold")
     root = Path(cfg.out)
-    splits = load_data(cfg).splits
+    splits = pooled_rows(load_data(cfg).splits, pool)
     if only == "refit":
         refit_recipe(cfg, splits, root, fit_fn, continue_from)
         return None
@@ -321,6 +348,10 @@ def cross_validate(
     if refit or score_out_of_fold:
         oof, scores = out_of_fold_predictions(cfg, runs, root / OOF_FILE)
         report["out_of_fold"] = out_of_fold_summary(scores, cfg.mirror_average)
+    if ensemble:
+        report["ensemble"] = {"predictions": str(ensemble_predictions(cfg, runs, root / ENSEMBLE_FILE)),
+                              "models": len(runs), "images": len(splits.train) + len(splits.val),
+                              "scored": _written(cfg), "averaged": "probabilities"}
     if refit:
         best = refit_recipe(cfg, splits, root, fit_fn, continue_from)
         calibrated, oof_report = fit_thresholds_out_of_fold(cfg, best, oof, folds)
@@ -434,6 +465,31 @@ def out_of_fold_predictions(
     return path, {key: [record["auroc"][key] for record in records] for key in records[0]["auroc"]}
 
 
+def ensemble_predictions(cfg: TrainConfig, runs: Sequence[Path], path: Path) -> Path:
+    """Every image the folds pooled, scored by the last epoch of each fold model in ``runs``
+    as the app scores it (``cfg.mirror_average``, no augmentation), the models'
+    probabilities averaged; written to ``path`` as a predictions CSV whose logits are those
+    of the mean probability (a ``--teacher`` file)."""
+    totals: dict[str, np.ndarray] = {}
+    patients: dict[str, Any] = {}
+    for run in runs:
+        model, data, runtime = held_out_scoring(cfg, run)
+        for dataset, rows in ((data.train, data.splits.train), (data.val, data.splits.val)):
+            plain = copy.copy(dataset)
+            plain.augment = None
+            loader = DataLoader(plain, batch_size=cfg.batch_size, shuffle=False,
+                                num_workers=cfg.data.num_workers)
+            logits = predict(model, loader, runtime, mirror_average=cfg.mirror_average).logits
+            for name, patient, probs in zip(rows[IMAGE], rows[PATIENT],
+                                            torch.sigmoid(logits.double()).numpy(), strict=True):
+                totals[name] = totals.get(name, 0.0) + probs
+                patients[name] = patient
+    names = sorted(totals)
+    mean = np.clip(np.stack([totals[name] for name in names]) / len(runs), 1e-7, 1 - 1e-7)
+    return write_predictions(Predictions(tuple(names), LABELS, np.log(mean / (1 - mean)), mean),
+                             [patients[name] for name in names], path)
+
+
 def refit_recipe(cfg: TrainConfig, splits: Splits, root: Path, fit_fn: FitFunction = fit,
                  continue_from: Path | None = None) -> Path:
     """Train the recipe on all pooled train + validation images (no validation; the last
@@ -509,6 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "the last epoch of the same fold of the earlier cross-validation "
                              "CV_DIR (same --folds, --fold-seed and splits), e.g. with "
                              "--swa-epochs; --pretrained is then ignored")
+    parser.add_argument("--pool", choices=POOLS, default="train+val",
+                        help="the rows of --splits dealt into folds: train+val (default), or "
+                             "train alone, the validation rows kept out with the test rows "
+                             "(cross-validation within one fold's training images: a teacher "
+                             "that never saw that fold's held-out patients)")
+    parser.add_argument("--ensemble-predictions", action="store_true",
+                        help=f"write OUT/{ENSEMBLE_FILE}: every pooled image scored by every "
+                             "fold model's last epoch, their probabilities averaged (a "
+                             "--teacher file for distilling the ensemble into one network)")
     parser.add_argument("--refit", action="store_true",
                         help="after the report, train the recipe on all train + val images and "
                              "fit its thresholds and calibration on the out-of-fold predictions")
@@ -526,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         report = cross_validate(cfg, folds=args.folds, seed=args.fold_seed, only=args.fold,
                                 refit=args.refit, score_out_of_fold=args.out_of_fold,
-                                continue_from=args.continue_from)
+                                continue_from=args.continue_from, pool=args.pool,
+                                ensemble=args.ensemble_predictions)
     except (ConfigError, TrainingError, MetadataError, SplitLeakError,
             PretrainedWeightsUnavailable, EvaluationError, CalibrationError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -540,6 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refit on {report['refit']['trained_on']}: {report['refit']['checkpoint']} "
               "(thresholds and calibration fitted out of fold); measure it with "
               "python -m training.evaluate --split test")
+    if "ensemble" in report:
+        print(f"ensemble of the {report['ensemble']['models']} fold models on "
+              f"{report['ensemble']['images']} images: {report['ensemble']['predictions']}")
     print(f"report: {Path(cfg.out) / REPORT_FILE}")
     return 0
 
