@@ -271,3 +271,8 @@ def test_headline_is_reported_per_source_folder_as_well_as_pooled(tmp_path, refe
     assert sorted(by_source) == ["first", "second"], f"expected one entry per folder: {sorted(by_source)}"
     assert sum(entry["n_images"] for entry in by_source.values()) == report["metrics"]["n_images"]
     assert "Per source folder" in (out / "report_val.md").read_text(), "the Markdown report shows them"
+    for kind in ("against_no_finding", "against_other_findings"):
+        assert 0 < report["negatives"][kind] < 1 and all(
+            0 < entry["negatives"][kind] < 1 for entry in by_source.values()), (
+            f"expected each pathology told apart from normal films and from other findings ({kind}), "
+            "pooled and per folder")

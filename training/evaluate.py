@@ -51,6 +51,7 @@ from training.fitting.probability_scaling import (
 )
 from training.fitting.provenance import public_command, public_folder
 from training.metrics.classification import DEFAULT_THRESHOLD, compare_auroc, per_class_metrics
+from training.metrics.negatives import KINDS, auroc_by_negative
 from training.metrics.population_figures import population_figures, sample_figures
 from training.reports.markdown import render_markdown
 from training.reports.plots import plot_pr_grid, plot_reliability, plot_roc_grid
@@ -328,6 +329,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "notes": notes,
         "figures": {},
     }
+    negatives = auroc_by_negative(y_true, probs, labels)
+    if negatives is not None:
+        report["negatives"] = negatives
     by_source = per_source_headlines(cfg, predictions.images, y_true, probs, thresholds, patients, labels)
     if by_source:
         report["by_source"] = by_source
@@ -358,7 +362,8 @@ def per_source_headlines(cfg: EvalConfig, images: Sequence[str], y_true: np.ndar
                          probs: np.ndarray, thresholds: np.ndarray, patients: np.ndarray,
                          labels: list[str]) -> dict[str, Any] | None:
     """The headline (with its patient-bootstrap interval) of the images of each source
-    folder: sources that were picked differently are reported apart as well as pooled."""
+    folder, and what its pathologies are told apart from (:mod:`training.metrics.negatives`):
+    sources that were picked differently are reported apart as well as pooled."""
     folders = cfg.sources or (cfg.images if cfg.images and len(cfg.images) > 1 else None)
     if not folders:
         return None
@@ -373,6 +378,9 @@ def per_source_headlines(cfg: EvalConfig, images: Sequence[str], y_true: np.ndar
                                     rng=np.random.default_rng(cfg.seed))
         out[folder.name] = {"n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
                             "headline": metrics["headline"]}
+        negatives = auroc_by_negative(y_true[rows], probs[rows], labels)
+        if negatives is not None:
+            out[folder.name]["negatives"] = {kind: negatives[kind] for kind in KINDS}
     return out
 
 

@@ -166,11 +166,25 @@ def source_lines(report: dict[str, Any]) -> list[str]:
     if not sources:
         return []
     lines = ["", "Per source folder (picked differently, so reported apart as well as pooled):", "",
-             "| source | images | patients | headline |", "|---|---|---|---|"]
+             "| source | images | patients | headline | against No Finding | against other findings |",
+             "|---|---|---|---|---|---|"]
     for name, entry in sources.items():
+        negatives = entry.get("negatives", {})
         lines.append(f"| `{name}` | {entry['n_images']} | {entry['n_patients']} "
-                     f"| {fmt_ci(entry['headline'])} |")
+                     f"| {fmt_ci(entry['headline'])} | {fmt(negatives.get('against_no_finding'))} "
+                     f"| {fmt(negatives.get('against_other_findings'))} |")
     return lines
+
+
+def negatives_lines(report: dict[str, Any]) -> list[str]:
+    """What the pathologies are told apart from (``negatives``), when the report has it."""
+    negatives = report.get("negatives")
+    if not negatives:
+        return []
+    return ["", "Mean AUROC over the 14 pathologies by kind of negative film: against No-Finding "
+            f"films {fmt(negatives['against_no_finding'])}, against films with other pathologies "
+            f"{fmt(negatives['against_other_findings'])}. A model that tells abnormal from normal "
+            "films by cues other than the finding scores well on the first and not the second."]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -194,6 +208,7 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{data['labels_from']} (`{data['metadata']}`); {split_list}.",
               f"Command: `{report['command']}`", "", "## Headline", "",
               headline_sentence(metrics)]
+    lines += negatives_lines(report)
     lines += source_lines(report)
     if "No Finding" in metrics["per_class"]:
         lines.append(f"\n\"No finding\" is reported separately: AUROC "
