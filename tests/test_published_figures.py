@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from training.calibrate import DEFAULT_RULE_TEXT
 from training.reports.readme_blocks import read_blocks, render_blocks
 from xray_app.model import sha256_of
 
@@ -60,3 +61,9 @@ def test_input_gate_doc_gives_the_bundled_gate_levels_and_held_out_counts():
     nih = gate["held_out"]["nih_frontal"]
     assert f"| {nih['n']} | — | {nih['gate_flagged']} ({nih['gate_flagged_share']:.1%}" in text, \
         "the held-out NIH frontal row must be the bundled gate's"
+
+
+def test_docs_name_calibrates_default_operating_rule():
+    text = (REPO / "docs" / "training.md").read_text()
+    assert f"`--operating-rule {DEFAULT_RULE_TEXT}`, the default" in text, (
+        f"expected docs/training.md to give calibrate's default rule, {DEFAULT_RULE_TEXT}")
