@@ -17,7 +17,7 @@ from training.data.metadata import PATIENT, MetadataError, labels_of, read_metad
 from xray_app.labels import LABELS, NO_FINDING_INDEX
 from xray_app.population import Population
 
-__all__ = ["VIEW", "ap_shares", "population_from_metadata", "population_of", "population_of_labels"]
+__all__ = ["VIEW", "ap_shares", "is_ap", "population_from_metadata", "population_of", "population_of_labels"]
 
 
 def population_of(frame: pd.DataFrame, name: str, source: str) -> Population:
@@ -46,10 +46,15 @@ def population_from_metadata(path: str | Path) -> Population:
 VIEW = "View Position"
 
 
+def is_ap(frame: pd.DataFrame) -> np.ndarray:
+    """``(N,)`` booleans: the rows of a metadata table whose View Position is AP."""
+    if VIEW not in frame.columns:
+        raise MetadataError(f"the metadata has no {VIEW!r} column, needed for view position")
+    return (frame[VIEW].astype(str).str.upper() == "AP").to_numpy()
+
+
 def ap_shares(frame: pd.DataFrame) -> tuple[float, float]:
     """The share of AP films among No-Finding films and among films with a pathology."""
-    if VIEW not in frame.columns:
-        raise MetadataError(f"the metadata has no {VIEW!r} column, needed to rake view position")
-    ap = (frame[VIEW].astype(str).str.upper() == "AP").to_numpy()
+    ap = is_ap(frame)
     normal = labels_of(frame)[:, NO_FINDING_INDEX] > 0
     return float(ap[normal].mean()), float(ap[~normal].mean())

@@ -14,7 +14,7 @@ from training.data.datasets import CachedImages, FileImages, XrayDataset
 from training.data.image_cache import ImageCache
 from training.data.images import Availability, find_images, keep_available
 from training.data.metadata import IMAGE, labels_of, read_metadata
-from training.data.prevalence import VIEW, ap_shares, population_of
+from training.data.prevalence import ap_shares, is_ap, population_of
 from training.data.sampling import raked_factors, repeat_factors
 from training.data.soft_targets import DistillSummary, distill_targets
 from training.data.splits import Splits, prepare_splits, read_splits
@@ -107,7 +107,7 @@ def load_data(cfg: TrainConfig) -> RunData:
         )
     if cfg.view_loss_weight > 0:  # the auxiliary output's target, after the 15 findings
         targets = with_view_column(train_labels if targets is None else targets,
-                                   is_ap(data.metadata, splits.train))
+                                   films_ap(data.metadata, splits.train))
     return RunData(
         dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
         splits, availability, source, distill,
@@ -119,14 +119,11 @@ def raked_training_factors(metadata: str, train: pd.DataFrame, labels: np.ndarra
     its label prevalences and its AP shares within normal and abnormal films."""
     frame = read_metadata(metadata)
     population = population_of(frame, "the metadata's films", "label shares")
-    return raked_factors(labels, is_ap(frame, train), population.as_array(), *ap_shares(frame))
+    return raked_factors(labels, films_ap(frame, train), population.as_array(), *ap_shares(frame))
 
 
-def is_ap(metadata: str | Path | pd.DataFrame, part: pd.DataFrame) -> np.ndarray:
+def films_ap(metadata: str | Path | pd.DataFrame, part: pd.DataFrame) -> np.ndarray:
     """``(N,)`` booleans: the films of ``part`` that ``metadata`` (a path or its table)
-    lists as AP, in ``part``'s order."""
+    lists as AP (:func:`~training.data.prevalence.is_ap`), in ``part``'s order."""
     frame = metadata if isinstance(metadata, pd.DataFrame) else read_metadata(metadata)
-    if VIEW not in frame.columns:
-        raise TrainingError(f"the metadata has no {VIEW!r} column, needed for the view output")
-    views = frame.set_index(IMAGE).loc[part[IMAGE], VIEW].astype(str).str.upper() == "AP"
-    return views.to_numpy()
+    return is_ap(frame.set_index(IMAGE).loc[part[IMAGE]])
