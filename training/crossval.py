@@ -82,7 +82,6 @@ finished and only scores the folds out of fold and fits the thresholds.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -103,7 +102,7 @@ from training.data.run_data import RunData, load_data
 from training.data.splits import SplitLeakError, Splits, check_patient_disjoint, write_splits
 from training.evaluate import EvalConfig, EvaluationError, evaluate
 from training.fitting.config import ConfigError, TrainConfig, parse_config
-from training.fitting.loop import fit, predict
+from training.fitting.loop import fit, plain_loader, predict
 from training.fitting.probability_scaling import apply_calibration
 from training.fitting.run_folder import RunFolder
 from training.fitting.runtime import Runtime, TrainingError, make_runtime
@@ -475,11 +474,8 @@ def ensemble_predictions(cfg: TrainConfig, runs: Sequence[Path], path: Path) -> 
     for run in runs:
         model, data, runtime = held_out_scoring(cfg, run)
         for dataset, rows in ((data.train, data.splits.train), (data.val, data.splits.val)):
-            plain = copy.copy(dataset)
-            plain.augment = None
-            loader = DataLoader(plain, batch_size=cfg.batch_size, shuffle=False,
-                                num_workers=cfg.data.num_workers)
-            logits = predict(model, loader, runtime, mirror_average=cfg.mirror_average).logits
+            logits = predict(model, plain_loader(cfg, dataset), runtime,
+                             mirror_average=cfg.mirror_average).logits
             for name, patient, probs in zip(rows[IMAGE], rows[PATIENT],
                                             torch.sigmoid(logits.double()).numpy(), strict=True):
                 totals[name] = totals.get(name, 0.0) + probs

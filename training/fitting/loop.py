@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from training.data.datasets import XrayDataset
 from training.data.run_data import RunData, load_data
 from training.data.sampling import RepeatFactorSampler, describe_mix
 from training.data.splits import summarise, write_report
@@ -211,12 +212,17 @@ def _loaders(cfg: TrainConfig, data: RunData, runtime: Runtime) -> tuple[RepeatF
     return sampler, train_loader, val_loader
 
 
+def plain_loader(cfg: TrainConfig, dataset: XrayDataset) -> DataLoader:
+    """``dataset``'s images once each, in order, without augmentation: as the app sees them."""
+    plain = copy.copy(dataset)
+    plain.augment = None
+    return DataLoader(plain, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+
+
 def _batch_norm_loader(cfg: TrainConfig, data: RunData) -> DataLoader:
     """The training images once each, without augmentation: batch-norm statistics of a
     weight average are recomputed on them."""
-    plain = copy.copy(data.train)
-    plain.augment = None
-    return DataLoader(plain, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    return plain_loader(cfg, data.train)
 
 
 def mix_batch(
