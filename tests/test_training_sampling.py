@@ -86,3 +86,60 @@ def test_sampling_rule_is_validated():
 
     with pytest.raises((ConfigError, ValueError), match="sampling"):
         TrainConfig(data=DataConfig(cache="cache"), sampling="uniform")
+
+
+def test_folder_balanced_factors_draw_each_folder_equally_and_keep_the_epoch_size():
+    """--sampling folders: each source folder gets the same share of an epoch's draws;
+    within a folder the repeat factors keep their ratios; the epoch size is unchanged."""
+    from training.data.sampling import folder_balanced
+
+    factors = repeat_factors(_labels(), no_finding_fraction=0.25, repeat_threshold=0.16, max_repeat=3.0)
+    folders = ["images"] * 30 + ["images_extra"] * 70
+    balanced = folder_balanced(factors, folders)
+    names = np.array(folders)
+    shares = {name: balanced[names == name].sum() / balanced.sum() for name in ("images", "images_extra")}
+    assert shares == pytest.approx({"images": 0.5, "images_extra": 0.5}), f"folder shares {shares}"
+    assert balanced.sum() == pytest.approx(factors.sum()), "the epoch keeps its size"
+    for name in ("images", "images_extra"):
+        ratio = balanced[names == name] / factors[names == name]
+        assert np.allclose(ratio, ratio[0]), f"factors within {name} scaled by one number"
+
+
+def test_folder_balanced_refuses_an_image_in_no_named_folder():
+    from training.data.sampling import folder_balanced
+
+    with pytest.raises(ValueError, match="1 training image"):
+        folder_balanced(np.ones(3), ["images", None, "images_extra"])
+
+
+def test_folder_sampling_needs_the_folders():
+    from training.fitting.config import ConfigError, DataConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="--source-folders"):
+        TrainConfig(data=DataConfig(cache="cache"), sampling="folders")
+    cfg = TrainConfig(data=DataConfig(cache="cache", source_folders=["a/images", "b/images_extra"]),
+                      sampling="folders")
+    assert cfg.data.source_folders == ("a/images", "b/images_extra"), "folders kept as a tuple"
+
+
+def test_a_run_on_the_two_shared_folders_draws_each_half_of_the_time():
+    """On the shared radiographs (a third of the training films from images/), a run with
+    --sampling folders draws images/ and images_extra/ equally often."""
+    from pathlib import Path
+
+    from training.data.images import source_of
+    from training.data.metadata import IMAGE
+    from training.data.run_data import load_data
+    from training.fitting.config import parse_config
+
+    nih = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih"
+    folders = [str(nih / "images"), str(nih / "images_extra")]
+    cfg = parse_config(["--metadata", str(nih / "Data_Entry_2017_v2020.csv.gz"), "--images", *folders,
+                        "--sampling", "folders", "--source-folders", *folders, "--input-size", "64",
+                        "--num-workers", "0"])
+    data = load_data(cfg)
+    names = np.array(source_of(data.splits.train[IMAGE].tolist(), [Path(f) for f in folders]), dtype=object)
+    films = {name: float(np.mean(names == name)) for name in ("images", "images_extra")}
+    draws = {name: data.factors[names == name].sum() / data.factors.sum() for name in ("images", "images_extra")}
+    assert films["images"] < 0.35, f"expected images/ a minority of the training films, got {films}"
+    assert draws == pytest.approx({"images": 0.5, "images_extra": 0.5}), f"draw shares {draws}"

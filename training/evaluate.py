@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.data.images import find_images
+from training.data.images import find_images, source_of
 from training.data.metadata import FINDINGS, IMAGE, PATIENT, MetadataError, labels_of, read_metadata
 from training.data.predictions import (
     Predictions,
@@ -350,12 +350,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         json.dumps(report, indent=2, allow_nan=False) + "\n")
     (out / f"report_{cfg.split}.md").write_text(render_markdown(report))
     return report
-
-
-def source_of(images: Sequence[str], folders: Sequence[Path]) -> list[str | None]:
-    """The folder (base name) each image was found in, None for none of them."""
-    found = {name: folder.name for folder in folders for name in find_images([folder])}
-    return [found.get(name) for name in images]
 
 
 def per_source_headlines(cfg: EvalConfig, images: Sequence[str], y_true: np.ndarray,

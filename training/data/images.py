@@ -88,3 +88,9 @@ def keep_available(
         missing_examples=tuple(frame.loc[~mask, IMAGE].head(3)),
     )
     return frame[mask].reset_index(drop=True), report
+
+
+def source_of(images: Sequence[str], folders: Sequence[Path]) -> list[str | None]:
+    """The folder (base name) each image was found in, None for none of them."""
+    found = {name: folder.name for folder in folders for name in find_images([folder])}
+    return [found.get(name) for name in images]

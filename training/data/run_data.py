@@ -12,10 +12,10 @@ import pandas as pd
 from training.data.augment import build_augment
 from training.data.datasets import CachedImages, FileImages, XrayDataset
 from training.data.image_cache import ImageCache
-from training.data.images import Availability, find_images, keep_available
+from training.data.images import Availability, find_images, keep_available, source_of
 from training.data.metadata import IMAGE, labels_of, read_metadata
 from training.data.prevalence import ap_shares, is_ap, population_of
-from training.data.sampling import raked_factors, repeat_factors
+from training.data.sampling import folder_balanced, raked_factors, repeat_factors
 from training.data.soft_targets import DistillSummary, distill_targets
 from training.data.splits import Splits, prepare_splits, read_splits
 from training.fitting.runtime import TrainingError
@@ -99,6 +99,12 @@ def load_data(cfg: TrainConfig) -> RunData:
             repeat_threshold=cfg.repeat_threshold,
             max_repeat=cfg.max_repeat,
         )
+    if cfg.sampling == "folders":
+        folders = [Path(folder) for folder in data.source_folders or ()]
+        try:
+            factors = folder_balanced(factors, source_of(splits.train[IMAGE].tolist(), folders))
+        except ValueError as error:
+            raise TrainingError(f"--sampling folders: {error}") from None
     # the sampler and the class weights count the 0/1 labels; only the loss sees soft targets
     targets, distill = None, None
     if cfg.teacher:

@@ -14,12 +14,14 @@ resampled.
 
 ``--sampling raked`` replaces the rule by :func:`raked_factors`: factors that move the
 training split toward the population's label mix and view position (mean 1).
+``--sampling folders`` keeps the rule and rescales it within each source folder
+(:func:`folder_balanced`): folders picked differently are drawn equally often.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +50,27 @@ def repeat_factors(
     per_class[NO_FINDING_INDEX] = no_finding_fraction
     factors = np.where(labels > 0, per_class[None, :], 0.0).max(axis=1)
     return np.where(factors > 0, factors, 1.0)  # images with no label at all: once
+
+
+def folder_balanced(factors: np.ndarray, folders: Sequence[str | None]) -> np.ndarray:
+    """``factors`` rescaled within each source folder so that every folder gets the same
+    share of an epoch's draws; the epoch size (their sum) and the ratios within a folder
+    are unchanged.  ``folders``: each image's folder name; None (in no named folder) is
+    an error, since such an image would have no share to belong to."""
+    factors = np.asarray(factors, dtype=np.float64)
+    names = np.asarray(folders, dtype=object)
+    if len(names) != len(factors):
+        raise ValueError(f"{len(factors)} factors but {len(names)} folder names")
+    unplaced = int(sum(name is None for name in names))
+    if unplaced:
+        raise ValueError(f"{unplaced} training image(s) are in none of the source folders; "
+                         "name every folder the training images come from")
+    balanced = factors.copy()
+    kinds = sorted(set(names.tolist()))
+    for kind in kinds:
+        rows = names == kind
+        balanced[rows] *= factors.sum() / (len(kinds) * factors[rows].sum())
+    return balanced
 
 
 def effective_class_mix(labels: np.ndarray, factors: np.ndarray) -> dict[str, float]:

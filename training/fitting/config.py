@@ -31,7 +31,7 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid."""
 
 
-SAMPLING_RULES = ("repeat", "raked")
+SAMPLING_RULES = ("repeat", "raked", "folders")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class DataConfig:
     found twice is refused) and ``cache`` (built by ``python -m training.cache``).  ``splits`` reuses ``train.csv``/``val.csv``/
     ``test.csv`` written by ``python -m training.split``; otherwise splits come from
     ``split_lists`` (list files) or a patient-random split with the given fractions.
+    ``source_folders``: the folders the images were picked from, for ``--sampling
+    folders`` (each folder drawn equally often).
     """
 
     metadata: str = DEFAULT_METADATA
@@ -53,12 +55,15 @@ class DataConfig:
     test_fraction: float = 0.2
     input_size: int = 224
     num_workers: int = 4
+    source_folders: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.images, str | Path):  # one folder, as older config files give it
-            object.__setattr__(self, "images", (str(self.images),))
-        elif self.images is not None:
-            object.__setattr__(self, "images", tuple(str(folder) for folder in self.images))
+        for name in ("images", "source_folders"):
+            value = getattr(self, name)
+            if isinstance(value, str | Path):  # one folder, as older config files give it
+                object.__setattr__(self, name, (str(value),))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(str(folder) for folder in value))
         if (self.images is None) == (self.cache is None):
             raise ConfigError("give exactly one of --images DIR and --cache DIR")
         if self.input_size < 32:
@@ -156,14 +161,18 @@ class TrainConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid {bad[0]}: {getattr(self, bad[0])!r}")
+        if self.sampling == "folders" and not self.data.source_folders:
+            raise ConfigError("--sampling folders needs --source-folders DIR [DIR ...]: the folders "
+                              "whose images are to be drawn equally often")
         if self.ema_decay > 0 and self.swa_epochs > 0:
             raise ConfigError("--ema-decay and --swa-epochs are two ways of averaging weights: give one")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested mapping (lists, not tuples), as YAML and JSON write it."""
         values = dataclasses.asdict(self)
-        if values["data"]["images"] is not None:
-            values["data"]["images"] = list(values["data"]["images"])
+        for name in ("images", "source_folders"):
+            if values["data"][name] is not None:
+                values["data"][name] = list(values["data"][name])
         return values
 
 
@@ -229,7 +238,11 @@ _HELP = {
     "no_finding_fraction": "share of 'No Finding'-only training images drawn per epoch",
     "sampling": "repeat (repeat factors: No Finding thinned, rare pathologies repeated) or "
                 "raked (each image drawn in proportion to its weight raked to the metadata's "
-                "label mix and AP/PA share within normal and abnormal films)",
+                "label mix and AP/PA share within normal and abnormal films) or folders "
+                "(repeat factors rescaled so that each of --source-folders is drawn equally "
+                "often)",
+    "source_folders": "the folders the training images were picked from, for --sampling "
+                      "folders (an image in none of them is an error)",
     "max_class_weight": "cap of the per-class positive weight (negatives/positives)",
     "patience": "early stopping: epochs without a better validation macro-AUROC",
     "input_size": "model input side in pixels",

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 NIH_IMAGES = 112_120  # radiographs in NIH ChestX-ray14
 # recipe fields that hold a file or folder of the machine that trained: recorded by name
-_PATH_FIELDS = {"metadata", "images", "cache", "splits", "split_lists", "teacher", "pretrained"}
+_PATH_FIELDS = {"metadata", "images", "source_folders", "cache", "splits", "split_lists", "teacher",
+                "pretrained"}
 _DROPPED_FIELDS = {"out", "resume"}  # where the run lived, not how it was made
 
 
