@@ -276,3 +276,39 @@ def test_headline_is_reported_per_source_folder_as_well_as_pooled(tmp_path, refe
             0 < entry["negatives"][kind] < 1 for entry in by_source.values()), (
             f"expected each pathology told apart from normal films and from other findings ({kind}), "
             "pooled and per folder")
+
+
+def test_flag_figures_are_given_per_source_folder_out_of_fold_and_when_evaluated(tmp_path, reference):
+    """With --sources, calibrate's cross-fitted flag figures and evaluate's flag figures
+    are also given per folder: a folder's entry is the figures of its films alone, and the
+    model card shows them in a table of their own."""
+    from training.model_card import build_card
+
+    path = _write_logits(reference, tmp_path / "preds.csv")
+    folders = [tmp_path / "first", tmp_path / "second"]
+    for k, folder in enumerate(folders):
+        folder.mkdir()
+        for name in reference["Image Index"].iloc[k * 250:(k + 1) * 250]:
+            (folder / name).symlink_to(NIH / "images" / name)
+    trained = write_random_init(tmp_path / "checkpoint", input_size=64)
+    assert calibrate.main(["--checkpoint", str(trained), "--predictions", str(path), "--metadata",
+                           str(METADATA), "--sources", *map(str, folders), "--n-boot", "20",
+                           "--out", str(tmp_path / "cal")]) == 0
+    oof = read_config(tmp_path / "cal" / "config.json").operating_points["out_of_fold"]
+    assert sorted(oof["by_source"]) == ["first", "second"], sorted(oof["by_source"])
+    assert [entry["n_images"] for entry in oof["by_source"].values()] == [250, 250]
+
+    def flags_of(predictions: Path, out: Path, *extra: str) -> dict:
+        assert evaluate.main(["--checkpoint", str(tmp_path / "cal"), "--predictions", str(predictions),
+                              "--split", "test", "--n-boot", "20", "--metadata", str(METADATA),
+                              *extra, "--out", str(out)]) == 0
+        return json.loads((out / "report_test.json").read_text())
+
+    report = flags_of(path, tmp_path / "eval", "--sources", *map(str, folders))
+    alone = flags_of(_write_logits(reference.iloc[:250], tmp_path / "first.csv"), tmp_path / "alone")
+    for key in ("flags_per_normal_film", "normal_films_with_any_flag", "abnormal_films_with_a_correct_flag"):
+        assert report["flags"]["by_source"]["first"][key]["value"] == pytest.approx(
+            alone["flags"]["sample"][key]["value"]), f"{key}: the first folder's films alone"
+
+    card = build_card(json.loads((tmp_path / "cal" / "config.json").read_text()), [report])
+    assert "| figure | out of fold, `first` | out of fold, `second` | test, `first` | test, `second` |" in card

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training.data.images import source_of
 from training.data.metadata import PATIENT, MetadataError, labels_of, read_metadata
 from training.data.predictions import Predictions, PredictionsFileError, read_predictions
 from training.data.prevalence import population_from_metadata, population_of_labels
@@ -62,7 +63,11 @@ from training.metrics.operating_points import (
     cross_fitted_flags,
 )
 from training.metrics.operating_points import choose_thresholds as choose_operating_points
-from training.metrics.population_figures import population_figures, sample_figures
+from training.metrics.population_figures import (
+    population_figures,
+    sample_figures,
+    sample_figures_by_source,
+)
 from xray_app.labels import LABELS
 from xray_app.model import (
     CONFIG_FILE,
@@ -139,11 +144,13 @@ def fit_on_predictions(
     rule: OperatingRule | str,
     population: Population | None = None,
     folds: np.ndarray | None = None,
+    sources: Sequence[str | None] | None = None,
     n_boot: int = 300,
 ) -> Fitted:
     """Fit ``method`` (or ``"none"``) on the logits, then the operating points on the
     calibrated probabilities; with ``population``, move both to it and measure the flags
-    cross-fitted over ``folds``.  ``predictions`` must hold logits for all 15 outputs."""
+    cross-fitted over ``folds`` (and per source folder, given each film's ``sources``).
+    ``predictions`` must hold logits for all 15 outputs."""
     if predictions.labels != LABELS:
         raise CalibrationError(f"expected logits for all {len(LABELS)} outputs in logit order, "
                                f"got {list(predictions.labels)}")
@@ -187,12 +194,12 @@ def fit_on_predictions(
     fitted = Fitted(thresholds, calibration, notes, record)
     if population is None:
         return fitted
-    return _moved_to(fitted, population, probs, y_true, patients, rule, folds, n_boot)
+    return _moved_to(fitted, population, probs, y_true, patients, rule, folds, sources, n_boot)
 
 
 def _moved_to(fitted: Fitted, population: Population, probs: np.ndarray, y_true: np.ndarray,
               patients: np.ndarray, rule: OperatingRule | str, folds: np.ndarray | None,
-              n_boot: int) -> Fitted:
+              sources: Sequence[str | None] | None, n_boot: int) -> Fitted:
     """``fitted`` with probabilities and thresholds moved to ``population``, and (for an
     operating rule) the cross-fitted flag figures of the held-out films."""
     n, n_patients = fitted.record["n_images"], fitted.record["n_patients"]
@@ -222,6 +229,9 @@ def _moved_to(fitted: Fitted, population: Population, probs: np.ndarray, y_true:
                                                  n_boot=n_boot),
             },
         }
+        if sources is not None:
+            points["out_of_fold"]["by_source"] = sample_figures_by_source(
+                sources, y_true, probs, flags, patients, n_boot=n_boot)
     return dataclasses.replace(fitted, thresholds=thresholds, population=shift.to_dict(),
                                operating_points=points)
 
@@ -255,6 +265,7 @@ def calibrate(
     population: Population | None = None,
     split: str = "val",
     out_of_fold: int | None = None,
+    sources: Sequence[Path] | None = None,
     n_boot: int = 300,
     command: str | None = None,
 ) -> tuple[Path, Fitted]:
@@ -274,7 +285,9 @@ def calibrate(
     population = population or population_from_metadata(metadata)
     fitted = fit_on_predictions(predictions, y_true, patients, method=method, rule=rule,
                                 population=population,
-                                folds=fold_ids(predictions_file, patients), n_boot=n_boot)
+                                folds=fold_ids(predictions_file, patients),
+                                sources=source_of(predictions.images, sources) if sources else None,
+                                n_boot=n_boot)
     record = {
         "split": split,
         **fitted.record,
@@ -341,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the predictions are, for the record (default val)")
     parser.add_argument("--out-of-fold", type=int, metavar="K",
                         help="the predictions are out of fold, from K fold models")
+    parser.add_argument("--sources", type=Path, nargs="+", metavar="DIR",
+                        help="image folders that are separate sources: the cross-fitted flag "
+                        "figures are also given per folder")
     parser.add_argument("--out", required=True, type=Path, help="the new checkpoint folder")
     return parser
 
@@ -353,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out, fitted = calibrate(args.checkpoint, args.predictions, args.out,
                                 metadata=args.metadata, method=args.method, rule=rule,
                                 population=population, split=args.split,
-                                out_of_fold=args.out_of_fold, n_boot=args.n_boot,
+                                out_of_fold=args.out_of_fold, sources=args.sources,
+                                n_boot=args.n_boot,
                                 command=public_command("training.calibrate", list(argv or sys.argv[1:])))
     except (CalibrationError, CheckpointError, PredictionsFileError, MetadataError,
             PopulationError, OSError) as error:

@@ -52,7 +52,11 @@ from training.fitting.probability_scaling import (
 from training.fitting.provenance import public_command, public_folder
 from training.metrics.classification import DEFAULT_THRESHOLD, compare_auroc, per_class_metrics
 from training.metrics.negatives import KINDS, auroc_by_negative
-from training.metrics.population_figures import population_figures, sample_figures
+from training.metrics.population_figures import (
+    population_figures,
+    sample_figures,
+    sample_figures_by_source,
+)
 from training.reports.markdown import render_markdown
 from training.reports.plots import plot_pr_grid, plot_reliability, plot_roc_grid
 from xray_app.flags import flag_findings
@@ -352,13 +356,18 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
+def source_folders(cfg: EvalConfig) -> Sequence[Path] | None:
+    """The folders reported apart: ``--sources``, or several ``--images`` folders."""
+    return cfg.sources or (cfg.images if cfg.images and len(cfg.images) > 1 else None)
+
+
 def per_source_headlines(cfg: EvalConfig, images: Sequence[str], y_true: np.ndarray,
                          probs: np.ndarray, thresholds: np.ndarray, patients: np.ndarray,
                          labels: list[str]) -> dict[str, Any] | None:
     """The headline (with its patient-bootstrap interval) of the images of each source
     folder, and what its pathologies are told apart from (:mod:`training.metrics.negatives`):
     sources that were picked differently are reported apart as well as pooled."""
-    folders = cfg.sources or (cfg.images if cfg.images and len(cfg.images) > 1 else None)
+    folders = source_folders(cfg)
     if not folders:
         return None
     sources = np.array(source_of(images, folders), dtype=object)
@@ -396,13 +405,19 @@ def flag_figures(cfg: EvalConfig, config: dict[str, Any], predictions: Predictio
     sample_probs = apply_calibration(predictions.logits, calibration)
     population = PriorShift.from_dict(config["population"]).population
     rng_seed = cfg.seed
-    return {
+    figures = {
         "rule": (config.get("operating_points") or {}).get("description", "config.json thresholds"),
         "sample": sample_figures(y_true, sample_probs, flags, patients, n_boot=cfg.n_boot,
                                  seed=rng_seed),
         "population": population_figures(y_true, probs, flags, patients, population,
                                          n_boot=cfg.n_boot, seed=rng_seed),
     }
+    folders = source_folders(cfg)
+    if folders:
+        figures["by_source"] = sample_figures_by_source(
+            source_of(predictions.images, folders), y_true, sample_probs, flags, patients,
+            n_boot=cfg.n_boot, seed=rng_seed)
+    return figures
 
 
 def _calibration_info(

@@ -292,7 +292,21 @@ def _flags_sections(config: dict[str, Any], reports: list[dict[str, Any]]) -> li
             "Out of fold the flags are cross-fitted; the test split is scored once with the "
             "shipped thresholds. Intervals: 95% patient bootstrap.", "",
             *flag_figures_section(columns), "",
+            *_flags_by_source(oof, test),
             *population_section(config, test)]
+
+
+def _flags_by_source(oof: dict[str, Any], test: dict[str, Any] | None) -> list[str]:
+    """The flag figures on each source folder's films as they are, out of fold
+    (cross-fitted) and on the test split, when the records give them per folder."""
+    columns = [(f"out of fold, `{name}`", figures)
+               for name, figures in (oof.get("by_source") or {}).items()]
+    columns += [(f"test, `{name}`", figures)
+                for name, figures in ((test or {}).get("by_source") or {}).items()]
+    if not columns:
+        return []
+    return ["Per source folder (picked differently, so reported apart), on the films as they "
+            "are:", "", *flag_figures_section(columns), ""]
 
 
 def _fit_source(fitted: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from training.metrics.raking import rake_labels, rakeable
 from xray_app.labels import LABELS, PATHOLOGIES
 from xray_app.population import Population
 
-__all__ = ["population_figures", "sample_figures"]
+__all__ = ["population_figures", "sample_figures", "sample_figures_by_source"]
 
 _FLAG_FIGURES = ("flags_per_normal_film", "normal_films_with_any_flag",
                  "abnormal_films_with_a_correct_flag", "flags_per_film")
@@ -127,3 +127,20 @@ def sample_figures(labels: np.ndarray, probabilities: np.ndarray, flags: np.ndar
     boot = _bootstrap(labels, probabilities, flags, groups, prevalence, n_boot, seed, rerake=False)
     return {"population": "the films themselves (unweighted)",
             "n_images": int(labels.shape[0]), **_nest(point, boot, prevalence)}
+
+
+def sample_figures_by_source(sources: Any, labels: np.ndarray, probabilities: np.ndarray,
+                             flags: np.ndarray, groups: np.ndarray, *, n_boot: int = 300,
+                             seed: int = 0) -> dict[str, dict[str, Any]]:
+    """:func:`sample_figures` on the films of each source folder apart, by folder name
+    (sorted); ``sources`` names each film's folder, None for a film in none of them (left
+    out).  Folders picked differently flag differently: this reports them apart."""
+    names = np.asarray(sources, dtype=object)
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    flags, groups = np.asarray(flags), np.asarray(groups)
+    out = {}
+    for name in sorted({n for n in names.tolist() if n is not None}):
+        rows = np.flatnonzero(names == name)
+        out[name] = sample_figures(labels[rows], probabilities[rows], flags[rows], groups[rows],
+                                   n_boot=n_boot, seed=seed)
+    return out
