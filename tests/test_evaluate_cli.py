@@ -253,16 +253,24 @@ def test_an_unknown_operating_rule_is_a_usage_error(tmp_path, reference, capsys)
     assert "false-flags=B, specificity=S" in capsys.readouterr().err
 
 
+def _two_source_folders(frame: pd.DataFrame, root: Path) -> list[Path]:
+    """``root/first`` and ``root/second``: links to the first and second half of ``frame``'s
+    images, two source folders."""
+    folders = [root / "first", root / "second"]
+    half = len(frame) // 2
+    for k, folder in enumerate(folders):
+        folder.mkdir()
+        for name in frame["Image Index"].iloc[k * half:(k + 1) * half]:
+            (folder / name).symlink_to(NIH / "images" / name)
+    return folders
+
+
 def test_headline_is_reported_per_source_folder_as_well_as_pooled(tmp_path, reference):
     """Folders picked differently are reported apart: each image counted in the folder it
     lies in, the per-folder counts adding up to the pooled one."""
     part = reference.iloc[:120]
     path = _write_logits(part, tmp_path / "preds.csv")
-    folders = [tmp_path / "first", tmp_path / "second"]
-    for k, folder in enumerate(folders):
-        folder.mkdir()
-        for name in part["Image Index"].iloc[k * 60:(k + 1) * 60]:
-            (folder / name).symlink_to(NIH / "images" / name)
+    folders = _two_source_folders(part, tmp_path)
     out = tmp_path / "eval"
     assert evaluate.main(["--predictions", str(path), "--split", "val", "--metadata", str(METADATA),
                           "--sources", *map(str, folders), "--n-boot", "20", "--out", str(out)]) == 0
@@ -285,11 +293,7 @@ def test_flag_figures_are_given_per_source_folder_out_of_fold_and_when_evaluated
     from training.model_card import build_card
 
     path = _write_logits(reference, tmp_path / "preds.csv")
-    folders = [tmp_path / "first", tmp_path / "second"]
-    for k, folder in enumerate(folders):
-        folder.mkdir()
-        for name in reference["Image Index"].iloc[k * 250:(k + 1) * 250]:
-            (folder / name).symlink_to(NIH / "images" / name)
+    folders = _two_source_folders(reference, tmp_path)
     trained = write_random_init(tmp_path / "checkpoint", input_size=64)
     assert calibrate.main(["--checkpoint", str(trained), "--predictions", str(path), "--metadata",
                            str(METADATA), "--sources", *map(str, folders), "--n-boot", "20",
