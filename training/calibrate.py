@@ -265,7 +265,7 @@ def calibrate(
     population: Population | None = None,
     split: str = "val",
     out_of_fold: int | None = None,
-    sources: Sequence[Path] | None = None,
+    source_folders: Sequence[Path] | None = None,
     n_boot: int = 300,
     command: str | None = None,
 ) -> tuple[Path, Fitted]:
@@ -286,7 +286,8 @@ def calibrate(
     fitted = fit_on_predictions(predictions, y_true, patients, method=method, rule=rule,
                                 population=population,
                                 folds=fold_ids(predictions_file, patients),
-                                sources=source_of(predictions.images, sources) if sources else None,
+                                sources=(source_of(predictions.images, source_folders)
+                                         if source_folders else None),
                                 n_boot=n_boot)
     record = {
         "split": split,
@@ -369,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out, fitted = calibrate(args.checkpoint, args.predictions, args.out,
                                 metadata=args.metadata, method=args.method, rule=rule,
                                 population=population, split=args.split,
-                                out_of_fold=args.out_of_fold, sources=args.sources,
+                                out_of_fold=args.out_of_fold, source_folders=args.sources,
                                 n_boot=args.n_boot,
                                 command=public_command("training.calibrate", list(argv or sys.argv[1:])))
     except (CalibrationError, CheckpointError, PredictionsFileError, MetadataError,

@@ -336,12 +336,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     negatives = auroc_by_negative(y_true, probs, labels)
     if negatives is not None:
         report["negatives"] = negatives
-    by_source = per_source_headlines(cfg, predictions.images, y_true, probs, thresholds, patients, labels)
+    film_sources = _sources_of(cfg, predictions.images)
+    by_source = per_source_headlines(cfg, film_sources, y_true, probs, thresholds, patients, labels)
     if by_source:
         report["by_source"] = by_source
     if offsets is not None and labels == list(LABELS):
         report["flags"] = flag_figures(cfg, config, predictions, calibration, probs,
-                                       thresholds, y_true, patients)
+                                       thresholds, y_true, patients, film_sources)
     comparison = _comparison(cfg, predictions, probs, thresholds, y_true, patients)
     curves, y_curves, curve_labels = {"this model": probs}, y_true, labels
     if comparison is not None:  # ROC/PR curves of both models on the shared images
@@ -356,34 +357,32 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
-def source_folders(cfg: EvalConfig) -> Sequence[Path] | None:
-    """The folders reported apart: ``--sources``, or several ``--images`` folders."""
-    return cfg.sources or (cfg.images if cfg.images and len(cfg.images) > 1 else None)
+def _sources_of(cfg: EvalConfig, images: Sequence[str]) -> np.ndarray | None:
+    """The source folder (base name) of each image, None for one in none of them; None
+    when no folders are reported apart (``--sources``, or several ``--images`` folders)."""
+    folders = cfg.sources or (cfg.images if cfg.images and len(cfg.images) > 1 else None)
+    return np.array(source_of(images, folders), dtype=object) if folders else None
 
 
-def per_source_headlines(cfg: EvalConfig, images: Sequence[str], y_true: np.ndarray,
+def per_source_headlines(cfg: EvalConfig, sources: np.ndarray | None, y_true: np.ndarray,
                          probs: np.ndarray, thresholds: np.ndarray, patients: np.ndarray,
                          labels: list[str]) -> dict[str, Any] | None:
     """The headline (with its patient-bootstrap interval) of the images of each source
     folder, and what its pathologies are told apart from (:mod:`training.metrics.negatives`):
     sources that were picked differently are reported apart as well as pooled."""
-    folders = source_folders(cfg)
-    if not folders:
+    if sources is None:
         return None
-    sources = np.array(source_of(images, folders), dtype=object)
     out = {}
-    for folder in folders:
-        rows = np.flatnonzero(sources == folder.name)
-        if rows.size == 0:
-            continue
+    for name in sorted({name for name in sources.tolist() if name is not None}):
+        rows = np.flatnonzero(sources == name)
         metrics = per_class_metrics(y_true[rows], probs[rows], thresholds, patients[rows],
                                     labels=labels, n_boot=cfg.n_boot,
                                     rng=np.random.default_rng(cfg.seed))
-        out[folder.name] = {"n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
+        out[name] = {"n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
                             "headline": metrics["headline"]}
         negatives = auroc_by_negative(y_true[rows], probs[rows], labels)
         if negatives is not None:
-            out[folder.name]["negatives"] = {kind: negatives[kind] for kind in KINDS}
+            out[name]["negatives"] = {kind: negatives[kind] for kind in KINDS}
     return out
 
 
@@ -398,9 +397,11 @@ def _population_offsets(config: dict[str, Any] | None, index: list[int]) -> np.n
 
 def flag_figures(cfg: EvalConfig, config: dict[str, Any], predictions: Predictions,
                  calibration: dict[str, Any] | None, probs: np.ndarray, thresholds: np.ndarray,
-                 y_true: np.ndarray, patients: np.ndarray) -> dict[str, Any]:
+                 y_true: np.ndarray, patients: np.ndarray,
+                 sources: np.ndarray | None = None) -> dict[str, Any]:
     """What the app's flags (:func:`xray_app.flags.flag_findings` at the checkpoint's
-    operating points) do on these films, as they are and weighted to the population."""
+    operating points) do on these films, as they are and weighted to the population, and
+    with each film's source folder (``sources``) on each folder's films as they are."""
     flags = flag_findings(probs, thresholds)
     sample_probs = apply_calibration(predictions.logits, calibration)
     population = PriorShift.from_dict(config["population"]).population
@@ -412,11 +413,9 @@ def flag_figures(cfg: EvalConfig, config: dict[str, Any], predictions: Predictio
         "population": population_figures(y_true, probs, flags, patients, population,
                                          n_boot=cfg.n_boot, seed=rng_seed),
     }
-    folders = source_folders(cfg)
-    if folders:
+    if sources is not None:
         figures["by_source"] = sample_figures_by_source(
-            source_of(predictions.images, folders), y_true, sample_probs, flags, patients,
-            n_boot=cfg.n_boot, seed=rng_seed)
+            sources, y_true, sample_probs, flags, patients, n_boot=cfg.n_boot, seed=rng_seed)
     return figures
 
 
