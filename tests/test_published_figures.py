@@ -4,6 +4,8 @@ against it: the README's blocks, the screenshot, the first screen."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -67,3 +69,26 @@ def test_docs_name_calibrates_default_operating_rule():
     text = (REPO / "docs" / "training.md").read_text()
     assert f"`--operating-rule {DEFAULT_RULE_TEXT}`, the default" in text, (
         f"expected docs/training.md to give calibrate's default rule, {DEFAULT_RULE_TEXT}")
+
+
+def test_operating_points_are_reproduced_from_the_shipped_out_of_fold_predictions(tmp_path):
+    """calibrate, rerun with the recorded rule on the out-of-fold predictions weights/ ships,
+    gives the bundled thresholds, calibration and figures: another rule can be chosen from
+    the same files (docs/findings.md) and the shipped ones can be checked."""
+    points = CONFIG["operating_points"]
+    rule = f"{points['method']}={points['target']}"
+    out = tmp_path / "recalibrated"
+    subprocess.run(
+        [sys.executable, "-m", "training.calibrate", "--checkpoint", str(WEIGHTS),
+         "--predictions", str(WEIGHTS / "eval" / "oof_fit" / "oof_predictions.csv"),
+         "--out-of-fold", str(points["chosen_on"]["folds"]), "--operating-rule", rule,
+         "--no-finding-specificity", str(points["no_finding_specificity"]), "--out", str(out)],
+        check=True, cwd=REPO, capture_output=True, text=True,
+    )
+    redone = json.loads((out / "config.json").read_text())
+    assert redone["thresholds"] == CONFIG["thresholds"]
+    assert redone["calibration"] == CONFIG["calibration"]
+    shipped = {key: value for key, value in points.items() if key != "out_of_fold"}
+    assert {key: value for key, value in redone["operating_points"].items() if key != "out_of_fold"} == shipped
+    for figures in ("flags", "sample", "population"):  # by_source needs the folders (--sources)
+        assert redone["operating_points"]["out_of_fold"][figures] == points["out_of_fold"][figures]
