@@ -18,8 +18,12 @@ from training.data.prevalence import ap_shares, is_ap, population_of
 from training.data.sampling import folder_balanced, raked_factors, repeat_factors
 from training.data.soft_targets import DistillSummary, distill_targets
 from training.data.splits import Splits, prepare_splits, read_splits
+from training.fitting.auxiliary_outputs import (
+    auxiliary_columns,
+    auxiliary_weights,
+    with_auxiliary_columns,
+)
 from training.fitting.runtime import TrainingError
-from training.fitting.view_output import with_view_column
 
 if TYPE_CHECKING:
     from training.fitting.config import TrainConfig
@@ -111,9 +115,11 @@ def load_data(cfg: TrainConfig) -> RunData:
         targets, distill = distill_targets(
             cfg.teacher, splits.train[IMAGE].tolist(), train_labels, cfg.distill_weight
         )
-    if cfg.view_loss_weight > 0:  # the auxiliary output's target, after the 15 findings
-        targets = with_view_column(train_labels if targets is None else targets,
-                                   films_ap(data.metadata, splits.train))
+    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight))
+    if traits:  # the auxiliary outputs' targets, after the 15 findings
+        rows = read_metadata(data.metadata).set_index(IMAGE).loc[splits.train[IMAGE]]
+        targets = with_auxiliary_columns(train_labels if targets is None else targets,
+                                         auxiliary_columns(rows, traits))
     return RunData(
         dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
         splits, availability, source, distill,

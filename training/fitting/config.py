@@ -89,7 +89,9 @@ class TrainConfig:
     training images, is what is validated, selected and exported from the first of them on.
     ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
     weight per batch, 0 = off.  ``view_loss_weight``: an auxiliary AP/PA output trained
-    beside the findings, its loss weighted so (:mod:`training.fitting.view_output`; 0 = off).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    beside the findings, its loss weighted so; ``patient_loss_weight``: auxiliary outputs for
+    the patient's sex, age and follow-up number, each weighted so
+    (:mod:`training.fitting.auxiliary_outputs`; 0 = off).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     ``mirror_average``: the exported checkpoint averages each image's logits with its
     mirror image's (:func:`xray_app.scoring.score_batch`), and validation scores it so.
     ``validate``: False = no validation (a refit of a recipe chosen by cross-validation on
@@ -121,6 +123,7 @@ class TrainConfig:
     swa_lr: float | None = None
     mixup_alpha: float = 0.0
     view_loss_weight: float = 0.0
+    patient_loss_weight: float = 0.0
     dropout: float = 0.0
     mirror_average: bool = False
     architecture: str = "resnet50"
@@ -154,6 +157,7 @@ class TrainConfig:
             "swa_lr": self.swa_lr is None or self.swa_lr > 0,
             "mixup_alpha": self.mixup_alpha >= 0,
             "view_loss_weight": self.view_loss_weight >= 0,
+            "patient_loss_weight": self.patient_loss_weight >= 0,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
             "architecture": self.architecture in ARCHITECTURES,
             "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
@@ -260,6 +264,10 @@ _HELP = {
     "view_loss_weight": "train an auxiliary AP/PA output (from the metadata's View Position) "
                         "beside the findings, its binary cross-entropy weighted so; the exported "
                         "model keeps the 15 outputs (0 = off)",
+    "patient_loss_weight": "train auxiliary outputs for the patient's sex, age and follow-up "
+                           "number (from the metadata) beside the findings, each binary "
+                           "cross-entropy weighted so; the exported model keeps the 15 outputs "
+                           "(0 = off)",
     "strength": "augmentation strength (0 = none)",
     "mirror_average": "the exported model averages each image's logits with its mirror "
                       "image's (thresholds, calibration and validation use the same)",

@@ -34,6 +34,11 @@ from training.data.datasets import XrayDataset
 from training.data.run_data import RunData, load_data
 from training.data.sampling import RepeatFactorSampler, describe_mix
 from training.data.splits import summarise, write_report
+from training.fitting.auxiliary_outputs import (
+    AuxiliaryLoss,
+    WithAuxiliaryOutputs,
+    auxiliary_weights,
+)
 from training.fitting.config import TrainConfig, write_yaml
 from training.fitting.losses import FocalWeightedLoss, class_weights
 from training.fitting.provenance import training_provenance
@@ -47,7 +52,6 @@ from training.fitting.run_folder import (
     write_metrics,
 )
 from training.fitting.runtime import Runtime, TrainingError, autocast, make_runtime, to_device
-from training.fitting.view_output import ViewAuxiliaryLoss, WithViewOutput
 from training.fitting.weight_averaging import StochasticWeightAverage, WeightAverage
 from training.metrics.headline import VAL_HEADLINE, headline_auroc
 from xray_app.labels import LABELS
@@ -119,8 +123,9 @@ class TrainingParts:
     average: WeightAverage | None = None
     swa: StochasticWeightAverage | None = None
     swa_loader: DataLoader | None = None
-    view_output: WithViewOutput | None = None  # --view-loss-weight: the auxiliary AP/PA output
-    train_loss_fn: nn.Module | None = None  # the loss stepped: loss_fn, plus the view's when present
+    auxiliary: WithAuxiliaryOutputs | None = None  # --view/--patient-loss-weight: outputs for traits
+    auxiliary_names: tuple[str, ...] = ()  # the traits, in column order
+    train_loss_fn: nn.Module | None = None  # the loss stepped: loss_fn, plus the traits' when present
 
     def __post_init__(self) -> None:
         if self.train_loss_fn is None:
@@ -129,7 +134,9 @@ class TrainingParts:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            **({"view_output": self.view_output.view.state_dict()} if self.view_output is not None else {}),
+            **({"auxiliary_outputs": {"names": list(self.auxiliary_names),
+                                      "state": self.auxiliary.auxiliary.state_dict()}}
+               if self.auxiliary is not None else {}),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             **({"average": self.average.state_dict()} if self.average is not None else {}),
@@ -138,11 +145,13 @@ class TrainingParts:
 
     def load_state_dict(self, saved: dict[str, Any], source: Path) -> None:
         self.model.load_state_dict(saved["model"])
-        if (self.view_output is not None) != ("view_output" in saved):
-            raise TrainingError(f"--resume {source}: the run and the checkpoint differ in having "
-                                "a view output (--view-loss-weight)")
-        if self.view_output is not None:
-            self.view_output.view.load_state_dict(saved["view_output"])
+        names, state = _saved_auxiliary(saved)
+        if names != self.auxiliary_names:
+            raise TrainingError(f"--resume {source}: the run trains auxiliary outputs "
+                                f"{list(self.auxiliary_names)}, the checkpoint {list(names)} "
+                                "(--view-loss-weight, --patient-loss-weight)")
+        if self.auxiliary is not None:
+            self.auxiliary.auxiliary.load_state_dict(state)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
@@ -161,8 +170,9 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
     """Model, loss, optimiser, schedule, sampler, loaders and weight averages of a run."""
     sampler, train_loader, val_loader = _loaders(cfg, data, runtime)
     model = make_model(cfg, runtime)
-    view_output = _view_output(cfg, model, runtime)
-    stepped: nn.Module = model if view_output is None else view_output
+    traits = auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight)
+    auxiliary = _auxiliary_outputs(len(traits), cfg, model, runtime)
+    stepped: nn.Module = model if auxiliary is None else auxiliary
     trained: nn.Module = torch.compile(stepped) if cfg.compile else stepped
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
@@ -180,19 +190,32 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
         sampler, train_loader, val_loader, weights,
         average=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         swa=swa, swa_loader=_batch_norm_loader(cfg, data) if swa is not None else None,
-        view_output=view_output,
-        train_loss_fn=ViewAuxiliaryLoss(loss_fn, cfg.view_loss_weight) if view_output is not None else None,
+        auxiliary=auxiliary, auxiliary_names=tuple(traits),
+        train_loss_fn=(AuxiliaryLoss(loss_fn, list(traits.values())).to(runtime.device)
+                       if auxiliary is not None else None),
     )
 
 
-def _view_output(cfg: TrainConfig, model: ChestXrayResNet, runtime: Runtime) -> WithViewOutput | None:
-    """``model`` with the auxiliary AP/PA output (``--view-loss-weight``), initialised from
-    the seed like the network; None without it."""
-    if cfg.view_loss_weight <= 0:
+def _auxiliary_outputs(
+    outputs: int, cfg: TrainConfig, model: ChestXrayResNet, runtime: Runtime
+) -> WithAuxiliaryOutputs | None:
+    """``model`` with ``outputs`` auxiliary outputs (``--view-loss-weight``,
+    ``--patient-loss-weight``), initialised from the seed like the network; None without."""
+    if outputs == 0:
         return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
-        return WithViewOutput(model).to(runtime.device)
+        return WithAuxiliaryOutputs(model, outputs).to(runtime.device)
+
+
+def _saved_auxiliary(saved: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any] | None]:
+    """The traits a ``last.ckpt`` trained outputs for and their weights; checkpoints
+    written before the patient traits existed keep the view alone as ``view_output``."""
+    if "auxiliary_outputs" in saved:
+        return tuple(saved["auxiliary_outputs"]["names"]), saved["auxiliary_outputs"]["state"]
+    if "view_output" in saved:
+        return ("view",), saved["view_output"]
+    return (), None
 
 
 def _loaders(cfg: TrainConfig, data: RunData, runtime: Runtime) -> tuple[RepeatFactorSampler, DataLoader, DataLoader]:

@@ -1,0 +1,146 @@
+"""--view-loss-weight and --patient-loss-weight: auxiliary outputs for traits of the film
+and the patient, from the metadata, that only training sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.synthetic_xray import write_dataset
+from training.data.metadata import IMAGE
+from training.data.run_data import load_data
+from training.fitting.auxiliary_outputs import (
+    FIRST_AUXILIARY_COLUMN,
+    AuxiliaryLoss,
+    WithAuxiliaryOutputs,
+    auxiliary_columns,
+    auxiliary_weights,
+)
+from training.fitting.config import ConfigError, parse_config
+from training.fitting.loop import fit
+from training.fitting.losses import FocalWeightedLoss
+from training.fitting.run_folder import RunFolder
+from training.fitting.runtime import TrainingError
+from xray_app.labels import NUM_LABELS
+from xray_app.model import build_model, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> tuple[Path, Path]:
+    """A small dataset whose even-numbered patients were filmed AP, whose patients of a
+    number divisible by three are women, and whose ages and follow-up numbers vary."""
+    metadata, images = write_dataset(tmp_path_factory.mktemp("view"), count=40, size=64, seed=2)
+    frame = pd.read_csv(metadata)
+    frame["View Position"] = np.where(frame["Patient ID"] % 2 == 0, "AP", "PA")
+    frame["Patient Gender"] = np.where(frame["Patient ID"] % 3 == 0, "F", "M")
+    frame["Patient Age"] = 20 + frame["Patient ID"]
+    frame["Follow-up #"] = frame["Patient ID"] % 7
+    frame.to_csv(metadata, index=False)
+    return metadata, images
+
+
+def _flags(synthetic: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    metadata, images = synthetic
+    return ["--metadata", str(metadata), "--images", str(images), "--out", str(out),
+            "--input-size", "32", "--batch-size", "8", "--pretrained", "none",
+            "--architecture", "tiny-resnet", "--num-workers", "0", "--no-progress",
+            "--val-fraction", "0.25", "--test-fraction", "0.25", "--seed", "3", *extra]
+
+
+def test_the_auxiliary_outputs_leave_the_findings_logits_as_the_network_makes_them():
+    torch.manual_seed(0)
+    network = build_model(architecture="tiny-resnet", pretrained="none").eval()
+    images = torch.randn(3, 3, 32, 32)
+    logits = WithAuxiliaryOutputs(network, 4).eval()(images)
+    assert logits.shape == (3, NUM_LABELS + 4), f"expected 15 findings then 4 traits, got {tuple(logits.shape)}"
+    assert torch.allclose(logits[:, :NUM_LABELS], network(images), atol=1e-6), (
+        "expected the first 15 logits to be the exported network's own")
+
+
+def test_the_loss_adds_each_weighted_trait_cross_entropy_to_the_findings_loss():
+    torch.manual_seed(0)
+    findings = FocalWeightedLoss(alpha=0.6, gamma=1.0)
+    logits, targets = torch.randn(4, NUM_LABELS + 2), torch.rand(4, NUM_LABELS + 2)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    view, age = FIRST_AUXILIARY_COLUMN, FIRST_AUXILIARY_COLUMN + 1
+    expected = (findings(logits[:, :NUM_LABELS], targets[:, :NUM_LABELS])
+                + 0.1 * bce(logits[:, view], targets[:, view]) + 0.3 * bce(logits[:, age], targets[:, age]))
+    assert torch.isclose(AuxiliaryLoss(findings, [0.1, 0.3])(logits, targets), expected), (
+        "expected findings loss + each weight * BCE of its trait")
+    with pytest.raises(ValueError, match="17 columns"):
+        AuxiliaryLoss(findings, [0.1, 0.3])(logits[:, :NUM_LABELS], targets[:, :NUM_LABELS])
+
+
+def test_the_view_comes_first_and_the_patient_weight_trains_sex_age_and_follow_up():
+    assert list(auxiliary_weights(0.1, 0.0)) == ["view"]
+    assert auxiliary_weights(0.1, 0.05) == {"view": 0.1, "sex": 0.05, "age": 0.05, "follow_up": 0.05}
+    assert list(auxiliary_weights(0.0, 0.05)) == ["sex", "age", "follow_up"]
+    assert auxiliary_weights(0.0, 0.0) == {}
+
+
+def test_trait_targets_lie_in_0_1_and_keep_the_metadata_order():
+    rows = pd.DataFrame({"View Position": ["AP", "PA", "AP"], "Patient Gender": ["M", "F", "M"],
+                         "Patient Age": [0, 50, 130], "Follow-up #": [0, 9, 500]})
+    columns = auxiliary_columns(rows, ["view", "sex", "age", "follow_up"])
+    np.testing.assert_array_equal(columns[:, 0], [1, 0, 1], err_msg="expected AP = 1")
+    np.testing.assert_array_equal(columns[:, 1], [1, 0, 1], err_msg="expected male = 1")
+    np.testing.assert_allclose(columns[:, 2], [0.0, 0.5, 1.0], err_msg="expected age / 100, clipped")
+    np.testing.assert_allclose(columns[:, 3], [0.0, np.log(10) / np.log(101), 1.0], rtol=1e-6,
+                               err_msg="expected log(1 + n) / log(101), clipped")
+    with pytest.raises(ValueError, match="unknown auxiliary"):
+        auxiliary_columns(rows, ["height"])
+
+
+def test_training_targets_carry_the_metadata_traits_and_validation_keeps_15_labels(synthetic, tmp_path):
+    metadata, _ = synthetic
+    data = load_data(parse_config(_flags(synthetic, tmp_path / "run", "--view-loss-weight", "0.1",
+                                         "--patient-loss-weight", "0.05")))
+    rows = pd.read_csv(metadata).set_index(IMAGE).loc[data.splits.train[IMAGE]]
+    assert data.train.labels.shape[1] == NUM_LABELS + 4, "expected the view, sex, age and follow-up columns"
+    first = FIRST_AUXILIARY_COLUMN
+    np.testing.assert_array_equal(data.train.labels[:, first].numpy(), (rows["View Position"] == "AP").to_numpy(),
+                                  err_msg="expected 1 for the films the metadata lists as AP")
+    np.testing.assert_array_equal(data.train.labels[:, first + 1].numpy(), (rows["Patient Gender"] == "M").to_numpy(),
+                                  err_msg="expected 1 for the films of men")
+    np.testing.assert_allclose(data.train.labels[:, first + 2].numpy(), rows["Patient Age"].to_numpy() / 100,
+                               rtol=1e-6, err_msg="expected each film's patient's age / 100")
+    assert data.val.labels.shape[1] == NUM_LABELS, "expected validation scored on the 15 labels alone"
+    assert data.train_labels.shape[1] == NUM_LABELS, "expected the sampler and class weights on 15 labels"
+
+
+def test_a_run_with_auxiliary_outputs_exports_the_15_output_network_and_resumes(synthetic, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash(epoch: int, metrics: dict[str, float]) -> None:
+        raise Crash
+
+    flags = _flags(synthetic, tmp_path / "run", "--view-loss-weight", "0.5", "--patient-loss-weight",
+                   "0.1", "--epochs", "2", "--limit-batches", "2")
+    with pytest.raises(Crash):
+        fit(parse_config(flags), on_epoch_end=crash)
+    saved = torch.load(tmp_path / "run" / RunFolder.CHECKPOINT, weights_only=True)
+    assert saved["auxiliary_outputs"]["names"] == ["view", "sex", "age", "follow_up"]
+    assert saved["auxiliary_outputs"]["state"]["weight"].shape == (4, 64), (
+        "expected the auxiliary outputs saved to resume")
+    best = fit(parse_config([*flags, "--resume"]))
+    loaded = load_checkpoint(best)
+    assert loaded.model.fc.out_features == NUM_LABELS, "expected the exported network to keep 15 outputs"
+    recorded = loaded.config.provenance["train_config"]
+    assert (recorded["view_loss_weight"], recorded["patient_loss_weight"]) == (0.5, 0.1), (
+        "expected the provenance to record the auxiliary loss weights")
+    with pytest.raises(TrainingError, match="auxiliary outputs"):
+        fit(parse_config([*_flags(synthetic, tmp_path / "run", "--epochs", "3", "--limit-batches", "2"),
+                          "--resume"]))
+
+
+@pytest.mark.parametrize("name", ["view", "patient"])
+def test_a_negative_auxiliary_loss_weight_is_refused(synthetic, tmp_path, name):
+    with pytest.raises(ConfigError, match=f"{name}_loss_weight"):
+        parse_config(_flags(synthetic, tmp_path / "run", f"--{name}-loss-weight", "-1"))
