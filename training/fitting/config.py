@@ -91,7 +91,8 @@ class TrainConfig:
     weight per batch, 0 = off.  ``view_loss_weight``: an auxiliary AP/PA output trained
     beside the findings, its loss weighted so; ``patient_loss_weight``: auxiliary outputs for
     the patient's sex, age and follow-up number, each weighted so
-    (:mod:`training.fitting.auxiliary_outputs`; 0 = off).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
+    (:mod:`training.fitting.auxiliary_outputs`; 0 = off).  ``sam_rho``: sharpness-aware
+    minimisation with this radius (:mod:`training.fitting.sharpness_aware`; 0 = off).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     ``mirror_average``: the exported checkpoint averages each image's logits with its
     mirror image's (:func:`xray_app.scoring.score_batch`), and validation scores it so.
     ``validate``: False = no validation (a refit of a recipe chosen by cross-validation on
@@ -124,6 +125,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     view_loss_weight: float = 0.0
     patient_loss_weight: float = 0.0
+    sam_rho: float = 0.0
     dropout: float = 0.0
     mirror_average: bool = False
     architecture: str = "resnet50"
@@ -158,6 +160,7 @@ class TrainConfig:
             "mixup_alpha": self.mixup_alpha >= 0,
             "view_loss_weight": self.view_loss_weight >= 0,
             "patient_loss_weight": self.patient_loss_weight >= 0,
+            "sam_rho": self.sam_rho >= 0,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
             "architecture": self.architecture in ARCHITECTURES,
             "limit_batches": self.limit_batches is None or self.limit_batches >= 1,
@@ -168,6 +171,9 @@ class TrainConfig:
         if self.sampling == "folders" and not self.data.source_folders:
             raise ConfigError("--sampling folders needs --source-folders DIR [DIR ...]: the folders "
                               "whose images are to be drawn equally often")
+        if self.sam_rho > 0 and self.amp == "fp16":
+            raise ConfigError("--sam-rho with --amp fp16: the two passes of a sharpness-aware step "
+                              "are not loss-scaled; use --amp bf16 or none")
         if self.ema_decay > 0 and self.swa_epochs > 0:
             raise ConfigError("--ema-decay and --swa-epochs are two ways of averaging weights: give one")
 
@@ -268,6 +274,9 @@ _HELP = {
                            "number (from the metadata) beside the findings, each binary "
                            "cross-entropy weighted so; the exported model keeps the 15 outputs "
                            "(0 = off)",
+    "sam_rho": "sharpness-aware minimisation (Foret et al. 2021): take each step's gradient "
+               "at the weights moved SAM_RHO along the normalised gradient (0 = off; 0.05 is "
+               "usual); each step costs two passes",
     "strength": "augmentation strength (0 = none)",
     "mirror_average": "the exported model averages each image's logits with its mirror "
                       "image's (thresholds, calibration and validation use the same)",

@@ -16,6 +16,7 @@ middle of an epoch and resumed with ``--resume`` ends exactly as an uninterrupte
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from training.fitting.run_folder import (
     write_metrics,
 )
 from training.fitting.runtime import Runtime, TrainingError, autocast, make_runtime, to_device
+from training.fitting.sharpness_aware import sharpness_aware_backward
 from training.fitting.weight_averaging import StochasticWeightAverage, WeightAverage
 from training.metrics.headline import VAL_HEADLINE, headline_auroc
 from xray_app.labels import LABELS
@@ -281,8 +283,10 @@ def train_one_epoch(
     progress: bool,
     average: WeightAverage | None = None,
     mixup_alpha: float = 0.0,
+    sam_rho: float = 0.0,
 ) -> dict[str, float]:
-    """One pass over the (balanced) training loader; returns mean loss and throughput."""
+    """One pass over the (balanced) training loader; returns mean loss and throughput.
+    ``sam_rho`` > 0: each step's gradient is sharpness-aware (:mod:`.sharpness_aware`)."""
     model.train()
     total_loss = torch.zeros((), device=runtime.device)
     seen = 0
@@ -297,11 +301,13 @@ def train_one_epoch(
             images, targets = mix_batch(images, targets, mixup_alpha)
         images = to_device(images, runtime)
         targets = targets.to(runtime.device, non_blocking=True)
-        with autocast(runtime):
-            logits = model(images)
-        loss = loss_fn(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss_of_batch = functools.partial(_batch_loss, model, loss_fn, runtime, images, targets)
+        if sam_rho > 0:  # fp16's loss scaling is refused with SAM (config), so no scaler here
+            loss = sharpness_aware_backward(model, loss_of_batch, sam_rho)
+        else:
+            loss = loss_of_batch()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
         if grad_clip > 0:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -326,6 +332,14 @@ def train_one_epoch(
         "train_images": float(seen),
         "train_images_per_s": seen / max(seconds, 1e-9),
     }
+
+
+def _batch_loss(model: nn.Module, loss_fn: nn.Module, runtime: Runtime,
+                images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of one batch: the forward pass in the run's precision, the loss after it."""
+    with autocast(runtime):
+        logits = model(images)
+    return loss_fn(logits, targets)
 
 
 class Predicted(NamedTuple):
@@ -504,7 +518,7 @@ def _train_epoch(cfg: TrainConfig, parts: TrainingParts, runtime: Runtime, epoch
             parts.trained, parts.train_loader, parts.train_loss_fn, parts.optimizer, parts.scheduler,
             parts.scaler, runtime, epoch=epoch, grad_clip=cfg.grad_clip,
             limit_batches=cfg.limit_batches, log_every=cfg.log_every, progress=cfg.progress,
-            average=parts.average, mixup_alpha=cfg.mixup_alpha,
+            average=parts.average, mixup_alpha=cfg.mixup_alpha, sam_rho=cfg.sam_rho,
         )
     return {"epoch": epoch + 1, "lr": parts.scheduler.get_last_lr()[0], **metrics}
 
