@@ -94,36 +94,48 @@ def load_data(cfg: TrainConfig) -> RunData:
         )
 
     train_labels = labels_of(splits.train)
-    if cfg.sampling == "raked":
-        factors = raked_training_factors(data.metadata, splits.train, train_labels)
-    else:
-        factors = repeat_factors(
-            train_labels,
-            no_finding_fraction=cfg.no_finding_fraction,
-            repeat_threshold=cfg.repeat_threshold,
-            max_repeat=cfg.max_repeat,
-        )
-    if cfg.sampling == "folders":
-        folders = [Path(folder) for folder in data.source_folders or ()]
-        try:
-            factors = folder_balanced(factors, source_of(splits.train[IMAGE].tolist(), folders))
-        except ValueError as error:
-            raise TrainingError(f"--sampling folders: {error}") from None
-    # the sampler and the class weights count the 0/1 labels; only the loss sees soft targets
-    targets, distill = None, None
-    if cfg.teacher:
-        targets, distill = distill_targets(
-            cfg.teacher, splits.train[IMAGE].tolist(), train_labels, cfg.distill_weight
-        )
-    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight))
-    if traits:  # the auxiliary outputs' targets, after the 15 findings
-        rows = read_metadata(data.metadata).set_index(IMAGE).loc[splits.train[IMAGE]]
-        targets = with_auxiliary_columns(train_labels if targets is None else targets,
-                                         auxiliary_columns(rows, traits))
+    factors = sampling_factors(cfg, splits.train, train_labels)
+    targets, distill = training_targets(cfg, splits.train, train_labels)
     return RunData(
         dataset(splits.train, True, targets), dataset(splits.val, False), train_labels, factors,
         splits, availability, source, distill,
     )
+
+
+def sampling_factors(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+    """How often each training film is drawn per epoch, by ``cfg.sampling``: repeat factors
+    (raked to the metadata's mix with ``raked``; rescaled per source folder with ``folders``)."""
+    if cfg.sampling == "raked":
+        return raked_training_factors(cfg.data.metadata, train, labels)
+    factors = repeat_factors(
+        labels,
+        no_finding_fraction=cfg.no_finding_fraction,
+        repeat_threshold=cfg.repeat_threshold,
+        max_repeat=cfg.max_repeat,
+    )
+    if cfg.sampling == "folders":
+        folders = [Path(folder) for folder in cfg.data.source_folders or ()]
+        try:
+            factors = folder_balanced(factors, source_of(train[IMAGE].tolist(), folders))
+        except ValueError as error:
+            raise TrainingError(f"--sampling folders: {error}") from None
+    return factors
+
+
+def training_targets(
+    cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray
+) -> tuple[np.ndarray | None, DistillSummary | None]:
+    """What the loss is trained toward when it is not the 0/1 labels alone: soft targets
+    from ``--teacher``, then the auxiliary outputs' traits as columns after the 15 findings.
+    None (the labels) without either. The sampler and class weights count the 0/1 labels."""
+    targets, distill = None, None
+    if cfg.teacher:
+        targets, distill = distill_targets(cfg.teacher, train[IMAGE].tolist(), labels, cfg.distill_weight)
+    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight))
+    if traits:
+        rows = read_metadata(cfg.data.metadata).set_index(IMAGE).loc[train[IMAGE]]
+        targets = with_auxiliary_columns(labels if targets is None else targets, auxiliary_columns(rows, traits))
+    return targets, distill
 
 
 def raked_training_factors(metadata: str, train: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
