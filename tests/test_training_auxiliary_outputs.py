@@ -144,3 +144,23 @@ def test_a_run_with_auxiliary_outputs_exports_the_15_output_network_and_resumes(
 def test_a_negative_auxiliary_loss_weight_is_refused(synthetic, tmp_path, name):
     with pytest.raises(ConfigError, match=f"{name}_loss_weight"):
         parse_config(_flags(synthetic, tmp_path / "run", f"--{name}-loss-weight", "-1"))
+
+
+def test_a_checkpoint_written_with_the_view_output_alone_resumes(synthetic, tmp_path):
+    """last.ckpt files written before the patient traits existed keep the view's weights
+    under ``view_output``; a --view-loss-weight run continues from them."""
+    class Crash(Exception):
+        pass
+
+    def crash(epoch: int, metrics: dict[str, float]) -> None:
+        raise Crash
+
+    flags = _flags(synthetic, tmp_path / "run", "--view-loss-weight", "0.1", "--epochs", "2",
+                   "--limit-batches", "2")
+    with pytest.raises(Crash):
+        fit(parse_config(flags), on_epoch_end=crash)
+    path = tmp_path / "run" / RunFolder.CHECKPOINT
+    saved = torch.load(path, weights_only=True)
+    saved["view_output"] = saved.pop("auxiliary_outputs")["state"]
+    torch.save(saved, path)
+    assert load_checkpoint(fit(parse_config([*flags, "--resume"]))).model.fc.out_features == NUM_LABELS
