@@ -57,7 +57,7 @@ def test_the_auxiliary_outputs_leave_the_findings_logits_as_the_network_makes_th
     torch.manual_seed(0)
     network = build_model(architecture="tiny-resnet", pretrained="none").eval()
     images = torch.randn(3, 3, 32, 32)
-    logits = WithAuxiliaryOutputs(network, 4).eval()(images)
+    logits = WithAuxiliaryOutputs(network, ("view", "sex", "age", "follow_up")).eval()(images)
     assert logits.shape == (3, NUM_LABELS + 4), f"expected 15 findings then 4 traits, got {tuple(logits.shape)}"
     assert torch.allclose(logits[:, :NUM_LABELS], network(images), atol=1e-6), (
         "expected the first 15 logits to be the exported network's own")

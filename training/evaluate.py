@@ -379,7 +379,7 @@ def per_source_headlines(cfg: EvalConfig, sources: np.ndarray | None, y_true: np
                                     labels=labels, n_boot=cfg.n_boot,
                                     rng=np.random.default_rng(cfg.seed))
         out[name] = {"n_images": metrics["n_images"], "n_patients": metrics["n_patients"],
-                            "headline": metrics["headline"]}
+                     "headline": metrics["headline"]}
         negatives = auroc_by_negative(y_true[rows], probs[rows], labels)
         if negatives is not None:
             out[name]["negatives"] = {kind: negatives[kind] for kind in KINDS}

@@ -133,7 +133,7 @@ def training_targets(
         targets, distill = distill_targets(cfg.teacher, train[IMAGE].tolist(), labels, cfg.distill_weight)
     traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight))
     if traits:
-        rows = read_metadata(cfg.data.metadata).set_index(IMAGE).loc[train[IMAGE]]
+        rows = metadata_rows(read_metadata(cfg.data.metadata), train)
         targets = with_auxiliary_columns(labels if targets is None else targets, auxiliary_columns(rows, traits))
     return targets, distill
 
@@ -143,11 +143,9 @@ def raked_training_factors(metadata: str, train: pd.DataFrame, labels: np.ndarra
     its label prevalences and its AP shares within normal and abnormal films."""
     frame = read_metadata(metadata)
     population = population_of(frame, "the metadata's films", "label shares")
-    return raked_factors(labels, films_ap(frame, train), population.as_array(), *ap_shares(frame))
+    return raked_factors(labels, is_ap(metadata_rows(frame, train)), population.as_array(), *ap_shares(frame))
 
 
-def films_ap(metadata: str | Path | pd.DataFrame, part: pd.DataFrame) -> np.ndarray:
-    """``(N,)`` booleans: the films of ``part`` that ``metadata`` (a path or its table)
-    lists as AP (:func:`~training.data.prevalence.is_ap`), in ``part``'s order."""
-    frame = metadata if isinstance(metadata, pd.DataFrame) else read_metadata(metadata)
-    return is_ap(frame.set_index(IMAGE).loc[part[IMAGE]])
+def metadata_rows(frame: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the metadata table ``frame`` for the films of ``part``, in ``part``'s order."""
+    return frame.set_index(IMAGE).loc[part[IMAGE]]

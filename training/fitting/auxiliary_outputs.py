@@ -80,8 +80,7 @@ def auxiliary_columns(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     unknown = [name for name in names if name not in AUXILIARY_TARGETS]
     if unknown:
         raise ValueError(f"unknown auxiliary output(s) {unknown}; known: {list(AUXILIARY_TARGETS)}")
-    columns = [AUXILIARY_TARGETS[name](rows) for name in names]
-    return np.stack(columns, axis=1) if columns else np.zeros((len(rows), 0), np.float32)
+    return np.stack([AUXILIARY_TARGETS[name](rows) for name in names], axis=1)
 
 
 def with_auxiliary_columns(targets: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -93,15 +92,16 @@ def with_auxiliary_columns(targets: np.ndarray, columns: np.ndarray) -> np.ndarr
 
 class WithAuxiliaryOutputs(nn.Module):
     """``network`` plus a ``Linear(features, K)`` on its pooled features, one output per
-    trait: ``(N, 3, S, S)`` -> ``(N, 15 + K)`` logits, the 15 findings exactly as
-    ``network`` makes them, then the K traits."""
+    trait of ``names``: ``(N, 3, S, S)`` -> ``(N, 15 + K)`` logits, the 15 findings exactly
+    as ``network`` makes them, then the K traits in ``names``' order."""
 
-    def __init__(self, network: ChestXrayResNet, outputs: int) -> None:
+    def __init__(self, network: ChestXrayResNet, names: Sequence[str]) -> None:
         super().__init__()
-        if outputs < 1:
-            raise ValueError(f"expected at least one auxiliary output, got {outputs}")
+        if not names:
+            raise ValueError("expected at least one auxiliary output")
+        self.names = tuple(names)
         self.network = network
-        self.auxiliary = nn.Linear(network.fc.in_features, outputs)
+        self.auxiliary = nn.Linear(network.fc.in_features, len(self.names))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.network.pool(self.network.forward_features(x))

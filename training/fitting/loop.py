@@ -126,7 +126,6 @@ class TrainingParts:
     swa: StochasticWeightAverage | None = None
     swa_loader: DataLoader | None = None
     auxiliary: WithAuxiliaryOutputs | None = None  # --view/--patient-loss-weight: outputs for traits
-    auxiliary_names: tuple[str, ...] = ()  # the traits, in column order
     train_loss_fn: nn.Module | None = None  # the loss stepped: loss_fn, plus the traits' when present
 
     def __post_init__(self) -> None:
@@ -136,7 +135,7 @@ class TrainingParts:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            **({"auxiliary_outputs": {"names": list(self.auxiliary_names),
+            **({"auxiliary_outputs": {"names": list(self.auxiliary.names),
                                       "state": self.auxiliary.auxiliary.state_dict()}}
                if self.auxiliary is not None else {}),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -148,9 +147,10 @@ class TrainingParts:
     def load_state_dict(self, saved: dict[str, Any], source: Path) -> None:
         self.model.load_state_dict(saved["model"])
         names, state = _saved_auxiliary(saved)
-        if names != self.auxiliary_names:
+        trained = self.auxiliary.names if self.auxiliary is not None else ()
+        if names != trained:
             raise TrainingError(f"--resume {source}: the run trains auxiliary outputs "
-                                f"{list(self.auxiliary_names)}, the checkpoint {list(names)} "
+                                f"{list(trained)}, the checkpoint {list(names)} "
                                 "(--view-loss-weight, --patient-loss-weight)")
         if self.auxiliary is not None:
             self.auxiliary.auxiliary.load_state_dict(state)
@@ -173,7 +173,7 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
     sampler, train_loader, val_loader = _loaders(cfg, data, runtime)
     model = make_model(cfg, runtime)
     traits = auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight)
-    auxiliary = _auxiliary_outputs(len(traits), cfg, model, runtime)
+    auxiliary = _auxiliary_outputs(tuple(traits), cfg, model, runtime)
     stepped: nn.Module = model if auxiliary is None else auxiliary
     trained: nn.Module = torch.compile(stepped) if cfg.compile else stepped
     if runtime.distributed:
@@ -192,22 +192,22 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
         sampler, train_loader, val_loader, weights,
         average=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         swa=swa, swa_loader=_batch_norm_loader(cfg, data) if swa is not None else None,
-        auxiliary=auxiliary, auxiliary_names=tuple(traits),
+        auxiliary=auxiliary,
         train_loss_fn=(AuxiliaryLoss(loss_fn, list(traits.values())).to(runtime.device)
                        if auxiliary is not None else None),
     )
 
 
 def _auxiliary_outputs(
-    outputs: int, cfg: TrainConfig, model: ChestXrayResNet, runtime: Runtime
+    names: tuple[str, ...], cfg: TrainConfig, model: ChestXrayResNet, runtime: Runtime
 ) -> WithAuxiliaryOutputs | None:
-    """``model`` with ``outputs`` auxiliary outputs (``--view-loss-weight``,
+    """``model`` with an auxiliary output per trait of ``names`` (``--view-loss-weight``,
     ``--patient-loss-weight``), initialised from the seed like the network; None without."""
-    if outputs == 0:
+    if not names:
         return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
-        return WithAuxiliaryOutputs(model, outputs).to(runtime.device)
+        return WithAuxiliaryOutputs(model, names).to(runtime.device)
 
 
 def _saved_auxiliary(saved: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any] | None]:
