@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -48,3 +49,37 @@ def test_validation_dataset_items_equal_the_app_tensor_every_time():
     assert torch.equal(val[0][0], app) and torch.equal(val[(0, 99)][0], app), (
         "expected validation items identical to the app's tensor whatever the seed")
     assert not torch.equal(train[(0, 99)][0], app), "expected the training item augmented"
+
+
+def test_acquisition_blur_softens_about_half_the_films_within_its_sigma_range(gray):
+    """--augment-blur: each draw either leaves the film as it is or blurs it by a sigma in
+    [blur / 3, blur], so blurred sharpness lies between the two ends' and about half the
+    draws are blurred."""
+    from training.data.augment import acquisition_blur
+    from training.source_audit import sharpness
+
+    film = (gray[:256, :256] * 255).astype(np.uint8)
+    transform = acquisition_blur(1.2)
+    softest = sharpness(cv2.GaussianBlur(film, (0, 0), 1.2))
+    sharpest = sharpness(cv2.GaussianBlur(film, (0, 0), 0.4))
+    draws = []
+    for seed in range(200):
+        transform.set_random_seed(seed)
+        draws.append(transform(image=film)["image"])
+    unchanged = [np.array_equal(draw, film) for draw in draws]
+    blurred = [sharpness(draw) for draw, same in zip(draws, unchanged, strict=True) if not same]
+    assert 0.35 < len(blurred) / len(draws) < 0.65, f"expected about half blurred, got {len(blurred)} of 200"
+    assert all(softest * 0.97 <= s <= sharpest * 1.03 for s in blurred), (
+        f"expected blurred sharpness within [{softest:.3f}, {sharpest:.3f}], got "
+        f"[{min(blurred):.3f}, {max(blurred):.3f}]")
+
+
+def test_blur_is_off_by_default_and_on_when_asked():
+    names = lambda config: [type(step).__name__ for step in build_augment(config, train=True).transforms]  # noqa: E731
+    assert "GaussianBlur" not in names(AugmentConfig()), "expected no blur by default"
+    assert "GaussianBlur" in names(AugmentConfig(blur=1.0)), "expected --augment-blur to add the blur"
+    with pytest.raises(ValueError, match="blur"):
+        AugmentConfig(blur=-1.0)
+    from training.fitting.config import parse_config
+    flags = ["--images", str(IMAGES), "--augment-blur", "0.9", "--augment-strength", "1.5"]
+    assert parse_config(flags).augment.blur == 0.9, "expected --augment-blur to reach the recipe"

@@ -16,6 +16,10 @@ and writing a new folder.  In pipeline order:
 9. ``examples``    the app's example radiographs from the test split
 10. ``publish``    the bundle uploaded to the Hugging Face Hub
 
+Beside the pipeline, ``source_audit`` checks the data before training: each source's
+label mix and pixel sharpness, and how a recipe's out-of-fold predictions treat each
+source's normal films.
+
 The commands share helpers grouped by concern: :mod:`training.data` (what is read),
 :mod:`training.fitting` (how a network is fitted), :mod:`training.metrics` (figures
 from labels and scores), :mod:`training.reports` (what a person reads) and

@@ -32,10 +32,13 @@ class AugmentConfig:
     shift_scale: bool = False
     shift: float = 0.05
     scale: float = 0.05
+    blur: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strength < 0:
             raise ValueError(f"augment strength must be >= 0, got {self.strength}")
+        if self.blur < 0:
+            raise ValueError(f"augment blur must be >= 0 (a Gaussian sigma in pixels), got {self.blur}")
 
 
 def build_augment(config: AugmentConfig, *, train: bool) -> A.Compose | None:
@@ -64,7 +67,22 @@ def build_augment(config: AugmentConfig, *, train: bool) -> A.Compose | None:
                 brightness_limit=config.brightness * s, contrast_limit=config.contrast * s, p=1.0
             )
         )
+    if config.blur > 0:
+        steps.append(acquisition_blur(config.blur))
     return A.Compose(steps)
+
+
+BLUR_PROBABILITY = 0.5
+
+
+def acquisition_blur(max_sigma: float) -> A.GaussianBlur:
+    """Half of the films blurred by a Gaussian of sigma drawn from ``[max_sigma / 3,
+    max_sigma]`` pixels of the image it is given (the 256 px cache): a film's sharpness
+    then says little about where it was copied from (``training.source_audit`` measures
+    the copies of one repository's No-Finding folder about 16% less sharp than the other
+    films). Not scaled by ``strength``: its range is set by that signature, not by how
+    hard the geometry is varied."""
+    return A.GaussianBlur(blur_limit=0, sigma_limit=(max_sigma / 3, max_sigma), p=BLUR_PROBABILITY)
 
 
 def apply_augment(transform: A.Compose | None, gray: np.ndarray, seed: int) -> np.ndarray:
