@@ -41,6 +41,7 @@ import pandas as pd
 from training.data.images import find_images
 from training.data.metadata import FINDINGS, IMAGE, PATIENT, labels_of, read_metadata
 from training.data.predictions import read_predictions
+from training.data.prevalence import VIEW
 from training.metrics.auroc import auroc
 from training.metrics.bootstrap import bootstrap_counts, interval, resample_indices
 from training.metrics.negatives import auroc_against
@@ -99,13 +100,15 @@ def film_table(cfg: AuditConfig) -> pd.DataFrame:
     folder_of = {name: folder.name for folder in cfg.folders for name in find_images([folder])}
     groups = film_groups(folder_of, cfg.copies)
     metadata = read_metadata(cfg.metadata).set_index(IMAGE)
+    if VIEW not in metadata.columns:
+        raise ValueError(f"{cfg.metadata}: no {VIEW!r} column (NIH's Data_Entry CSV has one)")
     names = sorted(name for name in paths if name in metadata.index)
     rows = []
     for name in names:
         pixels = decode_image(paths[name]).pixels
         entry = {IMAGE: name, "group": groups[name], "folder": folder_of[name],
                  PATIENT: int(metadata.at[name, PATIENT]), FINDINGS: metadata.at[name, FINDINGS],
-                 "ap": str(metadata.at[name, "View Position"]) == "AP"}
+                 "ap": str(metadata.at[name, VIEW]) == "AP"}
         for size in cfg.sizes:
             entry[f"sharpness_{size}"] = sharpness(resize_gray(pixels, size))
         rows.append(entry)
