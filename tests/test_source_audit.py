@@ -58,7 +58,7 @@ def test_audit_finds_a_blurred_copy_and_names_its_group(copied_films, tmp_path):
     assert groups["someone/covid:No_findings"]["no_finding"] == 1.0 and groups["extra"]["no_finding"] == 0.0
     assert (groups["someone/covid:No_findings"]["sharpness_128"]["q3"]
             < groups["extra"]["sharpness_128"]["q1"]), "expected the blurred copy less sharp"
-    assert report["smoothness_auroc_for_no_finding"]["extra"]["128"]["value"] == 1.0, (
+    assert report["signature_for_no_finding"]["extra"]["sharpness_128"]["value"] == 1.0, (
         "expected low sharpness to pick out every No-Finding film of the blurred copy")
 
 
@@ -83,3 +83,28 @@ def test_normal_films_by_group_shows_which_normals_a_network_tells_apart(copied_
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     by_group = {g["group"]: g["against_these_normal_films"] for g in report["normal_films_by_group"]}
     assert by_group == {"someone/covid:No_findings": 1.0, "images": 0.0}, f"got {by_group}"
+
+
+def test_a_brightened_copy_of_normal_films_stands_apart_from_the_same_view(tmp_path):
+    """Normal PA films, half copied with a tone curve that lifts the greys: against the
+    reference folder's normal PA films, high brightness picks out nearly every copy (> 0.9), while
+    sharpness, which the curve barely touches, does not."""
+    metadata = read_metadata(METADATA).set_index(IMAGE)
+    names = [n for n in sorted(p.name for p in NIH_IMAGES.glob("*.png"))
+             if metadata.at[n, FINDINGS] == NO_FINDING and metadata.at[n, "View Position"] == "PA"][:24]
+    reference, copied = tmp_path / "images", tmp_path / "extra"
+    reference.mkdir(), copied.mkdir()
+    for name in names[:12]:
+        (reference / name).symlink_to(NIH_IMAGES / name)
+    for name in names[12:]:
+        film = decode_image(NIH_IMAGES / name).pixels
+        cv2.imwrite(str(copied / name), (np.clip(film, 0, 1) ** 0.3 * 255).astype(np.uint8))
+    main(["--metadata", str(METADATA), "--folders", str(reference), str(copied),
+          "--out", str(tmp_path / "audit"), "--sizes", "160"])
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    against = report["normal_films_against_reference"]
+    assert against["reference"] == "images" and len(against["groups"]) == 1, f"got {against}"
+    row = against["groups"][0]
+    assert (row["group"], row["view"], row["n_group"], row["n_reference"]) == ("extra", "PA", 12, 12)
+    assert row["brightness"]["value"] > 0.9, f"expected brightness to pick out the copy, got {row['brightness']}"
+    assert row["sharpness"]["value"] < 0.9, f"expected sharpness not to, got {row['sharpness']}"

@@ -74,12 +74,37 @@ def test_acquisition_blur_softens_about_half_the_films_within_its_sigma_range(gr
         f"[{min(blurred):.3f}, {max(blurred):.3f}]")
 
 
-def test_blur_is_off_by_default_and_on_when_asked():
+def test_blur_and_gamma_are_off_by_default_and_on_when_asked():
     names = lambda config: [type(step).__name__ for step in build_augment(config, train=True).transforms]  # noqa: E731
     assert "GaussianBlur" not in names(AugmentConfig()), "expected no blur by default"
     assert "GaussianBlur" in names(AugmentConfig(blur=1.0)), "expected --augment-blur to add the blur"
+    assert "RandomGamma" not in names(AugmentConfig()), "expected no tone curve by default"
+    assert "RandomGamma" in names(AugmentConfig(gamma=0.5)), "expected --augment-gamma to add the tone curve"
     with pytest.raises(ValueError, match="blur"):
         AugmentConfig(blur=-1.0)
+    with pytest.raises(ValueError, match="gamma"):
+        AugmentConfig(gamma=-0.1)
     from training.fitting.config import parse_config
     flags = ["--images", str(IMAGES), "--augment-blur", "0.9", "--augment-strength", "1.5"]
     assert parse_config(flags).augment.blur == 0.9, "expected --augment-blur to reach the recipe"
+
+
+def test_acquisition_gamma_bends_the_tone_of_about_half_the_films_within_its_range(gray):
+    """--augment-gamma: each draw either leaves the film as it is or maps x to x ** gamma
+    with gamma in [exp(-g), exp(g)] (read back from a mid-grey pixel)."""
+    from training.data.augment import acquisition_gamma
+
+    film = np.clip(gray[:128, :128], 0.05, 0.95).astype(np.float32)
+    film[0, 0] = 0.5
+    transform = acquisition_gamma(0.5)
+    gammas = []
+    for seed in range(200):
+        transform.set_random_seed(seed)
+        draw = transform(image=film)["image"]
+        if not np.array_equal(draw, film):
+            gammas.append(np.log(draw[0, 0]) / np.log(0.5))
+            assert np.allclose(draw, film ** gammas[-1], atol=1e-4), "expected one tone curve per film"
+    assert 0.35 < len(gammas) / 200 < 0.65, f"expected about half the films changed, got {len(gammas)} of 200"
+    assert np.exp(-0.5) - 1e-3 <= min(gammas) and max(gammas) <= np.exp(0.5) + 1e-3, (
+        f"expected gamma within [{np.exp(-0.5):.3f}, {np.exp(0.5):.3f}], got [{min(gammas):.3f}, {max(gammas):.3f}]")
+    assert min(gammas) < 0.75 and max(gammas) > 1.35, "expected draws across the range"

@@ -12,11 +12,15 @@ instead of the finding. This audit measures, per **group** of films (a folder, o
 ``source_repository`` and ``source_path`` such as ``images_extra_sources.csv``):
 
 - the label mix: films, patients, shares of No Finding, Pneumonia and AP view;
-- **sharpness**: the mean absolute 4-neighbour Laplacian over the image's standard
-  deviation, on the decoded film resized as the training cache and the model input are
-  (:func:`xray_app.preprocess.resize_gray`) to each of ``--sizes``; median and quartiles;
-- within each folder, the AUROC of *low* sharpness for No Finding (0.5: the signature
-  says nothing about the label), with its patient-bootstrap interval;
+- two pixel measures, on the decoded film resized as the training cache and the model
+  input are (:func:`xray_app.preprocess.resize_gray`) to each of ``--sizes``: **sharpness**,
+  the mean absolute 4-neighbour Laplacian over the film's standard deviation, and
+  **brightness**, the mean grey level in [0, 1]; median and quartiles per group;
+- within each folder, the AUROC of *low* sharpness and of *high* brightness for No Finding
+  (0.5: the measure says nothing about the label), with patient-bootstrap intervals;
+- the normal films of each group against the first folder's normal films **of the same
+  view** (PA, AP), by each measure at the model's size (the last of ``--sizes``): a copy's
+  signature, apart from its view mix;
 - with ``--predictions`` (out-of-fold predictions of a recipe), for the No-Finding films
   of each group: the mean over the 14 pathologies of the AUROC of each pathology's films
   (from every group) against that group's No-Finding films. If one group's normal films
@@ -93,9 +97,19 @@ def film_groups(folder_of: dict[str, str], copies: Path | None) -> dict[str, str
     return groups
 
 
+def brightness(gray: np.ndarray) -> float:
+    """Mean grey level of ``gray`` in [0, 1] (uint8 films scaled by 1/255)."""
+    a = np.asarray(gray, dtype=np.float64)
+    return float(a.mean() / 255.0) if np.asarray(gray).dtype == np.uint8 else float(a.mean())
+
+
+# each measure, and whether its *low* values are the ones that go with a copy's normal films
+MEASURES = {"sharpness": (sharpness, True), "brightness": (brightness, False)}
+
+
 def film_table(cfg: AuditConfig) -> pd.DataFrame:
     """One row per film found in the folders and listed in the metadata: group, folder,
-    patient, labels and sharpness at each size."""
+    patient, labels, view and each measure at each size."""
     paths = find_images(list(cfg.folders))
     folder_of = {name: folder.name for folder in cfg.folders for name in find_images([folder])}
     groups = film_groups(folder_of, cfg.copies)
@@ -108,15 +122,17 @@ def film_table(cfg: AuditConfig) -> pd.DataFrame:
         pixels = decode_image(paths[name]).pixels
         entry = {IMAGE: name, "group": groups[name], "folder": folder_of[name],
                  PATIENT: int(metadata.at[name, PATIENT]), FINDINGS: metadata.at[name, FINDINGS],
-                 "ap": str(metadata.at[name, VIEW]) == "AP"}
+                 "view": str(metadata.at[name, VIEW])}
         for size in cfg.sizes:
-            entry[f"sharpness_{size}"] = sharpness(resize_gray(pixels, size))
+            resized = resize_gray(pixels, size)
+            for measure, (function, _) in MEASURES.items():
+                entry[f"{measure}_{size}"] = function(resized)
         rows.append(entry)
     return pd.DataFrame(rows)
 
 
 def group_summary(films: pd.DataFrame, sizes: Sequence[int]) -> list[dict[str, Any]]:
-    """Label mix and sharpness quartiles per group, largest group first."""
+    """Label mix and each measure's quartiles per group, largest group first."""
     out = []
     for group, rows in films.groupby("group"):
         labels = rows[FINDINGS].str.split("|")
@@ -124,28 +140,69 @@ def group_summary(films: pd.DataFrame, sizes: Sequence[int]) -> list[dict[str, A
                  "n_patients": int(rows[PATIENT].nunique()),
                  "no_finding": float((rows[FINDINGS] == NO_FINDING).mean()),
                  "pneumonia": float(labels.map(lambda found: "Pneumonia" in found).mean()),
-                 "ap": float(rows["ap"].mean())}
-        for size in sizes:
-            q1, median, q3 = np.quantile(rows[f"sharpness_{size}"], [0.25, 0.5, 0.75])
-            entry[f"sharpness_{size}"] = {"median": float(median), "q1": float(q1), "q3": float(q3)}
+                 "ap": float((rows["view"] == "AP").mean())}
+        for column in _measure_columns(sizes):
+            q1, median, q3 = np.quantile(rows[column], [0.25, 0.5, 0.75])
+            entry[column] = {"median": float(median), "q1": float(q1), "q3": float(q3)}
         out.append(entry)
     return sorted(out, key=lambda entry: -entry["n_films"])
 
 
-def smoothness_auroc(films: pd.DataFrame, size: int, n_boot: int, seed: int) -> dict[str, Any]:
-    """AUROC of low sharpness for No Finding over ``films``, with a patient-bootstrap
-    interval (None where the films lack either kind)."""
-    normal = (films[FINDINGS] == NO_FINDING).to_numpy().astype(np.int64)
-    score = -films[f"sharpness_{size}"].to_numpy()
-    if normal.min() == normal.max():
-        return interval(None, np.zeros(0), reason="needs both No-Finding and other films")
-    counts, inverse = bootstrap_counts(films[PATIENT].to_numpy(), n_boot, np.random.default_rng(seed))
+def _measure_columns(sizes: Sequence[int]) -> list[str]:
+    return [f"{measure}_{size}" for measure in MEASURES for size in sizes]
+
+
+def _signed(films: pd.DataFrame, column: str) -> np.ndarray:
+    """The measure with its sign turned where low values are the signature's."""
+    low_is_signature = MEASURES[column.rsplit("_", 1)[0]][1]
+    return -films[column].to_numpy() if low_is_signature else films[column].to_numpy()
+
+
+def bootstrapped_auroc(positive: np.ndarray, score: np.ndarray, patients: np.ndarray,
+                       n_boot: int, seed: int) -> dict[str, Any]:
+    """AUROC of ``score`` for ``positive`` with a patient-bootstrap interval (None without
+    both kinds of film)."""
+    y = positive.astype(np.int64)
+    if y.min(initial=1) == y.max(initial=0):
+        return interval(None, np.zeros(0), reason="needs films of both kinds")
+    counts, inverse = bootstrap_counts(patients, n_boot, np.random.default_rng(seed))
     samples = []
     for row in counts:
         rows = resample_indices(row, inverse)
-        y = normal[rows]
-        samples.append(auroc(y, score[rows]) if 0 < y.sum() < y.size else np.nan)
-    return interval(float(auroc(normal, score)), np.array(samples))
+        samples.append(auroc(y[rows], score[rows]) if 0 < y[rows].sum() < rows.size else np.nan)
+    return interval(float(auroc(y, score)), np.array(samples))
+
+
+def signature_for_no_finding(films: pd.DataFrame, sizes: Sequence[int], seed: int) -> dict[str, Any]:
+    """Within each folder, the AUROC of each signed measure for No Finding."""
+    return {folder: {column: bootstrapped_auroc((rows[FINDINGS] == NO_FINDING).to_numpy(),
+                                                _signed(rows, column), rows[PATIENT].to_numpy(),
+                                                N_BOOT, seed)
+                     for column in _measure_columns(sizes)}
+            for folder, rows in films.groupby("folder")}
+
+
+def normal_copies_against_reference(films: pd.DataFrame, reference: str, size: int,
+                                    seed: int) -> list[dict[str, Any]]:
+    """Each other group's normal films against the reference folder's normal films of the
+    same view, by each signed measure at ``size``."""
+    normal = films[films[FINDINGS] == NO_FINDING]
+    out = []
+    for group, rows in normal.groupby("group"):
+        if group == reference:
+            continue
+        for view in ("PA", "AP"):
+            mine = rows[rows["view"] == view]
+            theirs = normal[(normal["group"] == reference) & (normal["view"] == view)]
+            if len(mine) < 10 or len(theirs) < 10:
+                continue
+            both = pd.concat([mine, theirs])
+            positive = (both["group"] == group).to_numpy()
+            out.append({"group": group, "view": view, "n_group": len(mine), "n_reference": len(theirs),
+                        **{measure: bootstrapped_auroc(positive, _signed(both, f"{measure}_{size}"),
+                                                       both[PATIENT].to_numpy(), N_BOOT, seed)
+                           for measure in MEASURES}})
+    return out
 
 
 def normal_films_by_group(films: pd.DataFrame, predictions: Path) -> list[dict[str, Any]]:
@@ -186,9 +243,10 @@ def audit(cfg: AuditConfig) -> dict[str, Any]:
                  "copies": cfg.copies.name if cfg.copies else None, "n_films": len(films),
                  "sizes": list(cfg.sizes)},
         "groups": group_summary(films, cfg.sizes),
-        "smoothness_auroc_for_no_finding": {
-            folder: {str(size): smoothness_auroc(rows, size, N_BOOT, cfg.seed) for size in cfg.sizes}
-            for folder, rows in films.groupby("folder")},
+        "signature_for_no_finding": signature_for_no_finding(films, cfg.sizes, cfg.seed),
+        "normal_films_against_reference": {
+            "reference": cfg.folders[0].name, "size": cfg.sizes[-1],
+            "groups": normal_copies_against_reference(films, cfg.folders[0].name, cfg.sizes[-1], cfg.seed)},
     }
     if cfg.predictions is not None:
         report["data"]["predictions"] = cfg.predictions.name
@@ -208,24 +266,33 @@ def _figure(entry: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    sizes = report["data"]["sizes"]
+    columns = _measure_columns(report["data"]["sizes"])
+    heads = [column.replace("_", " at ") + " px" for column in columns]
     lines = ["# Pixel signature of the films' sources", "",
              f"{report['data']['n_films']} films of {', '.join(report['data']['folders'])}; "
              f"metadata {report['data']['metadata']}. Sharpness: mean absolute Laplacian over "
-             "the image's standard deviation, median (quartiles), at each size.", "",
-             "| group | folder | films | patients | No Finding | Pneumonia | AP | "
-             + " | ".join(f"sharpness at {s} px" for s in sizes) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(sizes)]
+             "the film's standard deviation; brightness: mean grey level in [0, 1]; median "
+             "(quartiles) at each size.", "",
+             "| group | folder | films | patients | No Finding | Pneumonia | AP | " + " | ".join(heads) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(columns)]
     for g in report["groups"]:
-        sharp = " | ".join(f"{g[f'sharpness_{s}']['median']:.3f} ({g[f'sharpness_{s}']['q1']:.3f}–"
-                           f"{g[f'sharpness_{s}']['q3']:.3f})" for s in sizes)
+        measured = " | ".join(f"{g[c]['median']:.3f} ({g[c]['q1']:.3f}–{g[c]['q3']:.3f})" for c in columns)
         lines.append(f"| {g['group']} | {g['folder']} | {g['n_films']} | {g['n_patients']} | "
-                     f"{g['no_finding']:.0%} | {g['pneumonia']:.0%} | {g['ap']:.0%} | {sharp} |")
-    lines += ["", "AUROC of low sharpness for No Finding within each folder (0.5: none), "
-              "95% patient-bootstrap interval:", "",
-              "| folder | " + " | ".join(f"{s} px" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
-    for folder, by_size in report["smoothness_auroc_for_no_finding"].items():
-        lines.append(f"| {folder} | " + " | ".join(_figure(by_size[str(s)]) for s in sizes) + " |")
+                     f"{g['no_finding']:.0%} | {g['pneumonia']:.0%} | {g['ap']:.0%} | {measured} |")
+    lines += ["", "Within each folder, AUROC for No Finding of low sharpness and of high "
+              "brightness (0.5: none), 95% patient-bootstrap interval:", "",
+              "| folder | " + " | ".join(heads) + " |", "|---|" + "---|" * len(columns)]
+    for folder, by_column in report["signature_for_no_finding"].items():
+        lines.append(f"| {folder} | " + " | ".join(_figure(by_column[c]) for c in columns) + " |")
+    against = report["normal_films_against_reference"]
+    lines += ["", f"Normal films of each group against the normal films of {against['reference']} "
+              f"of the same view, at {against['size']} px: AUROC of low sharpness and of high "
+              "brightness for the group (0.5: no signature):", "",
+              "| group | view | normal films | reference's | sharpness | brightness |",
+              "|---|---|---|---|---|---|"]
+    for g in against["groups"]:
+        lines.append(f"| {g['group']} | {g['view']} | {g['n_group']} | {g['n_reference']} | "
+                     f"{_figure(g['sharpness'])} | {_figure(g['brightness'])} |")
     if "normal_films_by_group" in report:
         lines += ["", f"Predictions {report['data']['predictions']}: each pathology's films (all "
                   "groups) against one group's No-Finding films, mean AUROC over the 14:", "",

@@ -8,6 +8,7 @@ Validation and test get no augmentation: :func:`build_augment` returns None for 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -33,12 +34,15 @@ class AugmentConfig:
     shift: float = 0.05
     scale: float = 0.05
     blur: float = 0.0
+    gamma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strength < 0:
             raise ValueError(f"augment strength must be >= 0, got {self.strength}")
         if self.blur < 0:
             raise ValueError(f"augment blur must be >= 0 (a Gaussian sigma in pixels), got {self.blur}")
+        if self.gamma < 0:
+            raise ValueError(f"augment gamma must be >= 0 (the largest |log gamma|), got {self.gamma}")
 
 
 def build_augment(config: AugmentConfig, *, train: bool) -> A.Compose | None:
@@ -69,10 +73,13 @@ def build_augment(config: AugmentConfig, *, train: bool) -> A.Compose | None:
         )
     if config.blur > 0:
         steps.append(acquisition_blur(config.blur))
+    if config.gamma > 0:
+        steps.append(acquisition_gamma(config.gamma))
     return A.Compose(steps)
 
 
 BLUR_PROBABILITY = 0.5
+GAMMA_PROBABILITY = 0.5
 
 
 def acquisition_blur(max_sigma: float) -> A.GaussianBlur:
@@ -83,6 +90,16 @@ def acquisition_blur(max_sigma: float) -> A.GaussianBlur:
     films). Not scaled by ``strength``: its range is set by that signature, not by how
     hard the geometry is varied."""
     return A.GaussianBlur(blur_limit=0, sigma_limit=(max_sigma / 3, max_sigma), p=BLUR_PROBABILITY)
+
+
+def acquisition_gamma(max_log_gamma: float) -> A.RandomGamma:
+    """Half of the films given a tone curve ``x ** gamma`` (x in [0, 1]), gamma drawn from
+    ``[exp(-max_log_gamma), exp(max_log_gamma)]``: a film's brightness then says little
+    about where it was copied from (``training.source_audit``: one repository's No-Finding
+    copies are brighter than other normal films, a tone curve of gamma about 0.65). Not
+    scaled by ``strength``, for the same reason as :func:`acquisition_blur`."""
+    low, high = math.exp(-max_log_gamma), math.exp(max_log_gamma)
+    return A.RandomGamma(gamma_limit=(100 * low, 100 * high), p=GAMMA_PROBABILITY)
 
 
 def apply_augment(transform: A.Compose | None, gray: np.ndarray, seed: int) -> np.ndarray:

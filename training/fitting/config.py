@@ -281,6 +281,9 @@ _HELP = {
     "blur": "blur half of the training films by a Gaussian of sigma up to BLUR pixels of the "
             "cached image, so that sharpness says little about where a film was copied from "
             "(training.source_audit; 0 = off; not scaled by --augment-strength)",
+    "gamma": "give half of the training films a tone curve x ** gamma, gamma drawn from "
+             "[exp(-GAMMA), exp(GAMMA)], so that brightness says little about where a film was "
+             "copied from (training.source_audit; 0 = off; not scaled by --augment-strength)",
     "mirror_average": "the exported model averages each image's logits with its mirror "
                       "image's (thresholds, calibration and validation use the same)",
     "validate": "--no-validate: no validation split; run every epoch and export the last "
