@@ -96,7 +96,7 @@ def acquisition_gamma(max_log_gamma: float) -> A.RandomGamma:
     """Half of the films given a tone curve ``x ** gamma`` (x in [0, 1]), gamma drawn from
     ``[exp(-max_log_gamma), exp(max_log_gamma)]``: a film's brightness then says little
     about where it was copied from (``training.source_audit``: one repository's No-Finding
-    copies are brighter than other normal films, a tone curve of gamma about 0.65). Not
+    copies are brighter than the other films, as a tone curve of gamma about 0.7 would make them). Not
     scaled by ``strength``, for the same reason as :func:`acquisition_blur`."""
     low, high = math.exp(-max_log_gamma), math.exp(max_log_gamma)
     return A.RandomGamma(gamma_limit=(100 * low, 100 * high), p=GAMMA_PROBABILITY)
