@@ -17,7 +17,7 @@ and writing a new folder.  In pipeline order:
 10. ``publish``    the bundle uploaded to the Hugging Face Hub
 
 Beside the pipeline, ``source_audit`` checks the data before training: each source's
-label mix and pixel sharpness, and how a recipe's out-of-fold predictions treat each
+label mix, sharpness and brightness, and how a recipe's out-of-fold predictions treat each
 source's normal films.
 
 The commands share helpers grouped by concern: :mod:`training.data` (what is read),

@@ -469,8 +469,8 @@ LIMITATIONS = [
     "Known shortcuts in this dataset (chest tubes for pneumothorax, text markers, image "
     "processing of the source hospital) can inflate metrics without real understanding.",
     "Some labelled films are public copies made for one finding (a COVID-19 collection's "
-    "No-Finding and Pneumonia folders), and one such copy's films are less sharp than the "
-    "rest: figures on films from those copies rest partly on recognising the copy "
+    "No-Finding and Pneumonia folders), and one such copy's films are brighter and less "
+    "sharp than the rest: figures on films from those copies rest partly on recognising the copy "
     "(`python -m training.source_audit`; the repository's docs/experiments.md).",
     "Heatmaps show where the network's evidence is, not where the disease is.",
     "Evaluated on few images for a 15-output model: per-class figures for rare findings "

@@ -98,9 +98,8 @@ def film_groups(folder_of: dict[str, str], copies: Path | None) -> dict[str, str
 
 
 def brightness(gray: np.ndarray) -> float:
-    """Mean grey level of ``gray`` in [0, 1] (uint8 films scaled by 1/255)."""
-    a = np.asarray(gray, dtype=np.float64)
-    return float(a.mean() / 255.0) if np.asarray(gray).dtype == np.uint8 else float(a.mean())
+    """Mean grey level of ``gray``, a decoded film in [0, 1]."""
+    return float(np.mean(gray, dtype=np.float64))
 
 
 # each measure, and whether its *low* values are the ones that go with a copy's normal films
@@ -110,8 +109,9 @@ MEASURES = {"sharpness": (sharpness, True), "brightness": (brightness, False)}
 def film_table(cfg: AuditConfig) -> pd.DataFrame:
     """One row per film found in the folders and listed in the metadata: group, folder,
     patient, labels, view and each measure at each size."""
-    paths = find_images(list(cfg.folders))
-    folder_of = {name: folder.name for folder in cfg.folders for name in find_images([folder])}
+    found = {folder.name: find_images([folder]) for folder in cfg.folders}
+    paths = {name: path for in_folder in found.values() for name, path in in_folder.items()}
+    folder_of = {name: folder for folder, in_folder in found.items() for name in in_folder}
     groups = film_groups(folder_of, cfg.copies)
     metadata = read_metadata(cfg.metadata).set_index(IMAGE)
     if VIEW not in metadata.columns:
