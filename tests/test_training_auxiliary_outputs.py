@@ -19,13 +19,14 @@ from training.fitting.auxiliary_outputs import (
     WithAuxiliaryOutputs,
     auxiliary_columns,
     auxiliary_weights,
+    folder_column,
 )
 from training.fitting.config import ConfigError, parse_config
 from training.fitting.loop import fit
 from training.fitting.losses import FocalWeightedLoss
 from training.fitting.run_folder import RunFolder
 from training.fitting.runtime import TrainingError
-from xray_app.labels import NUM_LABELS
+from xray_app.labels import NO_FINDING_INDEX, NUM_LABELS
 from xray_app.model import build_model, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -164,3 +165,117 @@ def test_a_checkpoint_written_with_the_view_output_alone_resumes(synthetic, tmp_
     saved["view_output"] = saved.pop("auxiliary_outputs")["state"]
     torch.save(saved, path)
     assert load_checkpoint(fit(parse_config([*flags, "--resume"]))).model.fc.out_features == NUM_LABELS
+
+
+@pytest.fixture(scope="module")
+def two_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """A small dataset whose images are split between two source folders by patient:
+    odd-numbered patients in ``images_001/``, even-numbered ones in ``images_002/``."""
+    metadata, root = write_dataset(tmp_path_factory.mktemp("folders"), count=40, size=64, seed=4)
+    second = root / "images_002" / "images"
+    second.mkdir(parents=True)
+    for path in sorted((root / "images_001" / "images").glob("*.png")):
+        if int(path.name[:8]) % 2 == 0:
+            path.rename(second / path.name)
+    return metadata, root
+
+
+def test_the_hidden_folder_output_sends_the_features_the_opposite_gradient_of_an_open_one():
+    torch.manual_seed(0)
+    network = build_model(architecture="tiny-resnet", pretrained="none")
+    hidden = WithAuxiliaryOutputs(network, ("folder",))
+    images = torch.randn(4, 3, 32, 32)
+
+    def gradients(model: WithAuxiliaryOutputs, head: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        network.zero_grad()
+        head.zero_grad()
+        model(images)[:, FIRST_AUXILIARY_COLUMN].sum().backward()
+        return network.conv1.weight.grad.clone(), head.weight.grad.clone()
+
+    open_model = WithAuxiliaryOutputs(network, ("view",))
+    open_model.auxiliary.load_state_dict(hidden.adversary.state_dict())
+    features_hidden, head_hidden = gradients(hidden, hidden.adversary)
+    features_open, head_open = gradients(open_model, open_model.auxiliary)
+    assert hidden.auxiliary is None and open_model.adversary is None
+    assert torch.allclose(features_hidden, -features_open, atol=1e-6), (
+        "expected the network to receive the hidden output's gradient with its sign turned")
+    assert torch.allclose(head_hidden, head_open, atol=1e-6), (
+        "expected the hidden output itself to learn the folder as an open output would")
+    assert torch.allclose(hidden.eval()(images)[:, :NUM_LABELS], network.eval()(images), atol=1e-6)
+
+
+def test_the_folder_target_is_defined_for_no_finding_films_of_the_two_folders_only():
+    labels = np.zeros((5, NUM_LABELS), dtype=np.float32)
+    labels[[0, 1, 3], NO_FINDING_INDEX] = 1
+    labels[2, 0] = 1
+    column = folder_column(["images", "images_extra", "images_extra", None, "images"],
+                           ["images", "images_extra"], labels)
+    assert column.shape == (5, 1)
+    np.testing.assert_array_equal(column[:, 0], [0, 1, np.nan, np.nan, np.nan],
+                                  err_msg="expected 0/1 by folder for normal films, NaN otherwise")
+    with pytest.raises(ValueError, match="two source folders"):
+        folder_column(["a"], ["a"], labels[:1])
+
+
+def test_films_without_a_trait_target_are_left_out_of_that_trait_loss():
+    torch.manual_seed(0)
+    findings = FocalWeightedLoss(alpha=0.6, gamma=1.0)
+    logits, targets = torch.randn(4, NUM_LABELS + 1), torch.rand(4, NUM_LABELS + 1)
+    targets[[1, 3], FIRST_AUXILIARY_COLUMN] = float("nan")
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    column = FIRST_AUXILIARY_COLUMN
+    expected = (findings(logits[:, :NUM_LABELS], targets[:, :NUM_LABELS])
+                + 0.2 * bce(logits[[0, 2], column], targets[[0, 2], column]))
+    loss = AuxiliaryLoss(findings, [0.2])(logits, targets)
+    assert torch.isclose(loss, expected), "expected the trait's BCE over the two films that have a target"
+    targets[:, column] = float("nan")
+    assert torch.isclose(AuxiliaryLoss(findings, [0.2])(logits, targets),
+                         findings(logits[:, :NUM_LABELS], targets[:, :NUM_LABELS])), (
+        "expected no trait loss when no film in the batch has a target")
+
+
+def test_the_hidden_folder_comes_after_every_open_trait():
+    assert list(auxiliary_weights(0.1, 0.05, 0.2)) == ["view", "sex", "age", "follow_up", "folder"]
+    assert auxiliary_weights(0.0, 0.0, 0.2) == {"folder": 0.2}
+    with pytest.raises(ValueError, match="must come after"):
+        WithAuxiliaryOutputs(build_model(architecture="tiny-resnet", pretrained="none"), ("folder", "view"))
+
+
+def test_the_folder_adversary_needs_two_source_folders(two_folders, tmp_path):
+    with pytest.raises(ConfigError, match="--source-folders DIR DIR"):
+        parse_config(_flags(two_folders, tmp_path / "run", "--folder-adversary-weight", "0.1"))
+    _, root = two_folders
+    with pytest.raises(ConfigError, match="--source-folders DIR DIR"):
+        parse_config(_flags(two_folders, tmp_path / "run", "--folder-adversary-weight", "0.1",
+                            "--source-folders", str(root / "images_001")))
+
+
+def test_a_run_with_the_folder_adversary_targets_normal_films_by_folder_and_resumes(two_folders, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash(epoch: int, metrics: dict[str, float]) -> None:
+        raise Crash
+
+    metadata, root = two_folders
+    flags = _flags(two_folders, tmp_path / "run", "--view-loss-weight", "0.1", "--folder-adversary-weight",
+                   "0.2", "--source-folders", str(root / "images_001"), str(root / "images_002"),
+                   "--epochs", "2", "--limit-batches", "2")
+    data = load_data(parse_config(flags))
+    folder = data.train.labels[:, FIRST_AUXILIARY_COLUMN + 1].numpy()
+    normal = data.train_labels[:, NO_FINDING_INDEX] == 1
+    even = data.splits.train[IMAGE].str[:8].astype(int).to_numpy() % 2 == 0
+    assert normal.any() and (~normal).any()
+    np.testing.assert_array_equal(folder[normal], even[normal].astype(np.float32),
+                                  err_msg="expected 1 for normal films of the second folder")
+    assert np.isnan(folder[~normal]).all(), "expected no folder target for films with a finding"
+    with pytest.raises(Crash):
+        fit(parse_config(flags), on_epoch_end=crash)
+    saved = torch.load(tmp_path / "run" / RunFolder.CHECKPOINT, weights_only=True)
+    assert saved["auxiliary_outputs"]["names"] == ["view", "folder"]
+    assert saved["auxiliary_outputs"]["adversary"]["weight"].shape == (1, 64), (
+        "expected the hidden output saved to resume")
+    best = fit(parse_config([*flags, "--resume"]))
+    loaded = load_checkpoint(best)
+    assert loaded.model.fc.out_features == NUM_LABELS, "expected the exported network to keep 15 outputs"
+    assert loaded.config.provenance["train_config"]["folder_adversary_weight"] == 0.2

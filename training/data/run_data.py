@@ -21,6 +21,8 @@ from training.data.splits import Splits, prepare_splits, read_splits
 from training.fitting.auxiliary_outputs import (
     auxiliary_columns,
     auxiliary_weights,
+    folder_column,
+    metadata_traits,
     with_auxiliary_columns,
 )
 from training.fitting.runtime import TrainingError
@@ -131,11 +133,26 @@ def training_targets(
     targets, distill = None, None
     if cfg.teacher:
         targets, distill = distill_targets(cfg.teacher, train[IMAGE].tolist(), labels, cfg.distill_weight)
-    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight))
+    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight))
     if traits:
-        rows = metadata_rows(read_metadata(cfg.data.metadata), train)
-        targets = with_auxiliary_columns(labels if targets is None else targets, auxiliary_columns(rows, traits))
+        columns = []
+        if metadata_traits(traits):
+            rows = metadata_rows(read_metadata(cfg.data.metadata), train)
+            columns.append(auxiliary_columns(rows, metadata_traits(traits)))
+        if "folder" in traits:
+            columns.append(folder_targets(cfg, train, labels))
+        targets = with_auxiliary_columns(labels if targets is None else targets, np.concatenate(columns, axis=1))
     return targets, distill
+
+
+def folder_targets(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+    """``--folder-adversary-weight``'s hidden target: which of the two ``--source-folders``
+    each No-Finding training film came from (:func:`folder_column`)."""
+    folders = [Path(folder) for folder in cfg.data.source_folders or ()]
+    try:
+        return folder_column(source_of(train[IMAGE].tolist(), folders), [f.name for f in folders], labels)
+    except ValueError as error:
+        raise TrainingError(f"--folder-adversary-weight: {error}") from None
 
 
 def raked_training_factors(metadata: str, train: pd.DataFrame, labels: np.ndarray) -> np.ndarray:

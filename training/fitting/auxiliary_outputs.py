@@ -18,6 +18,17 @@ so that the trait is a feature the network represents openly. Every target lies 
 [0, 1] (:data:`AUXILIARY_TARGETS`), so one binary cross-entropy serves them all. Whether
 an output helps the findings is measured (docs/experiments.md), not assumed.
 
+A trait can instead be *hidden* (``--folder-adversary-weight A``): its output sits behind a
+gradient reversal (Ganin et al., JMLR 2016), so that the output learns to tell the trait while
+the network's features are pushed, with weight A, to make it impossible. The one hidden trait
+is ``folder``: among No-Finding films only, which of two source folders a film came from
+(:func:`folder_column`). In ``images_extra/`` nearly every normal film is a copy from one
+public collection with a tone and softness of its own (``training.source_audit``), so a
+network can call a film normal by recognising the copy; restricted to normal films, whose
+15 labels are all the same, the folder says nothing about the findings, and hiding it takes
+nothing from them (a class-conditional adversary, as in Li et al., ECCV 2018). Films with a
+finding, or in neither folder, carry NaN in that column and are left out of its loss.
+
 Only training sees the extra outputs. The exported checkpoint is the 15-output network in
 the app's format, unchanged; the auxiliary outputs' weights live in ``last.ckpt`` (to
 resume) and nowhere else. The training targets carry the traits as columns after the 15
@@ -26,7 +37,8 @@ findings (:func:`with_auxiliary_columns`); validation keeps the 15 NIH labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data.prevalence import is_ap
-from xray_app.labels import NUM_LABELS
+from xray_app.labels import NO_FINDING_INDEX, NUM_LABELS
 from xray_app.model import ChestXrayResNet
 
 FIRST_AUXILIARY_COLUMN = NUM_LABELS  # the traits' targets and logits come after the 15 findings
@@ -63,15 +75,41 @@ AUXILIARY_TARGETS: dict[str, Callable[[pd.DataFrame], np.ndarray]] = {
     "follow_up": _follow_up,
 }
 PATIENT_TRAITS = ("sex", "age", "follow_up")
+HIDDEN_TRAITS = ("folder",)  # behind a gradient reversal: learnt by the output, hidden from the features
 
 
-def auxiliary_weights(view_weight: float, patient_weight: float) -> dict[str, float]:
+def auxiliary_weights(view_weight: float, patient_weight: float, folder_adversary_weight: float = 0.0
+                      ) -> dict[str, float]:
     """The traits trained and their loss weights, in column order: the view when
-    ``view_weight`` > 0, then sex, age and follow-up number each at ``patient_weight`` > 0."""
+    ``view_weight`` > 0, then sex, age and follow-up number each at ``patient_weight`` > 0,
+    then the hidden ``folder`` at ``folder_adversary_weight`` > 0 (always last)."""
     weights = {"view": view_weight} if view_weight > 0 else {}
     if patient_weight > 0:
         weights.update(dict.fromkeys(PATIENT_TRAITS, patient_weight))
+    if folder_adversary_weight > 0:
+        weights["folder"] = folder_adversary_weight
     return weights
+
+
+def metadata_traits(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` whose targets come from the metadata (all but the hidden ones)."""
+    return [name for name in names if name not in HIDDEN_TRAITS]
+
+
+def folder_column(sources: Sequence[str | None], folders: Sequence[str], labels: np.ndarray) -> np.ndarray:
+    """The hidden ``folder`` target, ``(N, 1)`` float32: for a No-Finding film (``labels``
+    ``(N, 15)``, 0/1) 0 if it came from ``folders[0]``, 1 if from ``folders[1]``; NaN for a
+    film with a finding or from neither folder (no loss). ``sources``: each film's folder name
+    (:func:`training.data.images.source_of`)."""
+    if len(folders) != 2:
+        raise ValueError(f"the folder adversary tells two source folders apart, got {len(folders)}: {list(folders)}")
+    if len(sources) != len(labels):
+        raise ValueError(f"{len(sources)} films' folders but {len(labels)} rows of labels")
+    normal = np.asarray(labels)[:, NO_FINDING_INDEX] == 1
+    column = np.full(len(sources), np.nan, dtype=np.float32)
+    for value, folder in enumerate(folders):
+        column[normal & np.array([source == folder for source in sources], dtype=bool)] = value
+    return column[:, None]
 
 
 def auxiliary_columns(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
@@ -90,28 +128,71 @@ def with_auxiliary_columns(targets: np.ndarray, columns: np.ndarray) -> np.ndarr
     return np.concatenate([np.asarray(targets, dtype=np.float32), np.asarray(columns, np.float32)], axis=1)
 
 
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient's sign turned backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+def reverse_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged; whatever gradient reaches it goes back with its sign turned."""
+    return _ReverseGradient.apply(x)
+
+
 class WithAuxiliaryOutputs(nn.Module):
-    """``network`` plus a ``Linear(features, K)`` on its pooled features, one output per
-    trait of ``names``: ``(N, 3, S, S)`` -> ``(N, 15 + K)`` logits, the 15 findings exactly
-    as ``network`` makes them, then the K traits in ``names``' order."""
+    """``network`` plus linear outputs on its pooled features, one per trait of ``names``:
+    ``(N, 3, S, S)`` -> ``(N, 15 + K)`` logits, the 15 findings exactly as ``network`` makes
+    them, then the K traits in ``names``' order. ``auxiliary`` (``Linear(features, open)``)
+    serves the open traits; ``adversary`` (``Linear(features, hidden)``) the hidden ones
+    (:data:`HIDDEN_TRAITS`, which must come last), on the pooled features behind
+    :func:`reverse_gradient`. Either is None when it has no trait."""
 
     def __init__(self, network: ChestXrayResNet, names: Sequence[str]) -> None:
         super().__init__()
         if not names:
             raise ValueError("expected at least one auxiliary output")
         self.names = tuple(names)
+        open_names = metadata_traits(self.names)
+        if list(self.names[:len(open_names)]) != open_names:
+            raise ValueError(f"hidden traits {list(HIDDEN_TRAITS)} must come after the others, got {list(names)}")
         self.network = network
-        self.auxiliary = nn.Linear(network.fc.in_features, len(self.names))
+        features = network.fc.in_features
+        hidden = len(self.names) - len(open_names)
+        self.auxiliary = nn.Linear(features, len(open_names)) if open_names else None
+        self.adversary = nn.Linear(features, hidden) if hidden else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.network.pool(self.network.forward_features(x))
-        findings = self.network.fc(self.network.dropout(pooled))
-        return torch.cat([findings, self.auxiliary(pooled)], dim=1)
+        outputs = [self.network.fc(self.network.dropout(pooled))]
+        if self.auxiliary is not None:
+            outputs.append(self.auxiliary(pooled))
+        if self.adversary is not None:
+            outputs.append(self.adversary(reverse_gradient(pooled)))
+        return torch.cat(outputs, dim=1)
+
+    def heads_state(self) -> dict[str, Any]:
+        """The outputs' weights (not the network's), for ``last.ckpt``."""
+        return {"state": self.auxiliary.state_dict() if self.auxiliary is not None else None,
+                **({"adversary": self.adversary.state_dict()} if self.adversary is not None else {})}
+
+    def load_heads_state(self, saved: Mapping[str, Any]) -> None:
+        """Undo :meth:`heads_state`."""
+        if self.auxiliary is not None:
+            self.auxiliary.load_state_dict(saved["state"])
+        if self.adversary is not None:
+            self.adversary.load_state_dict(saved["adversary"])
 
 
 class AuxiliaryLoss(nn.Module):
     """``findings(logits[:, :15], targets[:, :15]) + sum_k weight_k * BCE(logits[:, 15 + k],
-    targets[:, 15 + k])`` on the ``15 + K`` columns of :class:`WithAuxiliaryOutputs`."""
+    targets[:, 15 + k])`` on the ``15 + K`` columns of :class:`WithAuxiliaryOutputs`; each
+    trait's BCE is the mean over the films whose target is not NaN (0 when none is)."""
 
     def __init__(self, findings: nn.Module, weights: Sequence[float]) -> None:
         super().__init__()
@@ -126,6 +207,9 @@ class AuxiliaryLoss(nn.Module):
             raise ValueError(f"expected {columns} columns (15 findings, then {len(self.weights)} "
                              f"auxiliary), got logits {tuple(logits.shape)} and targets {tuple(targets.shape)}")
         first = FIRST_AUXILIARY_COLUMN
-        per_output = F.binary_cross_entropy_with_logits(
-            logits[:, first:].float(), targets[:, first:].float(), reduction="none").mean(dim=0)
+        trait_targets = targets[:, first:].float()
+        known = ~torch.isnan(trait_targets)
+        per_film = F.binary_cross_entropy_with_logits(
+            logits[:, first:].float(), torch.where(known, trait_targets, 0.0), reduction="none")
+        per_output = (per_film * known).sum(dim=0) / known.sum(dim=0).clamp(min=1)
         return self.findings(logits[:, :first], targets[:, :first]) + (self.weights * per_output).sum()

@@ -43,7 +43,7 @@ class DataConfig:
     ``test.csv`` written by ``python -m training.split``; otherwise splits come from
     ``split_lists`` (list files) or a patient-random split with the given fractions.
     ``source_folders``: the folders the images were picked from, for ``--sampling
-    folders`` (each folder drawn equally often).
+    folders`` (each folder drawn equally often) and ``--folder-adversary-weight`` (two).
     """
 
     metadata: str = DEFAULT_METADATA
@@ -90,7 +90,9 @@ class TrainConfig:
     ``mixup_alpha``: mixup (Zhang et al. 2018) with a Beta(alpha, alpha) mixing
     weight per batch, 0 = off.  ``view_loss_weight``: an auxiliary AP/PA output trained
     beside the findings, its loss weighted so; ``patient_loss_weight``: auxiliary outputs for
-    the patient's sex, age and follow-up number, each weighted so
+    the patient's sex, age and follow-up number, each weighted so; ``folder_adversary_weight``:
+    an output behind a gradient reversal that tells which of the two ``source_folders`` a
+    No-Finding film came from, so that the features are pushed, so weighted, to hide it
     (:mod:`training.fitting.auxiliary_outputs`; 0 = off).  ``sam_rho``: sharpness-aware
     minimisation with this radius (:mod:`training.fitting.sharpness_aware`; 0 = off).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     ``mirror_average``: the exported checkpoint averages each image's logits with its
@@ -125,6 +127,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     view_loss_weight: float = 0.0
     patient_loss_weight: float = 0.0
+    folder_adversary_weight: float = 0.0
     sam_rho: float = 0.0
     dropout: float = 0.0
     mirror_average: bool = False
@@ -160,6 +163,7 @@ class TrainConfig:
             "mixup_alpha": self.mixup_alpha >= 0,
             "view_loss_weight": self.view_loss_weight >= 0,
             "patient_loss_weight": self.patient_loss_weight >= 0,
+            "folder_adversary_weight": self.folder_adversary_weight >= 0,
             "sam_rho": self.sam_rho >= 0,
             "amp": self.amp in ("auto", "bf16", "fp16", "none"),
             "architecture": self.architecture in ARCHITECTURES,
@@ -171,6 +175,9 @@ class TrainConfig:
         if self.sampling == "folders" and not self.data.source_folders:
             raise ConfigError("--sampling folders needs --source-folders DIR [DIR ...]: the folders "
                               "whose images are to be drawn equally often")
+        if self.folder_adversary_weight > 0 and len(self.data.source_folders or ()) != 2:
+            raise ConfigError("--folder-adversary-weight needs --source-folders DIR DIR: the two folders "
+                              "whose No-Finding films the network is to make alike")
         if self.sam_rho > 0 and self.amp == "fp16":
             raise ConfigError("--sam-rho with --amp fp16: the two passes of a sharpness-aware step "
                               "are not loss-scaled; use --amp bf16 or none")
@@ -252,7 +259,8 @@ _HELP = {
                 "(repeat factors rescaled so that each of --source-folders is drawn equally "
                 "often)",
     "source_folders": "the folders the training images were picked from, for --sampling "
-                      "folders (an image in none of them is an error)",
+                      "folders (an image in none of them is an error) and "
+                      "--folder-adversary-weight (two folders)",
     "max_class_weight": "cap of the per-class positive weight (negatives/positives)",
     "patience": "early stopping: epochs without a better validation macro-AUROC",
     "input_size": "model input side in pixels",
@@ -274,6 +282,11 @@ _HELP = {
                            "number (from the metadata) beside the findings, each binary "
                            "cross-entropy weighted so; the exported model keeps the 15 outputs "
                            "(0 = off)",
+    "folder_adversary_weight": "train an output behind a gradient reversal that tells which of the "
+                               "two --source-folders a No-Finding film came from, so that the "
+                               "features are pushed, so weighted, to hide where a normal film was "
+                               "copied from (training.source_audit); the exported model keeps the "
+                               "15 outputs (0 = off)",
     "sam_rho": "sharpness-aware minimisation (Foret et al. 2021): take each step's gradient "
                "at the weights moved SAM_RHO along the normalised gradient (0 = off; 0.05 is "
                "usual); each step costs two passes",

@@ -125,7 +125,7 @@ class TrainingParts:
     average: WeightAverage | None = None
     swa: StochasticWeightAverage | None = None
     swa_loader: DataLoader | None = None
-    auxiliary: WithAuxiliaryOutputs | None = None  # --view/--patient-loss-weight: outputs for traits
+    auxiliary: WithAuxiliaryOutputs | None = None  # --view/--patient-loss-weight, --folder-adversary-weight
     train_loss_fn: nn.Module | None = None  # the loss stepped: loss_fn, plus the traits' when present
 
     def __post_init__(self) -> None:
@@ -135,8 +135,7 @@ class TrainingParts:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            **({"auxiliary_outputs": {"names": list(self.auxiliary.names),
-                                      "state": self.auxiliary.auxiliary.state_dict()}}
+            **({"auxiliary_outputs": {"names": list(self.auxiliary.names), **self.auxiliary.heads_state()}}
                if self.auxiliary is not None else {}),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
@@ -146,14 +145,14 @@ class TrainingParts:
 
     def load_state_dict(self, saved: dict[str, Any], source: Path) -> None:
         self.model.load_state_dict(saved["model"])
-        names, state = _saved_auxiliary(saved)
+        names, heads = _saved_auxiliary(saved)
         trained = self.auxiliary.names if self.auxiliary is not None else ()
         if names != trained:
             raise TrainingError(f"--resume {source}: the run trains auxiliary outputs "
                                 f"{list(trained)}, the checkpoint {list(names)} "
-                                "(--view-loss-weight, --patient-loss-weight)")
+                                "(--view-loss-weight, --patient-loss-weight, --folder-adversary-weight)")
         if self.auxiliary is not None:
-            self.auxiliary.auxiliary.load_state_dict(state)
+            self.auxiliary.load_heads_state(heads)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
@@ -172,7 +171,7 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
     """Model, loss, optimiser, schedule, sampler, loaders and weight averages of a run."""
     sampler, train_loader, val_loader = _loaders(cfg, data, runtime)
     model = make_model(cfg, runtime)
-    traits = auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight)
+    traits = auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight)
     auxiliary = _auxiliary_outputs(tuple(traits), cfg, model, runtime)
     stepped: nn.Module = model if auxiliary is None else auxiliary
     trained: nn.Module = torch.compile(stepped) if cfg.compile else stepped
@@ -202,7 +201,7 @@ def _auxiliary_outputs(
     names: tuple[str, ...], cfg: TrainConfig, model: ChestXrayResNet, runtime: Runtime
 ) -> WithAuxiliaryOutputs | None:
     """``model`` with an auxiliary output per trait of ``names`` (``--view-loss-weight``,
-    ``--patient-loss-weight``), initialised from the seed like the network; None without."""
+    ``--patient-loss-weight``, ``--folder-adversary-weight``), initialised from the seed like the network; None without."""
     if not names:
         return None
     with torch.random.fork_rng(devices=[]):
@@ -211,12 +210,13 @@ def _auxiliary_outputs(
 
 
 def _saved_auxiliary(saved: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, Any] | None]:
-    """The traits a ``last.ckpt`` trained outputs for and their weights; checkpoints
-    written before the patient traits existed keep the view alone as ``view_output``."""
+    """The traits a ``last.ckpt`` trained outputs for and their heads' weights
+    (:meth:`WithAuxiliaryOutputs.heads_state`); checkpoints written before the patient
+    traits existed keep the view alone as ``view_output``."""
     if "auxiliary_outputs" in saved:
-        return tuple(saved["auxiliary_outputs"]["names"]), saved["auxiliary_outputs"]["state"]
+        return tuple(saved["auxiliary_outputs"]["names"]), saved["auxiliary_outputs"]
     if "view_output" in saved:
-        return ("view",), saved["view_output"]
+        return ("view",), {"state": saved["view_output"]}
     return (), None
 
 
