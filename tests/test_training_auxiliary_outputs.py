@@ -217,6 +217,18 @@ def test_the_folder_target_is_defined_for_no_finding_films_of_the_two_folders_on
         folder_column(["a"], ["a"], labels[:1])
 
 
+def test_within_view_the_folder_target_splits_into_a_pa_and_an_ap_column():
+    labels = np.zeros((4, NUM_LABELS), dtype=np.float32)
+    labels[[0, 1, 2], NO_FINDING_INDEX] = 1
+    columns = folder_column(["images", "images_extra", "images_extra", "images"], ["images", "images_extra"],
+                            labels, ap=np.array([False, True, False, False]))
+    assert columns.shape == (4, 2)
+    np.testing.assert_array_equal(columns[:, 0], [0, np.nan, 1, np.nan],
+                                  err_msg="expected the folder of normal PA films in the first column")
+    np.testing.assert_array_equal(columns[:, 1], [np.nan, 1, np.nan, np.nan],
+                                  err_msg="expected the folder of normal AP films in the second column")
+
+
 def test_films_without_a_trait_target_are_left_out_of_that_trait_loss():
     torch.manual_seed(0)
     findings = FocalWeightedLoss(alpha=0.6, gamma=1.0)
@@ -237,6 +249,7 @@ def test_films_without_a_trait_target_are_left_out_of_that_trait_loss():
 def test_the_hidden_folder_comes_after_every_open_trait():
     assert list(auxiliary_weights(0.1, 0.05, 0.2)) == ["view", "sex", "age", "follow_up", "folder"]
     assert auxiliary_weights(0.0, 0.0, 0.2) == {"folder": 0.2}
+    assert auxiliary_weights(0.1, 0.0, 0.2, within_view=True) == {"view": 0.1, "folder_pa": 0.2, "folder_ap": 0.2}
     with pytest.raises(ValueError, match="must come after"):
         WithAuxiliaryOutputs(build_model(architecture="tiny-resnet", pretrained="none"), ("folder", "view"))
 
@@ -248,6 +261,8 @@ def test_the_folder_adversary_needs_two_source_folders(two_folders, tmp_path):
     with pytest.raises(ConfigError, match="--source-folders DIR DIR"):
         parse_config(_flags(two_folders, tmp_path / "run", "--folder-adversary-weight", "0.1",
                             "--source-folders", str(root / "images_001")))
+    with pytest.raises(ConfigError, match="give --folder-adversary-weight too"):
+        parse_config(_flags(two_folders, tmp_path / "run", "--folder-adversary-within-view"))
 
 
 def test_a_run_with_the_folder_adversary_targets_normal_films_by_folder_and_resumes(two_folders, tmp_path):
@@ -279,3 +294,28 @@ def test_a_run_with_the_folder_adversary_targets_normal_films_by_folder_and_resu
     loaded = load_checkpoint(best)
     assert loaded.model.fc.out_features == NUM_LABELS, "expected the exported network to keep 15 outputs"
     assert loaded.config.provenance["train_config"]["folder_adversary_weight"] == 0.2
+
+
+def test_within_view_the_hidden_outputs_target_normal_films_of_their_own_view(two_folders, tmp_path):
+    metadata, root = two_folders
+    frame = pd.read_csv(metadata)
+    ap = frame.set_index(IMAGE)["Patient ID"] % 4 < 2  # AP for patients 4k and 4k + 1: both folders
+    frame["View Position"] = np.where(frame["Patient ID"] % 4 < 2, "AP", "PA")
+    frame.to_csv(tmp_path / "metadata.csv", index=False)
+    flags = [*_flags(two_folders, tmp_path / "run", "--folder-adversary-weight", "0.2",
+                     "--folder-adversary-within-view", "--source-folders", str(root / "images_001"),
+                     str(root / "images_002"), "--epochs", "1", "--limit-batches", "1"),
+             "--metadata", str(tmp_path / "metadata.csv")]
+    data = load_data(parse_config(flags))
+    first = FIRST_AUXILIARY_COLUMN
+    pa, on_ap = data.train.labels[:, first].numpy(), data.train.labels[:, first + 1].numpy()
+    normal = data.train_labels[:, NO_FINDING_INDEX] == 1
+    film_ap = ap.loc[data.splits.train[IMAGE]].to_numpy()
+    even = data.splits.train[IMAGE].str[:8].astype(int).to_numpy() % 2 == 0
+    assert (normal & film_ap).any() and (normal & ~film_ap).any()
+    np.testing.assert_array_equal(pa[normal & ~film_ap], even[normal & ~film_ap].astype(np.float32))
+    np.testing.assert_array_equal(on_ap[normal & film_ap], even[normal & film_ap].astype(np.float32))
+    assert np.isnan(pa[film_ap | ~normal]).all() and np.isnan(on_ap[~film_ap | ~normal]).all(), (
+        "expected each view's column defined for normal films of that view alone")
+    best = fit(parse_config(flags))
+    assert load_checkpoint(best).model.fc.out_features == NUM_LABELS

@@ -133,24 +133,26 @@ def training_targets(
     targets, distill = None, None
     if cfg.teacher:
         targets, distill = distill_targets(cfg.teacher, train[IMAGE].tolist(), labels, cfg.distill_weight)
-    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight))
+    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight,
+                                    cfg.folder_adversary_within_view))
     if traits:
+        rows = metadata_rows(read_metadata(cfg.data.metadata), train)
         columns = []
         if metadata_traits(traits):
-            rows = metadata_rows(read_metadata(cfg.data.metadata), train)
             columns.append(auxiliary_columns(rows, metadata_traits(traits)))
-        if "folder" in traits:
-            columns.append(folder_targets(cfg, train, labels))
+        if cfg.folder_adversary_weight > 0:
+            columns.append(folder_targets(cfg, train, labels, is_ap(rows) if cfg.folder_adversary_within_view else None))
         targets = with_auxiliary_columns(labels if targets is None else targets, np.concatenate(columns, axis=1))
     return targets, distill
 
 
-def folder_targets(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+def folder_targets(cfg: TrainConfig, train: pd.DataFrame, labels: np.ndarray,
+                   ap: np.ndarray | None = None) -> np.ndarray:
     """``--folder-adversary-weight``'s hidden target: which of the two ``--source-folders``
-    each No-Finding training film came from (:func:`folder_column`)."""
+    each No-Finding training film came from, within each view given ``ap`` (:func:`folder_column`)."""
     folders = [Path(folder) for folder in cfg.data.source_folders or ()]
     try:
-        return folder_column(source_of(train[IMAGE].tolist(), folders), [f.name for f in folders], labels)
+        return folder_column(source_of(train[IMAGE].tolist(), folders), [f.name for f in folders], labels, ap)
     except ValueError as error:
         raise TrainingError(f"--folder-adversary-weight: {error}") from None
 

@@ -28,6 +28,9 @@ network can call a film normal by recognising the copy; restricted to normal fil
 15 labels are all the same, the folder says nothing about the findings, and hiding it takes
 nothing from them (a class-conditional adversary, as in Li et al., ECCV 2018). Films with a
 finding, or in neither folder, carry NaN in that column and are left out of its loss.
+With ``--folder-adversary-within-view`` the hidden output is split by view position:
+``folder_pa`` among normal PA films, ``folder_ap`` among normal AP films, so that the view,
+which the two folders' normal films differ in too, is not hidden with the folder.
 
 Only training sees the extra outputs. The exported checkpoint is the 15-output network in
 the app's format, unchanged; the auxiliary outputs' weights live in ``last.ckpt`` (to
@@ -75,19 +78,22 @@ AUXILIARY_TARGETS: dict[str, Callable[[pd.DataFrame], np.ndarray]] = {
     "follow_up": _follow_up,
 }
 PATIENT_TRAITS = ("sex", "age", "follow_up")
-HIDDEN_TRAITS = ("folder",)  # behind a gradient reversal: learnt by the output, hidden from the features
+FOLDER_WITHIN_VIEW = ("folder_pa", "folder_ap")  # the hidden folder among normal PA, then AP films
+# behind a gradient reversal: learnt by the output, hidden from the features
+HIDDEN_TRAITS = ("folder", *FOLDER_WITHIN_VIEW)
 
 
-def auxiliary_weights(view_weight: float, patient_weight: float, folder_adversary_weight: float = 0.0
-                      ) -> dict[str, float]:
+def auxiliary_weights(view_weight: float, patient_weight: float, folder_adversary_weight: float = 0.0,
+                      within_view: bool = False) -> dict[str, float]:
     """The traits trained and their loss weights, in column order: the view when
     ``view_weight`` > 0, then sex, age and follow-up number each at ``patient_weight`` > 0,
-    then the hidden ``folder`` at ``folder_adversary_weight`` > 0 (always last)."""
+    then, always last, the hidden ``folder`` at ``folder_adversary_weight`` > 0, or with
+    ``within_view`` ``folder_pa`` and ``folder_ap`` each so weighted."""
     weights = {"view": view_weight} if view_weight > 0 else {}
     if patient_weight > 0:
         weights.update(dict.fromkeys(PATIENT_TRAITS, patient_weight))
     if folder_adversary_weight > 0:
-        weights["folder"] = folder_adversary_weight
+        weights.update(dict.fromkeys(FOLDER_WITHIN_VIEW if within_view else ("folder",), folder_adversary_weight))
     return weights
 
 
@@ -96,11 +102,14 @@ def metadata_traits(names: Sequence[str]) -> list[str]:
     return [name for name in names if name not in HIDDEN_TRAITS]
 
 
-def folder_column(sources: Sequence[str | None], folders: Sequence[str], labels: np.ndarray) -> np.ndarray:
+def folder_column(sources: Sequence[str | None], folders: Sequence[str], labels: np.ndarray,
+                  ap: np.ndarray | None = None) -> np.ndarray:
     """The hidden ``folder`` target, ``(N, 1)`` float32: for a No-Finding film (``labels``
     ``(N, 15)``, 0/1) 0 if it came from ``folders[0]``, 1 if from ``folders[1]``; NaN for a
     film with a finding or from neither folder (no loss). ``sources``: each film's folder name
-    (:func:`training.data.images.source_of`)."""
+    (:func:`training.data.images.source_of`). Given ``ap`` (``(N,)`` bool, the film is AP),
+    ``(N, 2)``: the same target among PA films (``folder_pa``), then among AP films
+    (``folder_ap``), NaN in the other view's column."""
     if len(folders) != 2:
         raise ValueError(f"the folder adversary tells two source folders apart, got {len(folders)}: {list(folders)}")
     if len(sources) != len(labels):
@@ -109,7 +118,12 @@ def folder_column(sources: Sequence[str | None], folders: Sequence[str], labels:
     column = np.full(len(sources), np.nan, dtype=np.float32)
     for value, folder in enumerate(folders):
         column[normal & np.array([source == folder for source in sources], dtype=bool)] = value
-    return column[:, None]
+    if ap is None:
+        return column[:, None]
+    ap = np.asarray(ap, dtype=bool)
+    if len(ap) != len(column):
+        raise ValueError(f"{len(column)} films but {len(ap)} view positions")
+    return np.stack([np.where(ap, np.nan, column), np.where(ap, column, np.nan)], axis=1).astype(np.float32)
 
 
 def auxiliary_columns(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:

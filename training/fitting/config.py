@@ -92,7 +92,9 @@ class TrainConfig:
     beside the findings, its loss weighted so; ``patient_loss_weight``: auxiliary outputs for
     the patient's sex, age and follow-up number, each weighted so; ``folder_adversary_weight``:
     an output behind a gradient reversal that tells which of the two ``source_folders`` a
-    No-Finding film came from, so that the features are pushed, so weighted, to hide it
+    No-Finding film came from, so that the features are pushed, so weighted, to hide it;
+    ``folder_adversary_within_view``: one such output among normal PA films and one among
+    normal AP films, so that view position is not hidden with the folder
     (:mod:`training.fitting.auxiliary_outputs`; 0 = off).  ``sam_rho``: sharpness-aware
     minimisation with this radius (:mod:`training.fitting.sharpness_aware`; 0 = off).  ``resume``: a checkpoint path, or ``auto`` = ``OUT/last.ckpt`` when present.
     ``mirror_average``: the exported checkpoint averages each image's logits with its
@@ -128,6 +130,7 @@ class TrainConfig:
     view_loss_weight: float = 0.0
     patient_loss_weight: float = 0.0
     folder_adversary_weight: float = 0.0
+    folder_adversary_within_view: bool = False
     sam_rho: float = 0.0
     dropout: float = 0.0
     mirror_average: bool = False
@@ -178,6 +181,9 @@ class TrainConfig:
         if self.folder_adversary_weight > 0 and len(self.data.source_folders or ()) != 2:
             raise ConfigError("--folder-adversary-weight needs --source-folders DIR DIR: the two folders "
                               "whose No-Finding films the network is to make alike")
+        if self.folder_adversary_within_view and self.folder_adversary_weight <= 0:
+            raise ConfigError("--folder-adversary-within-view splits the hidden folder output by view: "
+                              "give --folder-adversary-weight too")
         if self.sam_rho > 0 and self.amp == "fp16":
             raise ConfigError("--sam-rho with --amp fp16: the two passes of a sharpness-aware step "
                               "are not loss-scaled; use --amp bf16 or none")
@@ -287,6 +293,9 @@ _HELP = {
                                "features are pushed, so weighted, to hide where a normal film was "
                                "copied from (training.source_audit); the exported model keeps the "
                                "15 outputs (0 = off)",
+    "folder_adversary_within_view": "split the --folder-adversary-weight output by view position: "
+                                    "one among normal PA films, one among normal AP films, so that "
+                                    "the features need not hide the view with the folder",
     "sam_rho": "sharpness-aware minimisation (Foret et al. 2021): take each step's gradient "
                "at the weights moved SAM_RHO along the normalised gradient (0 = off; 0.05 is "
                "usual); each step costs two passes",

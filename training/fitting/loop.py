@@ -171,7 +171,8 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
     """Model, loss, optimiser, schedule, sampler, loaders and weight averages of a run."""
     sampler, train_loader, val_loader = _loaders(cfg, data, runtime)
     model = make_model(cfg, runtime)
-    traits = auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight)
+    traits = auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight,
+                               cfg.folder_adversary_within_view)
     auxiliary = _auxiliary_outputs(tuple(traits), cfg, model, runtime)
     stepped: nn.Module = model if auxiliary is None else auxiliary
     trained: nn.Module = torch.compile(stepped) if cfg.compile else stepped
