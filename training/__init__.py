@@ -18,7 +18,8 @@ and writing a new folder.  In pipeline order:
 
 Beside the pipeline, ``source_audit`` checks the data before training: each source's
 label mix, sharpness and brightness, and how a recipe's out-of-fold predictions treat each
-source's normal films.
+source's normal films; ``recipe_rule`` applies the rule for choosing a recipe (the mean of
+the per-folder out-of-fold figures) to cross-validated candidates, from their reports.
 
 The commands share helpers grouped by concern: :mod:`training.data` (what is read),
 :mod:`training.fitting` (how a network is fitted), :mod:`training.metrics` (figures
