@@ -39,10 +39,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from training.reports.markdown import fmt_ci, markdown_table
+
 OOF_REPORT = Path("oof_eval") / "report_val.json"
 CROSSVAL_REPORT = "crossval.json"
 AUDIT_REPORT = Path("source_audit") / "audit.json"
-MINUS = "\u2212"  # the minus sign, as the docs write it
 
 
 class RuleError(ValueError):
@@ -69,12 +70,9 @@ class Figure:
     def of(cls, headline: Mapping[str, Any]) -> Figure:
         return cls(float(headline["value"]), headline.get("ci_low"), headline.get("ci_high"))
 
-    def text(self, signed: bool = False) -> str:
-        sign = "+" if signed else ""
-        text = f"{self.value:{sign}.3f}"
-        if self.low is not None and self.high is not None:
-            text += f" ({self.low:{sign}.3f} to {self.high:{sign}.3f})"
-        return text.replace("-", MINUS)
+    def text(self) -> str:
+        """``0.686 (0.670–0.702)``, as the evaluation reports write it."""
+        return fmt_ci({"value": self.value, "ci_low": self.low, "ci_high": self.high})
 
 
 @dataclass(frozen=True)
@@ -146,8 +144,8 @@ def decide(candidate: Standing, baseline: Standing, rule: Rule) -> Decision:
         return Decision(False, gain, drop, f"worse folder down {drop:.3f}, more than the "
                                            f"{rule.max_worse_folder_drop:.3f} allowed")
     if gain < rule.min_gain:
-        return Decision(False, gain, drop, f"{_signed(gain)}, short of +{rule.min_gain:.3f}")
-    return Decision(True, gain, drop, f"{_signed(gain)}, at least +{rule.min_gain:.3f}")
+        return Decision(False, gain, drop, f"{gain:+.4f}, short of +{rule.min_gain:.3f}")
+    return Decision(True, gain, drop, f"{gain:+.4f}, at least +{rule.min_gain:.3f}")
 
 
 def chosen(baseline: Standing, candidates: Sequence[Standing], decisions: Sequence[Decision]) -> Standing:
@@ -175,9 +173,7 @@ def standing_markdown(baseline: Standing, candidates: Sequence[Standing], decisi
         f"{baseline.name}'s and its worse folder is at most {rule.max_worse_folder_drop:.3f} below "
         f"{baseline.name}'s; of several, the highest mean.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *markdown_table(header, rows),
         "",
         f"Chosen: **{best.name}** (mean of the folders {best.deciding:.4f}).",
     ]
@@ -192,15 +188,10 @@ def _row(standing: Standing, folders: Sequence[str], groups: Sequence[str], deci
         standing.pooled.text(),
         *(standing.by_folder[f].text() for f in folders),
         f"{standing.deciding:.4f}",
-        standing.paired.text(signed=True) if standing.paired else "—",
+        standing.paired.text() if standing.paired else "—",
         *(f"{normals[g]:.3f}" if g in normals else "—" for g in groups),
         decision,
     ]
-
-
-def _signed(value: float) -> str:
-    """``value`` to four places with its sign, a minus sign as the docs write it."""
-    return f"{value:+.4f}".replace("-", MINUS)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

@@ -136,7 +136,8 @@ def training_targets(
     traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight,
                                     cfg.folder_adversary_within_view))
     if traits:
-        rows = metadata_rows(read_metadata(cfg.data.metadata), train)
+        needs_rows = bool(metadata_traits(traits)) or cfg.folder_adversary_within_view
+        rows = metadata_rows(read_metadata(cfg.data.metadata), train) if needs_rows else None
         columns = []
         if metadata_traits(traits):
             columns.append(auxiliary_columns(rows, metadata_traits(traits)))

@@ -41,7 +41,7 @@ def fmt_ci(entry: dict[str, Any], digits: int = 3) -> str:
     return text
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -79,7 +79,7 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
                  fmt_ci(micro["auroc"]), fmt_ci(micro["auprc"]), "",
                  fmt(micro["precision"]), fmt(micro["recall"]), fmt(micro["specificity"]),
                  fmt(micro["f1"])])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def original_table(metrics: dict[str, Any]) -> list[str]:
@@ -89,7 +89,7 @@ def original_table(metrics: dict[str, Any]) -> list[str]:
         m = metrics["per_class"][name]
         rows.append([display_name(name), fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"]),
                      str(m["tp"] + m["fn"])])
-    lines = _table(["Class", "Precision", "Recall", "F1", "Support (n+)"], rows)
+    lines = markdown_table(["Class", "Precision", "Recall", "F1", "Support (n+)"], rows)
     macro_f1 = metrics["macro"]["f1"]
     lines += ["", f"Macro F1 (unweighted mean over {len(macro_f1['classes'])} pathologies): "
               f"**{fmt(macro_f1['value'])}**", ""]
@@ -107,7 +107,7 @@ def original_table(metrics: dict[str, Any]) -> list[str]:
         acc_rows.append([f"exact match (subset), {acc['n_classes']} {title}",
                          fmt(acc["exact_match_accuracy"]),
                          fmt(acc["exact_match_accuracy_always_negative"])])
-    lines += _table(["Accuracy", "Model", "Always-negative baseline"], acc_rows)
+    lines += markdown_table(["Accuracy", "Model", "Always-negative baseline"], acc_rows)
     definitions = metrics["accuracy"]["all_classes"].get("definitions", {})
     lines += ["", "Definitions: *element-wise accuracy* is the "
               f"{definitions.get('element_wise_accuracy', '')}; *exact-match accuracy* is the "
@@ -129,7 +129,7 @@ def calibration_section(calibration: dict[str, Any]) -> list[str]:
             for name, v in ece["per_class"].items()]
     rows.append(["**pooled** (all image × class pairs)", *(fmt(ece["pooled"][c]) for c in columns)])
     rows.append(["**mean over classes**", *(fmt(ece["mean_over_classes"][c]) for c in columns)])
-    return lines + _table(header, rows)
+    return lines + markdown_table(header, rows)
 
 
 def comparison_section(comparison: dict[str, Any]) -> list[str]:
@@ -152,7 +152,7 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
     rows.append(["**Mean over pathologies**", "", fmt_ci(this["headline"]),
                  fmt_ci(that["headline"]), fmt_ci(paired["mean_auroc_difference"]),
                  fmt_ci(this["macro"]["auprc"]), fmt_ci(that["macro"]["auprc"])])
-    lines += _table(["Class", "n+", "AUROC this model", f"AUROC {other}", "Δ AUROC",
+    lines += markdown_table(["Class", "n+", "AUROC this model", f"AUROC {other}", "Δ AUROC",
                      "AUPRC this model", f"AUPRC {other}"], rows)
     lines += ["", f"Macro F1: this model {fmt(this['macro']['f1']['value'])} at its own "
               f"thresholds; {other} {fmt(that['macro']['f1']['value'])} at "
