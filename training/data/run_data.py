@@ -20,7 +20,7 @@ from training.data.soft_targets import DistillSummary, distill_targets
 from training.data.splits import Splits, prepare_splits, read_splits
 from training.fitting.auxiliary_outputs import (
     auxiliary_columns,
-    auxiliary_weights,
+    configured_traits,
     folder_column,
     metadata_traits,
     with_auxiliary_columns,
@@ -133,14 +133,14 @@ def training_targets(
     targets, distill = None, None
     if cfg.teacher:
         targets, distill = distill_targets(cfg.teacher, train[IMAGE].tolist(), labels, cfg.distill_weight)
-    traits = list(auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight,
-                                    cfg.folder_adversary_within_view))
+    traits = list(configured_traits(cfg))
     if traits:
-        needs_rows = bool(metadata_traits(traits)) or cfg.folder_adversary_within_view
+        from_metadata = metadata_traits(traits)
+        needs_rows = bool(from_metadata) or cfg.folder_adversary_within_view
         rows = metadata_rows(read_metadata(cfg.data.metadata), train) if needs_rows else None
         columns = []
-        if metadata_traits(traits):
-            columns.append(auxiliary_columns(rows, metadata_traits(traits)))
+        if from_metadata:
+            columns.append(auxiliary_columns(rows, from_metadata))
         if cfg.folder_adversary_weight > 0:
             columns.append(folder_targets(cfg, train, labels, is_ap(rows) if cfg.folder_adversary_within_view else None))
         targets = with_auxiliary_columns(labels if targets is None else targets, np.concatenate(columns, axis=1))

@@ -41,7 +41,7 @@ findings (:func:`with_auxiliary_columns`); validation keeps the 15 NIH labels.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,9 @@ from torch import nn
 from training.data.prevalence import is_ap
 from xray_app.labels import NO_FINDING_INDEX, NUM_LABELS
 from xray_app.model import ChestXrayResNet
+
+if TYPE_CHECKING:
+    from training.fitting.config import TrainConfig
 
 FIRST_AUXILIARY_COLUMN = NUM_LABELS  # the traits' targets and logits come after the 15 findings
 AGE_SCALE = 100.0  # years: the age target is age / 100, clipped to [0, 1]
@@ -95,6 +98,12 @@ def auxiliary_weights(view_weight: float, patient_weight: float, folder_adversar
     if folder_adversary_weight > 0:
         weights.update(dict.fromkeys(FOLDER_WITHIN_VIEW if within_view else ("folder",), folder_adversary_weight))
     return weights
+
+
+def configured_traits(cfg: TrainConfig) -> dict[str, float]:
+    """:func:`auxiliary_weights` as a run's options set them."""
+    return auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight,
+                             cfg.folder_adversary_within_view)
 
 
 def metadata_traits(names: Sequence[str]) -> list[str]:

@@ -38,7 +38,7 @@ from training.data.splits import summarise, write_report
 from training.fitting.auxiliary_outputs import (
     AuxiliaryLoss,
     WithAuxiliaryOutputs,
-    auxiliary_weights,
+    configured_traits,
 )
 from training.fitting.config import TrainConfig, write_yaml
 from training.fitting.losses import FocalWeightedLoss, class_weights
@@ -171,8 +171,7 @@ def build_parts(cfg: TrainConfig, data: RunData, runtime: Runtime) -> TrainingPa
     """Model, loss, optimiser, schedule, sampler, loaders and weight averages of a run."""
     sampler, train_loader, val_loader = _loaders(cfg, data, runtime)
     model = make_model(cfg, runtime)
-    traits = auxiliary_weights(cfg.view_loss_weight, cfg.patient_loss_weight, cfg.folder_adversary_weight,
-                               cfg.folder_adversary_within_view)
+    traits = configured_traits(cfg)
     auxiliary = _auxiliary_outputs(tuple(traits), cfg, model, runtime)
     stepped: nn.Module = model if auxiliary is None else auxiliary
     trained: nn.Module = torch.compile(stepped) if cfg.compile else stepped
